@@ -1,0 +1,3 @@
+//! Users, roles, sessions and the first-start setup. Knows nothing of HTTP.
+
+pub mod setup;

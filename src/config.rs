@@ -1,0 +1,347 @@
+//! One typed [`Config`], layered: defaults → TOML file → `MIAUFLIX_*` env → CLI flags.
+//!
+//! Every layer is merged into one TOML table first and deserialized once, so an
+//! unknown key or a bad value fails the same way wherever it came from, with one
+//! line that names the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// A configuration problem; the CLI prints it as one line and exits with code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// How the main listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    /// A certificate made and kept by the gate (the default).
+    SelfSigned,
+    /// Certificates from an ACME CA (Let's Encrypt).
+    Acme,
+    /// Certificate and key files managed by the user.
+    Manual,
+    /// Plain HTTP; refused unless the listener is on loopback.
+    Off,
+}
+
+impl TlsMode {
+    /// The name used in config files and env.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::SelfSigned => "self-signed",
+            TlsMode::Acme => "acme",
+            TlsMode::Manual => "manual",
+            TlsMode::Off => "off",
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The whole gate configuration.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Directory holding `gate.redb`, the master key and the setup token.
+    pub data_dir: PathBuf,
+    /// Main listener address (`127.0.0.1:8443`).
+    pub listen: SocketAddr,
+    /// Plain-HTTP listener for ACME HTTP-01 and the redirect to https.
+    pub http_listen: Option<SocketAddr>,
+    /// Master key file; `<data_dir>/master.key` when unset.
+    pub master_key_file: Option<PathBuf>,
+    pub tls: TlsConfig,
+    pub log: LogConfig,
+    pub http: HttpConfig,
+    pub password: PasswordConfig,
+}
+
+/// `[tls]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub mode: TlsMode,
+    /// Extra DNS names or IP addresses for the self-signed certificate.
+    pub names: Vec<String>,
+    /// A TLS handshake that takes longer than this is dropped.
+    pub handshake_timeout_secs: u64,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter, e.g. `info` or `miauflix_gate=debug,info`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+/// `[http]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Largest request body accepted under `/api`, in bytes.
+    pub max_body_bytes: usize,
+    /// How long shutdown waits for in-flight requests.
+    pub shutdown_grace_secs: u64,
+    /// Idle keep-alive connections are closed after this long.
+    pub idle_timeout_secs: u64,
+}
+
+/// `[password]`: argon2id parameters.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PasswordConfig {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+    /// Hashes computed at once; the rest wait in line. Defaults to the number of cores.
+    pub max_concurrent: Option<usize>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            http_listen: None,
+            master_key_file: None,
+            tls: TlsConfig::default(),
+            log: LogConfig::default(),
+            http: HttpConfig::default(),
+            password: PasswordConfig::default(),
+        }
+    }
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig { mode: TlsMode::SelfSigned, names: Vec::new(), handshake_timeout_secs: 10 }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into(), format: LogFormat::Text }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { max_body_bytes: 64 * 1024, shutdown_grace_secs: 10, idle_timeout_secs: 60 }
+    }
+}
+
+impl Default for PasswordConfig {
+    fn default() -> Self {
+        PasswordConfig { memory_kib: 19_456, iterations: 2, parallelism: 1, max_concurrent: None }
+    }
+}
+
+/// Values given as command-line flags; the last layer.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub tls: Option<String>,
+}
+
+/// Env vars whose names do not follow the `__` nesting rule.
+const ENV_ALIASES: &[(&str, &str)] = &[("TLS", "tls.mode"), ("LOG", "log.level"), ("LOG_FORMAT", "log.format")];
+
+/// Env vars read by the CLI itself, not part of the config table.
+const ENV_IGNORED: &[&str] = &["CONFIG"];
+
+impl Config {
+    /// Loads the configuration from an optional TOML file, the given env vars and flags.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+                parse_toml(&text).map_err(|msg| ConfigError(format!("config file {}: {msg}", path.display())))?
+            }
+            None => toml::Table::new(),
+        };
+        let mut env: Vec<(String, String)> = env.into_iter().collect();
+        env.sort();
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("MIAUFLIX_") else { continue };
+            if ENV_IGNORED.contains(&rest) {
+                continue;
+            }
+            let key = ENV_ALIASES
+                .iter()
+                .find(|(alias, _)| *alias == rest)
+                .map(|(_, key)| (*key).to_string())
+                .unwrap_or_else(|| rest.to_ascii_lowercase().replace("__", "."));
+            set_path(&mut table, &key, env_value(&value))
+                .map_err(|msg| ConfigError(format!("env {name}: {msg}")))?;
+        }
+        if let Some(dir) = &flags.data_dir {
+            set_path(&mut table, "data_dir", toml::Value::String(dir.display().to_string())).map_err(ConfigError)?;
+        }
+        if let Some(listen) = &flags.listen {
+            set_path(&mut table, "listen", toml::Value::String(listen.clone())).map_err(ConfigError)?;
+        }
+        if let Some(tls) = &flags.tls {
+            set_path(&mut table, "tls.mode", toml::Value::String(tls.clone())).map_err(ConfigError)?;
+        }
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            let inner = inner.trim().replace('\n', " ");
+            if path == "." || path.is_empty() {
+                ConfigError(format!("invalid configuration: {inner}"))
+            } else {
+                ConfigError(format!("invalid configuration at `{path}`: {inner}"))
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |key: &str, msg: String| Err(ConfigError(format!("invalid configuration at `{key}`: {msg}")));
+        if self.tls.mode == TlsMode::Off && !self.listen.ip().is_loopback() {
+            return err(
+                "tls.mode",
+                format!("TLS can only be off on a loopback listener, but listen is {}", self.listen),
+            );
+        }
+        if matches!(self.tls.mode, TlsMode::Acme | TlsMode::Manual) {
+            return err(
+                "tls.mode",
+                format!("`{}` is not available in this build yet; use self-signed or off", self.tls.mode.as_str()),
+            );
+        }
+        if let Some(http) = self.http_listen
+            && http == self.listen
+        {
+            return err("http_listen", format!("must differ from listen ({http})"));
+        }
+        for name in &self.tls.names {
+            if name.parse::<std::net::IpAddr>().is_err() && !is_dns_name(name) {
+                return err("tls.names", format!("`{name}` is neither an IP address nor a DNS name"));
+            }
+        }
+        if !(1..=300).contains(&self.tls.handshake_timeout_secs) {
+            return err("tls.handshake_timeout_secs", "must be between 1 and 300".into());
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return err("log.level", format!("not a valid log filter ({e})"));
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&self.http.max_body_bytes) {
+            return err("http.max_body_bytes", "must be between 1024 and 67108864".into());
+        }
+        if self.http.shutdown_grace_secs > 600 {
+            return err("http.shutdown_grace_secs", "must be at most 600".into());
+        }
+        if self.http.idle_timeout_secs == 0 {
+            return err("http.idle_timeout_secs", "must be at least 1".into());
+        }
+        if self.password.memory_kib < 19_456 {
+            return err("password.memory_kib", "must be at least 19456 (OWASP minimum for argon2id)".into());
+        }
+        if self.password.memory_kib > 4 * 1024 * 1024 {
+            return err("password.memory_kib", "must be at most 4194304 (4 GiB)".into());
+        }
+        if !(2..=100).contains(&self.password.iterations) {
+            return err("password.iterations", "must be between 2 and 100".into());
+        }
+        if !(1..=16).contains(&self.password.parallelism) {
+            return err("password.parallelism", "must be between 1 and 16".into());
+        }
+        if self.password.max_concurrent == Some(0) {
+            return err("password.max_concurrent", "must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// Where the master key lives.
+    pub fn master_key_path(&self) -> PathBuf {
+        self.master_key_file.clone().unwrap_or_else(|| self.data_dir.join("master.key"))
+    }
+
+    /// The redb file.
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join("gate.redb")
+    }
+
+    /// The one-time setup token file.
+    pub fn setup_token_path(&self) -> PathBuf {
+        self.data_dir.join("setup-token")
+    }
+
+    /// Whether the main listener speaks TLS.
+    pub fn tls_enabled(&self) -> bool {
+        self.tls.mode != TlsMode::Off
+    }
+}
+
+fn parse_toml(text: &str) -> Result<toml::Table, String> {
+    text.parse::<toml::Table>().map_err(|e| {
+        let msg = e.message().trim().replace('\n', " ");
+        match e.span() {
+            Some(span) => {
+                let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                format!("line {line}: {msg}")
+            }
+            None => msg,
+        }
+    })
+}
+
+/// An env value is read as a TOML value when it parses as one (numbers, booleans,
+/// arrays), else as a plain string.
+fn env_value(raw: &str) -> toml::Value {
+    match format!("v = {raw}").parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_string())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
+fn set_path(table: &mut toml::Table, dotted: &str, value: toml::Value) -> Result<(), String> {
+    let mut parts: Vec<&str> = dotted.split('.').collect();
+    let last = parts.pop().ok_or_else(|| "empty key".to_string())?;
+    if last.is_empty() || parts.iter().any(|p| p.is_empty()) {
+        return Err(format!("malformed key `{dotted}`"));
+    }
+    let mut cur = table;
+    for part in parts {
+        let entry = cur.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = match entry {
+            toml::Value::Table(t) => t,
+            _ => return Err(format!("`{part}` is not a table, cannot set `{dotted}`")),
+        };
+    }
+    cur.insert(last.to_string(), value);
+    Ok(())
+}
+
+fn is_dns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '*')
+        })
+}

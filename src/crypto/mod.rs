@@ -1,0 +1,59 @@
+//! Every cryptographic primitive the gate uses: field encryption (keyring),
+//! argon2id password hashing, secure random and constant-time comparison.
+//! Nothing outside this module calls a cipher directly.
+
+pub mod keyring;
+pub mod master_key;
+pub mod password;
+
+pub use keyring::{FieldContext, Keyring};
+pub use master_key::MasterKey;
+pub use password::PasswordHasher;
+
+use rand::RngCore;
+
+/// Errors of the crypto layer. They never carry key material.
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    #[error("ciphertext is malformed")]
+    Malformed,
+    #[error("unsupported ciphertext version {0}")]
+    UnsupportedVersion(u8),
+    #[error("no key with id {0} in the keyring")]
+    UnknownKey(u32),
+    #[error("decryption failed: wrong key, wrong context or tampered data")]
+    Decrypt,
+    #[error("encryption failed")]
+    Encrypt,
+    #[error("password hashing failed: {0}")]
+    Hash(String),
+    #[error("{0}")]
+    MasterKey(String),
+}
+
+/// `n` bytes from the operating system's CSPRNG.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut buf = [0u8; N];
+    rand::rngs::OsRng.fill_bytes(&mut buf);
+    buf
+}
+
+/// A random token of `N` bytes, base64url without padding.
+pub fn random_token<const N: usize>() -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<N>())
+}
+
+/// Compares two byte strings in time independent of where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
+/// SHA-256 digest.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}

@@ -1,0 +1,108 @@
+//! Argon2id password hashing on a bounded pool of blocking threads.
+//!
+//! At most `slots` hashes run at once (default: one per core); further requests wait
+//! on an async semaphore, so a login flood queues instead of starving the runtime.
+
+use std::sync::Arc;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use tokio::sync::Semaphore;
+use zeroize::Zeroizing;
+
+use super::CryptoError;
+use crate::config::PasswordConfig;
+
+/// Hashes and verifies passwords with argon2id (PHC strings).
+#[derive(Clone)]
+pub struct PasswordHasher {
+    params: Params,
+    slots: Arc<Semaphore>,
+    /// A hash of a random password, verified against for unknown users so they cost the
+    /// same; made on first use so startup does not pay for it.
+    dummy: Arc<tokio::sync::OnceCell<String>>,
+}
+
+impl std::fmt::Debug for PasswordHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasswordHasher")
+            .field("m_cost", &self.params.m_cost())
+            .field("t_cost", &self.params.t_cost())
+            .field("p_cost", &self.params.p_cost())
+            .field("slots", &self.slots.available_permits())
+            .finish()
+    }
+}
+
+impl PasswordHasher {
+    /// A hasher with the configured parameters.
+    pub fn new(cfg: &PasswordConfig) -> Result<PasswordHasher, CryptoError> {
+        let params = Params::new(cfg.memory_kib, cfg.iterations, cfg.parallelism, None)
+            .map_err(|e| CryptoError::Hash(e.to_string()))?;
+        let slots = cfg
+            .max_concurrent
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
+        Ok(PasswordHasher { params, slots: Arc::new(Semaphore::new(slots)), dummy: Arc::new(tokio::sync::OnceCell::new()) })
+    }
+
+    fn argon2(&self) -> Argon2<'static> {
+        Argon2::new(Algorithm::Argon2id, Version::V0x13, self.params.clone())
+    }
+
+    fn hash_blocking(&self, password: &[u8]) -> Result<String, CryptoError> {
+        let salt = SaltString::generate(&mut rand::rngs::OsRng);
+        self.argon2()
+            .hash_password(password, &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| CryptoError::Hash(e.to_string()))
+    }
+
+    /// Hashes a password into a PHC string, waiting for a free slot.
+    pub async fn hash(&self, password: Zeroizing<String>) -> Result<String, CryptoError> {
+        let _permit = self.slots.acquire().await.map_err(|_| CryptoError::Hash("hasher closed".into()))?;
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.hash_blocking(password.as_bytes()))
+            .await
+            .map_err(|_| CryptoError::Hash("hashing task failed".into()))?
+    }
+
+    /// Verifies a password against a PHC string. `None` (unknown user) verifies against a
+    /// dummy hash and returns false, taking the same time as a wrong password.
+    pub async fn verify(&self, phc: Option<String>, password: Zeroizing<String>) -> Result<bool, CryptoError> {
+        let known = phc.is_some();
+        let phc = match phc {
+            Some(phc) => phc,
+            None => self
+                .dummy
+                .get_or_try_init(|| self.hash(Zeroizing::new(super::random_token::<24>())))
+                .await?
+                .clone(),
+        };
+        let _permit = self.slots.acquire().await.map_err(|_| CryptoError::Hash("hasher closed".into()))?;
+        let this = self.clone();
+        let ok = tokio::task::spawn_blocking(move || {
+            let parsed = PasswordHash::new(&phc).map_err(|e| CryptoError::Hash(e.to_string()))?;
+            Ok::<bool, CryptoError>(this.argon2().verify_password(password.as_bytes(), &parsed).is_ok())
+        })
+        .await
+        .map_err(|_| CryptoError::Hash("hashing task failed".into()))??;
+        Ok(ok && known)
+    }
+
+    /// Whether a stored hash was made with other parameters than the configured ones.
+    pub fn needs_rehash(&self, phc: &str) -> bool {
+        let Ok(parsed) = PasswordHash::new(phc) else { return true };
+        if parsed.algorithm.as_str() != "argon2id" || parsed.version != Some(Version::V0x13 as u32) {
+            return true;
+        }
+        match Params::try_from(&parsed) {
+            Ok(p) => p.m_cost() != self.params.m_cost() || p.t_cost() != self.params.t_cost() || p.p_cost() != self.params.p_cost(),
+            Err(_) => true,
+        }
+    }
+
+    /// How many hashes may run at once.
+    pub fn slots(&self) -> usize {
+        self.slots.available_permits()
+    }
+}

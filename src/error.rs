@@ -1,0 +1,142 @@
+//! The error a client sees, kept apart from the cause that is logged.
+//!
+//! [`ApiError`] carries only what is safe to show: a stable problem `type` slug, a short
+//! title and one sentence. The request-context middleware renders it (and every other
+//! error) as RFC 9457 `application/problem+json` with the request id.
+
+use poem::http::StatusCode;
+use poem::http::header::{HeaderName, HeaderValue};
+
+/// Base of every problem `type` URI.
+pub const PROBLEM_TYPE_BASE: &str = "urn:miauflix-gate:problem/";
+
+/// A problem to show the client.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    /// Stable slug, appended to [`PROBLEM_TYPE_BASE`].
+    pub kind: &'static str,
+    /// Short summary; also the `error` member for the Miauflix client.
+    pub title: &'static str,
+    /// One human sentence; also the `message` member.
+    pub detail: String,
+    /// Extra response headers (e.g. `Retry-After`).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, kind: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
+        ApiError { status, kind, title, detail: detail.into(), headers: Vec::new() }
+    }
+
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad-request", "Bad request", detail)
+    }
+
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not-found", "Not found", "There is nothing at this address.")
+    }
+
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            "Payload too large",
+            format!("The request body is larger than the limit of {limit} bytes."),
+        )
+    }
+
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable", detail)
+    }
+
+    /// An internal failure: the cause is logged by the caller, the client learns nothing of it.
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal error",
+            "Something went wrong on our side; the request id identifies it in the logs.",
+        )
+    }
+
+    /// The problem for an error raised by poem or poem-openapi, chosen by status.
+    pub fn from_status(status: StatusCode, cause: &str) -> Self {
+        match status.as_u16() {
+            400 => Self::bad_request(client_detail(cause, "The request is malformed.")),
+            401 => Self::new(status, "unauthorized", "Authentication required", "Sign in to access this resource."),
+            403 => Self::new(status, "forbidden", "Forbidden", "You are not allowed to do this."),
+            404 => Self::not_found(),
+            405 => Self::new(status, "method-not-allowed", "Method not allowed", "This address does not accept that method."),
+            406 => Self::new(status, "not-acceptable", "Not acceptable", "No acceptable representation is available."),
+            411 => Self::new(status, "length-required", "Length required", "The request needs a Content-Length."),
+            413 => Self::new(status, "payload-too-large", "Payload too large", "The request body is too large."),
+            415 => Self::new(
+                status,
+                "unsupported-media-type",
+                "Unsupported media type",
+                client_detail(cause, "The request body's content type is not supported here."),
+            ),
+            429 => Self::new(status, "rate-limited", "Too many requests", "Too many requests; try again later."),
+            s if (400..500).contains(&s) => {
+                Self::new(status, "client-error", "Bad request", client_detail(cause, "The request cannot be served."))
+            }
+            503 => Self::unavailable("The service is not ready; try again shortly."),
+            _ => {
+                let mut e = Self::internal();
+                e.status = if status.is_server_error() { status } else { StatusCode::INTERNAL_SERVER_ERROR };
+                e
+            }
+        }
+    }
+
+    /// The problem document.
+    pub fn body(&self, request_id: &str) -> serde_json::Value {
+        serde_json::json!({
+            "type": format!("{PROBLEM_TYPE_BASE}{}", self.kind),
+            "title": self.title,
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+            "requestId": request_id,
+            "error": self.title,
+            "message": self.detail,
+        })
+    }
+}
+
+/// A 4xx cause from poem's parsers describes the client's own input; keep it short
+/// and on one line.
+fn client_detail(cause: &str, fallback: &str) -> String {
+    let line: String = cause.chars().filter(|c| !c.is_control()).take(200).collect();
+    if line.trim().is_empty() { fallback.to_string() } else { line }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.title, self.detail)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl poem::error::ResponseError for ApiError {
+    fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    fn as_response(&self) -> poem::Response {
+        let mut resp = poem::Response::builder()
+            .status(self.status)
+            .content_type("application/problem+json")
+            .body(self.body("").to_string());
+        for (name, value) in &self.headers {
+            resp.headers_mut().insert(name.clone(), value.clone());
+        }
+        resp
+    }
+}

@@ -1,0 +1,57 @@
+//! The poem application: shared state, the middleware stack and the routes.
+//! This is the only layer that knows HTTP; it turns domain modules into endpoints.
+
+pub mod api;
+pub mod middleware;
+pub mod redirect;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use poem::{Endpoint, EndpointExt, Route, get, handler, web::Redirect};
+use poem_openapi::OpenApiService;
+
+use crate::config::Config;
+use crate::crypto::{Keyring, PasswordHasher};
+use crate::store::Store;
+
+/// What every endpoint may reach.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub keyring: Arc<Keyring>,
+    pub hasher: PasswordHasher,
+    pub started: Instant,
+    /// What the main listener serves, for status pages (e.g. "self-signed").
+    pub tls_source: String,
+}
+
+/// The OpenAPI service with every documented endpoint.
+pub fn openapi_service(state: Arc<AppState>) -> OpenApiService<api::Apis, ()> {
+    OpenApiService::new(api::apis(state), "miauflix-gate", env!("CARGO_PKG_VERSION"))
+        .description("The security gate in front of a Miauflix media server: auth, TLS, rate limits, audit, VPN supervision.")
+}
+
+/// The OpenAPI document as pretty JSON, as committed in `openapi.json`.
+pub fn openapi_json(state: Arc<AppState>) -> String {
+    openapi_service(state).spec()
+}
+
+#[handler]
+fn root() -> Redirect {
+    Redirect::see_other("/api/docs")
+}
+
+/// The full application with its middleware stack.
+pub fn build_app(state: Arc<AppState>) -> impl Endpoint {
+    let max_body = state.config.http.max_body_bytes;
+    let api = openapi_service(state.clone());
+    let spec = api.spec_endpoint();
+    let docs = api.swagger_ui();
+    Route::new()
+        .at("/", get(root))
+        .at("/api/openapi.json", get(spec))
+        .nest("/api/docs", docs)
+        .nest("/", api)
+        .with(middleware::RequestContext::new(max_body))
+}

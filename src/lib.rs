@@ -1,0 +1,13 @@
+//! miauflix-gate: one binary that owns every security layer in front of a Miauflix
+//! media server. See ARCHITECTURE.md for the code map.
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod error;
+pub mod healthcheck;
+pub mod http;
+pub mod server;
+pub mod store;
+pub mod tls;

@@ -1,0 +1,205 @@
+//! `serve`: opens everything in order, binds the listeners, runs until SIGTERM/SIGINT,
+//! then drains in-flight requests, flushes the writer and closes the store.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use poem::Server;
+use poem::listener::TcpAcceptor;
+
+use crate::auth::setup::{SetupState, ensure_setup_token};
+use crate::config::{Config, TlsMode};
+use crate::crypto::{Keyring, MasterKey, PasswordHasher};
+use crate::http::{AppState, build_app};
+use crate::store::Store;
+use crate::tls::self_signed::{self, CertSlot};
+
+/// Everything opened before the listeners start.
+pub struct Opened {
+    pub state: Arc<AppState>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// Creates the data directory with mode 0700 (or warns when an existing one is looser).
+pub fn prepare_data_dir(config: &Config) -> anyhow::Result<()> {
+    let dir = &config.data_dir;
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    } else if !dir.is_dir() {
+        anyhow::bail!("data directory {} is not a directory", dir.display());
+    } else if let Ok(meta) = std::fs::metadata(dir)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(path = %dir.display(), mode = format!("{:04o}", meta.permissions().mode() & 0o777), "data directory is accessible by group or others; chmod 700 it");
+    }
+    Ok(())
+}
+
+/// Opens the data dir, master key, store, keyring, certificate and setup token.
+pub async fn open(config: Config) -> anyhow::Result<Opened> {
+    prepare_data_dir(&config)?;
+    let master = MasterKey::load_or_create(&config.master_key_path())?;
+    let store = Store::open(&config.store_path())?;
+    let keyring = Arc::new(Keyring::load_or_init(&store, &master).await?);
+    drop(master);
+    let hasher = PasswordHasher::new(&config.password)?;
+
+    let (tls, tls_source) = match config.tls.mode {
+        TlsMode::Off => (None, "off".to_string()),
+        TlsMode::SelfSigned => {
+            let names = self_signed::default_names(config.listen.ip(), &config.tls.names);
+            let cert = self_signed::load_or_create(&store, &keyring, names).await?;
+            let fp = crate::tls::fingerprint(&cert.cert_der);
+            let pem_path = config.data_dir.join("self-signed.pem");
+            std::fs::write(&pem_path, cert.cert_pem())
+                .with_context(|| format!("cannot write {}", pem_path.display()))?;
+            tracing::info!(
+                sha256 = %fp,
+                names = %cert.names.join(","),
+                new = cert.created,
+                pem = %pem_path.display(),
+                "serving a self-signed certificate; browsers will warn until you trust it or switch to acme"
+            );
+            let slot = CertSlot::new(cert.certified.clone());
+            let config = crate::tls::server_config(slot).context("building the TLS configuration")?;
+            (Some(Arc::new(config)), "self-signed".to_string())
+        }
+        mode => anyhow::bail!("TLS mode {} is not available in this build", mode.as_str()),
+    };
+
+    match ensure_setup_token(&store, &config.setup_token_path())? {
+        SetupState::Pending => {
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            tracing::warn!(
+                url = %format!("{scheme}://{}/admin/setup", display_host(config.listen)),
+                token_file = %config.setup_token_path().display(),
+                "no admin account yet: open the setup URL and paste the one-time token from the token file"
+            );
+        }
+        SetupState::Done => {}
+    }
+
+    let state = Arc::new(AppState {
+        config: Arc::new(config),
+        store,
+        keyring,
+        hasher,
+        started: Instant::now(),
+        tls_source,
+    });
+    Ok(Opened { state, tls })
+}
+
+fn display_host(addr: SocketAddr) -> String {
+    if addr.ip().is_unspecified() { format!("localhost:{}", addr.port()) } else { addr.to_string() }
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// Runs the gate until a shutdown signal.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let Opened { state, tls } = open(config).await?;
+    let config = state.config.clone();
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let bound = listener.local_addr().context("reading the bound address")?;
+    let tcp = TcpAcceptor::from_tokio(listener).context("preparing the listener")?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let wait_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let grace = Some(Duration::from_secs(config.http.shutdown_grace_secs));
+    let idle = Duration::from_secs(config.http.idle_timeout_secs);
+    let app = build_app(state.clone());
+
+    let redirect = match config.http_listen {
+        Some(addr) if tls.is_some() => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            let http_bound = listener.local_addr().context("reading the bound address")?;
+            let acceptor = TcpAcceptor::from_tokio(listener).context("preparing the listener")?;
+            tracing::info!(addr = %http_bound, "plain HTTP listener redirects to https");
+            let app = crate::http::redirect::app(bound.port());
+            let stop = wait_stop(stop_rx.clone());
+            Some(tokio::spawn(async move {
+                Server::new_with_acceptor(acceptor).idle_timeout(idle).run_with_graceful_shutdown(app, stop, grace).await
+            }))
+        }
+        _ => None,
+    };
+
+    let main = {
+        let stop = wait_stop(stop_rx.clone());
+        match tls {
+            Some(tls) => {
+                let acceptor = crate::tls::TlsAcceptor::new(tcp, tls, Duration::from_secs(config.tls.handshake_timeout_secs));
+                log_listening("https", bound, started);
+                tokio::spawn(async move {
+                    Server::new_with_acceptor(acceptor).idle_timeout(idle).run_with_graceful_shutdown(app, stop, grace).await
+                })
+            }
+            None => {
+                log_listening("http", bound, started);
+                tokio::spawn(async move {
+                    Server::new_with_acceptor(tcp).idle_timeout(idle).run_with_graceful_shutdown(app, stop, grace).await
+                })
+            }
+        }
+    };
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing in-flight requests");
+    let _ = stop_tx.send(true);
+    let main_result = main.await;
+    if let Some(r) = redirect {
+        let _ = r.await;
+    }
+    state.store.close().await;
+    tracing::info!("stopped cleanly");
+    match main_result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(anyhow::Error::from(e).context("server failed")),
+        Err(e) => Err(anyhow::anyhow!("server task failed: {e}")),
+    }
+}
+
+fn log_listening(scheme: &str, bound: SocketAddr, started: Instant) {
+    tracing::info!(
+        url = %format!("{scheme}://{}", display_host(bound)),
+        addr = %bound,
+        startup_ms = started.elapsed().as_millis() as u64,
+        "miauflix-gate {} listening",
+        env!("CARGO_PKG_VERSION")
+    );
+}

@@ -1,0 +1,165 @@
+//! The main listener's TLS: the rustls configuration the gate owns, a lazy-handshake
+//! poem `Acceptor`, and the self-signed certificate.
+
+pub mod self_signed;
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use poem::listener::Acceptor;
+use poem::web::{LocalAddr, RemoteAddr};
+use poem::http::uri::Scheme;
+use rustls::ServerConfig;
+use rustls::server::ResolvesServerCert;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// The one crypto provider: aws-lc-rs, with forward-secret AEAD suites only
+/// (ECDHE key exchange in TLS 1.2; every TLS 1.3 suite is both).
+pub fn crypto_provider() -> rustls::crypto::CryptoProvider {
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider.cipher_suites.retain(|suite| match suite {
+        rustls::SupportedCipherSuite::Tls13(_) => true,
+        rustls::SupportedCipherSuite::Tls12(s) => {
+            let name = format!("{:?}", s.common.suite);
+            name.contains("ECDHE") && (name.contains("GCM") || name.contains("CHACHA20_POLY1305"))
+        }
+    });
+    provider
+}
+
+/// Installs aws-lc-rs as the process-wide rustls provider (first call wins).
+pub fn install_crypto_provider() {
+    let _ = crypto_provider().install_default();
+}
+
+/// The server configuration: TLS 1.2 and 1.3, ALPN h2 and http/1.1, server cipher order.
+pub fn server_config(resolver: Arc<dyn ResolvesServerCert>) -> Result<ServerConfig, rustls::Error> {
+    let mut config = ServerConfig::builder_with_provider(Arc::new(crypto_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.ignore_client_order = true;
+    Ok(config)
+}
+
+/// Accepts TCP connections and wraps them in TLS. The handshake runs lazily on the
+/// connection's own task, so a slow client never holds up `accept`.
+pub struct TlsAcceptor<A> {
+    inner: A,
+    tls: tokio_rustls::TlsAcceptor,
+    handshake_timeout: Duration,
+}
+
+impl<A> TlsAcceptor<A> {
+    pub fn new(inner: A, config: Arc<ServerConfig>, handshake_timeout: Duration) -> Self {
+        TlsAcceptor { inner, tls: tokio_rustls::TlsAcceptor::from(config), handshake_timeout }
+    }
+}
+
+impl<A> Acceptor for TlsAcceptor<A>
+where
+    A: Acceptor<Io = TcpStream>,
+{
+    type Io = LazyTls;
+
+    fn local_addr(&self) -> Vec<LocalAddr> {
+        self.inner.local_addr()
+    }
+
+    async fn accept(&mut self) -> io::Result<(Self::Io, LocalAddr, RemoteAddr, Scheme)> {
+        let (stream, local, remote, _) = self.inner.accept().await?;
+        let accept = self.tls.accept(stream);
+        let timeout = self.handshake_timeout;
+        let handshake = async move {
+            match tokio::time::timeout(timeout, accept).await {
+                Ok(result) => result,
+                Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")),
+            }
+        };
+        Ok((LazyTls::Handshaking(Box::pin(handshake)), local, remote, Scheme::HTTPS))
+    }
+}
+
+type Handshake = Pin<Box<dyn Future<Output = io::Result<tokio_rustls::server::TlsStream<TcpStream>>> + Send>>;
+
+/// A TLS stream whose handshake completes on first use.
+pub enum LazyTls {
+    Handshaking(Handshake),
+    Ready(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Failed,
+}
+
+impl LazyTls {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            match self {
+                LazyTls::Handshaking(fut) => match fut.as_mut().poll(cx) {
+                    Poll::Ready(Ok(stream)) => *self = LazyTls::Ready(Box::new(stream)),
+                    Poll::Ready(Err(e)) => {
+                        *self = LazyTls::Failed;
+                        return Poll::Ready(Err(e));
+                    }
+                    Poll::Pending => return Poll::Pending,
+                },
+                LazyTls::Ready(_) => return Poll::Ready(Ok(())),
+                LazyTls::Failed => {
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, "TLS handshake failed")));
+                }
+            }
+        }
+    }
+}
+
+impl AsyncRead for LazyTls {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match this.poll_ready(cx) {
+            Poll::Ready(Ok(())) => {}
+            other => return other,
+        }
+        match this {
+            LazyTls::Ready(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            _ => Poll::Ready(Err(io::ErrorKind::InvalidData.into())),
+        }
+    }
+}
+
+impl AsyncWrite for LazyTls {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match this.poll_ready(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+        match this {
+            LazyTls::Ready(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            _ => Poll::Ready(Err(io::ErrorKind::InvalidData.into())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            LazyTls::Ready(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            LazyTls::Ready(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// The SHA-256 fingerprint of a DER certificate, as colon-separated hex.
+pub fn fingerprint(der: &[u8]) -> String {
+    crate::crypto::sha256(der).iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
+}
