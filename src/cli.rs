@@ -100,8 +100,8 @@ pub fn run() -> ExitCode {
             match runtime.block_on(crate::server::serve(config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
+                    // One line, printed once: the cause chain joined by ": ".
                     let line = format!("{e:#}").replace('\n', " ");
-                    tracing::error!("{line}");
                     eprintln!("miauflix-gate: {line}");
                     ExitCode::FAILURE
                 }

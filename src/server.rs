@@ -45,8 +45,18 @@ pub fn prepare_data_dir(config: &Config) -> anyhow::Result<()> {
 /// Opens the data dir, master key, store, keyring, certificate and setup token.
 pub async fn open(config: Config) -> anyhow::Result<Opened> {
     prepare_data_dir(&config)?;
-    let master = MasterKey::load_or_create(&config.master_key_path())?;
-    let store = Store::open(&config.store_path())?;
+    let key_path = config.master_key_path();
+    let store_path = config.store_path();
+    // A new key beside existing data would only lock that data away.
+    if !key_path.exists() && std::fs::metadata(&store_path).map(|m| m.len() > 0).unwrap_or(false) {
+        anyhow::bail!(
+            "master key file {} is missing but data file {} exists; restore the master key that belongs to it",
+            key_path.display(),
+            store_path.display()
+        );
+    }
+    let master = MasterKey::load_or_create(&key_path)?;
+    let store = Store::open(&store_path)?;
     let keyring = Arc::new(Keyring::load_or_init(&store, &master).await?);
     drop(master);
     let hasher = PasswordHasher::new(&config.password)?;
@@ -101,29 +111,24 @@ fn display_host(addr: SocketAddr) -> String {
     if addr.ip().is_unspecified() { format!("localhost:{}", addr.port()) } else { addr.to_string() }
 }
 
-/// Resolves when SIGTERM or SIGINT arrives.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Resolves when SIGTERM or SIGINT arrives. The handlers are registered when this is
+/// called, not when first polled, so a signal sent right after startup is never missed.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
         }
-    };
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
+    })
 }
 
 /// Runs the gate until a shutdown signal.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let started = Instant::now();
+    let signal = shutdown_signal()?;
     let Opened { state, tls } = open(config).await?;
     let config = state.config.clone();
 
@@ -178,7 +183,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         }
     };
 
-    shutdown_signal().await;
+    signal.await;
     tracing::info!("shutting down: finishing in-flight requests");
     let _ = stop_tx.send(true);
     let main_result = main.await;

@@ -74,9 +74,7 @@ async fn limit_body(req: &mut Request, max: usize) -> Result<(), ApiError> {
             .ok_or_else(|| ApiError::bad_request("The Content-Length header is not a number."))?;
         return if len > max as u64 { Err(ApiError::payload_too_large(max)) } else { Ok(()) };
     }
-    if !req.headers().contains_key("transfer-encoding") {
-        return Ok(());
-    }
+    // No length given (chunked HTTP/1.1, or HTTP/2): count while reading.
     let mut stream = req.take_body().into_bytes_stream();
     let mut buf = BytesMut::new();
     while let Some(chunk) = stream.next().await {

@@ -1,0 +1,183 @@
+//! Helpers shared by the integration tests: the real binary on a free port, and a small
+//! HTTPS client that trusts exactly the gate's self-signed certificate.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_miauflix-gate");
+
+/// A running gate process; killed on drop.
+pub struct Gate {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Gate {
+    /// Starts the binary with the data dir and env, listening on a free loopback port, and
+    /// waits for its "listening" line.
+    pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> Gate {
+        let mut cmd = Command::new(BIN);
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("MIAUFLIX_DATA_DIR", data_dir)
+            .env("MIAUFLIX_LISTEN", "127.0.0.1:0")
+            .env("MIAUFLIX_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start gate");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("listening") && line.contains("addr=") {
+                    let addr = line.split("addr=").nth(1).and_then(|s| s.split_whitespace().next()).map(str::to_string);
+                    let _ = tx.send(addr);
+                }
+                log2.lock().unwrap().push(line);
+            }
+            let _ = tx.send(None);
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Some(a)) => a.parse().expect("listen address"),
+            _ => {
+                let _ = child.kill();
+                panic!("gate did not start; log:\n{}", log.lock().unwrap().join("\n"));
+            }
+        };
+        Gate { child, addr, log }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "gate did not stop after SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the binary to completion with the given args and env; returns (exit code, stdout, stderr).
+pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run gate");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A response as the test sees it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: Vec<u8>,
+    /// The ALPN protocol the TLS handshake chose.
+    pub alpn: Option<Vec<u8>>,
+    pub tls_version: Option<rustls::ProtocolVersion>,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("json body")
+    }
+}
+
+/// A TLS client config that trusts only the given PEM certificate.
+pub fn client_config(ca_pem: &Path, versions: &[&'static rustls::SupportedProtocolVersion]) -> rustls::ClientConfig {
+    let pem = std::fs::read(ca_pem).expect("read pem");
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile_certs(&pem) {
+        roots.add(cert).expect("add root");
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_protocol_versions(versions)
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config
+}
+
+/// Completes a TLS handshake and returns the negotiated ALPN protocol.
+pub async fn tls_alpn(addr: SocketAddr, server_name: &str, config: rustls::ClientConfig) -> Result<Option<Vec<u8>>, String> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_string()).map_err(|e| e.to_string())?;
+    let tls = connector.connect(name, tcp).await.map_err(|e| e.to_string())?;
+    Ok(tls.get_ref().1.alpn_protocol().map(|p| p.to_vec()))
+}
+
+fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem).map(|c| c.expect("pem")).collect()
+}
+
+/// One HTTP/1.1 request over TLS to `addr`, verifying the certificate for `server_name`.
+pub async fn https_request(
+    addr: SocketAddr,
+    server_name: &str,
+    config: rustls::ClientConfig,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> Result<Reply, String> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_string()).map_err(|e| e.to_string())?;
+    let tls = connector.connect(name, tcp).await.map_err(|e| e.to_string())?;
+    let (_, conn) = tls.get_ref();
+    let alpn = conn.alpn_protocol().map(|p| p.to_vec());
+    let tls_version = conn.protocol_version();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", server_name)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.map(|b| b.to_vec()).unwrap_or_default())))
+        .map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes().to_vec();
+    Ok(Reply { status, headers, body, alpn, tls_version })
+}

@@ -1,0 +1,113 @@
+//! Configuration layering and validation.
+
+use std::path::Path;
+
+use miauflix_gate::config::{Config, LogFormat, Overrides, TlsMode};
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn load_str(toml: &str, vars: &[(&str, &str)]) -> Result<Config, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gate.toml");
+    std::fs::write(&path, toml).unwrap();
+    Config::load(Some(&path), env(vars), &Overrides::default()).map_err(|e| e.0)
+}
+
+#[test]
+fn defaults_match_the_contract() {
+    let c = Config::load(None, env(&[]), &Overrides::default()).unwrap();
+    assert_eq!(c.listen.to_string(), "127.0.0.1:8443");
+    assert_eq!(c.data_dir, Path::new("./data"));
+    assert_eq!(c.tls.mode, TlsMode::SelfSigned);
+    assert_eq!(c.http_listen, None);
+    assert_eq!(c.master_key_path(), Path::new("./data/master.key"));
+    assert_eq!(c.log.level, "info");
+    assert_eq!(c.log.format, LogFormat::Text);
+    assert_eq!(c.http.max_body_bytes, 65536);
+    assert!(c.password.memory_kib >= 19456 && c.password.iterations >= 2 && c.password.parallelism == 1);
+}
+
+#[test]
+fn layers_apply_in_order_file_env_flags() {
+    let toml = "listen = \"127.0.0.1:1000\"\ndata_dir = \"/file\"\n[log]\nlevel = \"debug\"\n";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gate.toml");
+    std::fs::write(&path, toml).unwrap();
+    let vars = env(&[
+        ("MIAUFLIX_LISTEN", "127.0.0.1:2000"),
+        ("MIAUFLIX_LOG_FORMAT", "json"),
+        ("MIAUFLIX_PASSWORD__ITERATIONS", "3"),
+        ("MIAUFLIX_TLS__NAMES", "[\"gate.home.arpa\", \"192.168.1.5\"]"),
+        ("MIAUFLIX_CONFIG", "/ignored/by/config"),
+        ("OTHER", "x"),
+    ]);
+    let flags = Overrides { listen: Some("127.0.0.1:3000".into()), tls: Some("off".into()), ..Default::default() };
+    let c = Config::load(Some(&path), vars, &flags).unwrap();
+    assert_eq!(c.listen.to_string(), "127.0.0.1:3000", "flag beats env beats file");
+    assert_eq!(c.data_dir, Path::new("/file"));
+    assert_eq!(c.log.level, "debug");
+    assert_eq!(c.log.format, LogFormat::Json);
+    assert_eq!(c.password.iterations, 3);
+    assert_eq!(c.tls.names, vec!["gate.home.arpa", "192.168.1.5"]);
+    assert_eq!(c.tls.mode, TlsMode::Off);
+}
+
+#[test]
+fn unknown_keys_are_errors_naming_the_key() {
+    let e = load_str("bogus = 1\n", &[]).unwrap_err();
+    assert!(e.contains("bogus"), "{e}");
+    let e = load_str("[tls]\nmod = \"off\"\n", &[]).unwrap_err();
+    assert!(e.contains("tls") && e.contains("mod"), "{e}");
+    let e = load_str("", &[("MIAUFLIX_LISTN", "127.0.0.1:1")]).unwrap_err();
+    assert!(e.contains("listn"), "{e}");
+    let e = load_str("", &[("MIAUFLIX_HTTP__MAX_BODY", "5")]).unwrap_err();
+    assert!(e.contains("max_body"), "{e}");
+    for msg in [&e] {
+        assert!(!msg.contains('\n'), "one line: {msg}");
+    }
+}
+
+#[test]
+fn bad_values_are_errors_naming_the_key() {
+    let e = load_str("listen = \"not-an-address\"\n", &[]).unwrap_err();
+    assert!(e.contains("listen"), "{e}");
+    let e = load_str("", &[("MIAUFLIX_LISTEN", "127.0.0.1:99999")]).unwrap_err();
+    assert!(e.contains("listen"), "{e}");
+    let e = load_str("[tls]\nmode = \"sometimes\"\n", &[]).unwrap_err();
+    assert!(e.contains("tls.mode") && e.contains("sometimes"), "{e}");
+    let e = load_str("[password]\nmemory_kib = 1024\n", &[]).unwrap_err();
+    assert!(e.contains("password.memory_kib"), "{e}");
+    let e = load_str("[password]\niterations = 1\n", &[]).unwrap_err();
+    assert!(e.contains("password.iterations"), "{e}");
+    let e = load_str("[http]\nmax_body_bytes = -5\n", &[]).unwrap_err();
+    assert!(e.contains("http.max_body_bytes"), "{e}");
+    let e = load_str("[log]\nlevel = \"[[[\"\n", &[]).unwrap_err();
+    assert!(e.contains("log.level"), "{e}");
+    let e = load_str("[tls]\nnames = [\"bad name!\"]\n", &[]).unwrap_err();
+    assert!(e.contains("tls.names"), "{e}");
+}
+
+#[test]
+fn tls_off_only_on_loopback() {
+    assert!(load_str("listen = \"127.0.0.1:8080\"\n[tls]\nmode = \"off\"\n", &[]).is_ok());
+    assert!(load_str("listen = \"[::1]:8080\"\n[tls]\nmode = \"off\"\n", &[]).is_ok());
+    let e = load_str("listen = \"0.0.0.0:8080\"\n[tls]\nmode = \"off\"\n", &[]).unwrap_err();
+    assert!(e.contains("loopback") && e.contains("tls.mode"), "{e}");
+    let e = load_str("listen = \"192.168.1.10:8080\"\n", &[("MIAUFLIX_TLS", "off")]).unwrap_err();
+    assert!(e.contains("loopback"), "{e}");
+}
+
+#[test]
+fn malformed_toml_names_the_line() {
+    let e = load_str("listen = \"127.0.0.1:1\"\n\n[tls\nmode = 1\n", &[]).unwrap_err();
+    assert!(e.contains("line 3"), "{e}");
+    assert!(!e.contains('\n'), "{e}");
+}
+
+#[test]
+fn missing_config_file_is_a_clear_error() {
+    let e = Config::load(Some(Path::new("/nonexistent/gate.toml")), env(&[]), &Overrides::default()).unwrap_err();
+    assert!(e.0.contains("/nonexistent/gate.toml"), "{}", e.0);
+}
