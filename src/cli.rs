@@ -66,7 +66,12 @@ pub fn run() -> ExitCode {
     };
     match cli.command.unwrap_or(Command::Serve) {
         Command::Config { command: ConfigCommand::Check } => {
-            println!("configuration is valid (listen {}, tls {}, data {})", config.listen, config.tls.mode.as_str(), config.data_dir.display());
+            println!(
+                "configuration is valid (listen {}, tls {}, data {})",
+                config.listen,
+                config.tls.mode.as_str(),
+                config.data_dir.display()
+            );
             ExitCode::SUCCESS
         }
         Command::Healthcheck { timeout } => {

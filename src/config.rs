@@ -189,8 +189,7 @@ impl Config {
                 .find(|(alias, _)| *alias == rest)
                 .map(|(_, key)| (*key).to_string())
                 .unwrap_or_else(|| rest.to_ascii_lowercase().replace("__", "."));
-            set_path(&mut table, &key, env_value(&value))
-                .map_err(|msg| ConfigError(format!("env {name}: {msg}")))?;
+            set_path(&mut table, &key, env_value(&value)).map_err(|msg| ConfigError(format!("env {name}: {msg}")))?;
         }
         if let Some(dir) = &flags.data_dir {
             set_path(&mut table, "data_dir", toml::Value::String(dir.display().to_string())).map_err(ConfigError)?;

@@ -72,7 +72,12 @@ impl ApiError {
             401 => Self::new(status, "unauthorized", "Authentication required", "Sign in to access this resource."),
             403 => Self::new(status, "forbidden", "Forbidden", "You are not allowed to do this."),
             404 => Self::not_found(),
-            405 => Self::new(status, "method-not-allowed", "Method not allowed", "This address does not accept that method."),
+            405 => Self::new(
+                status,
+                "method-not-allowed",
+                "Method not allowed",
+                "This address does not accept that method.",
+            ),
             406 => Self::new(status, "not-acceptable", "Not acceptable", "No acceptable representation is available."),
             411 => Self::new(status, "length-required", "Length required", "The request needs a Content-Length."),
             413 => Self::new(status, "payload-too-large", "Payload too large", "The request body is too large."),

@@ -63,7 +63,8 @@ async fn probe(config: &Config) -> anyhow::Result<()> {
     if addr.ip().is_unspecified() {
         addr.set_ip(if addr.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
     }
-    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| anyhow::anyhow!("cannot connect to {addr}: {e}"))?;
+    let tcp =
+        tokio::net::TcpStream::connect(addr).await.map_err(|e| anyhow::anyhow!("cannot connect to {addr}: {e}"))?;
     let status = if config.tls_enabled() {
         let provider = Arc::new(crate::tls::crypto_provider());
         let client = rustls::ClientConfig::builder_with_provider(provider.clone())
@@ -73,7 +74,8 @@ async fn probe(config: &Config) -> anyhow::Result<()> {
             .with_no_client_auth();
         let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
         let name = ServerName::try_from("localhost")?;
-        let tls = connector.connect(name, tcp).await.map_err(|e| anyhow::anyhow!("TLS handshake with {addr} failed: {e}"))?;
+        let tls =
+            connector.connect(name, tcp).await.map_err(|e| anyhow::anyhow!("TLS handshake with {addr} failed: {e}"))?;
         request(tls).await?
     } else {
         request(tcp).await?

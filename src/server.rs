@@ -96,14 +96,8 @@ pub async fn open(config: Config) -> anyhow::Result<Opened> {
         SetupState::Done => {}
     }
 
-    let state = Arc::new(AppState {
-        config: Arc::new(config),
-        store,
-        keyring,
-        hasher,
-        started: Instant::now(),
-        tls_source,
-    });
+    let state =
+        Arc::new(AppState { config: Arc::new(config), store, keyring, hasher, started: Instant::now(), tls_source });
     Ok(Opened { state, tls })
 }
 
@@ -149,16 +143,18 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     let redirect = match config.http_listen {
         Some(addr) if tls.is_some() => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr}"))?;
+            let listener =
+                tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
             let http_bound = listener.local_addr().context("reading the bound address")?;
             let acceptor = TcpAcceptor::from_tokio(listener).context("preparing the listener")?;
             tracing::info!(addr = %http_bound, "plain HTTP listener redirects to https");
             let app = crate::http::redirect::app(bound.port());
             let stop = wait_stop(stop_rx.clone());
             Some(tokio::spawn(async move {
-                Server::new_with_acceptor(acceptor).idle_timeout(idle).run_with_graceful_shutdown(app, stop, grace).await
+                Server::new_with_acceptor(acceptor)
+                    .idle_timeout(idle)
+                    .run_with_graceful_shutdown(app, stop, grace)
+                    .await
             }))
         }
         _ => None,
@@ -168,10 +164,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         let stop = wait_stop(stop_rx.clone());
         match tls {
             Some(tls) => {
-                let acceptor = crate::tls::TlsAcceptor::new(tcp, tls, Duration::from_secs(config.tls.handshake_timeout_secs));
+                let acceptor =
+                    crate::tls::TlsAcceptor::new(tcp, tls, Duration::from_secs(config.tls.handshake_timeout_secs));
                 log_listening("https", bound, started);
                 tokio::spawn(async move {
-                    Server::new_with_acceptor(acceptor).idle_timeout(idle).run_with_graceful_shutdown(app, stop, grace).await
+                    Server::new_with_acceptor(acceptor)
+                        .idle_timeout(idle)
+                        .run_with_graceful_shutdown(app, stop, grace)
+                        .await
                 })
             }
             None => {

@@ -43,15 +43,18 @@ async fn serves_healthz_over_tls_with_a_stable_self_signed_certificate() {
     assert_eq!(common::tls_alpn(gate.addr, "localhost", both).await.unwrap().as_deref(), Some(&b"h2"[..]));
     // TLS 1.2 alone and TLS 1.3 alone both work.
     for v in [&rustls::version::TLS12, &rustls::version::TLS13] {
-        let reply = https_request(gate.addr, "localhost", client_config(&pem, &[v]), "GET", "/readyz", None).await.unwrap();
+        let reply =
+            https_request(gate.addr, "localhost", client_config(&pem, &[v]), "GET", "/readyz", None).await.unwrap();
         assert_eq!(reply.status, 200);
         assert_eq!(reply.json()["store"], true);
         assert_eq!(reply.tls_version, Some(v.version));
     }
     // A name the certificate does not cover is refused by the client.
-    assert!(https_request(gate.addr, "example.com", client_config(&pem, &tls13_and_12()), "GET", "/healthz", None)
-        .await
-        .is_err());
+    assert!(
+        https_request(gate.addr, "example.com", client_config(&pem, &tls13_and_12()), "GET", "/healthz", None)
+            .await
+            .is_err()
+    );
 
     // The healthcheck subcommand finds the running gate.
     let listen = gate.addr.to_string();
@@ -86,7 +89,8 @@ fn refuses_a_master_key_readable_by_others() {
     let key = data.join("master.key");
     std::fs::write(&key, [7u8; 32]).unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let (code, _, err) = run_cli(&[], &[("MIAUFLIX_DATA_DIR", data.to_str().unwrap()), ("MIAUFLIX_LISTEN", "127.0.0.1:0")]);
+    let (code, _, err) =
+        run_cli(&[], &[("MIAUFLIX_DATA_DIR", data.to_str().unwrap()), ("MIAUFLIX_LISTEN", "127.0.0.1:0")]);
     assert_ne!(code, 0);
     assert!(err.contains("master key file") && err.contains("chmod 600"), "{err}");
     assert_eq!(fatal_lines(&err), 1, "one clear line on stderr: {err}");
@@ -123,7 +127,8 @@ async fn refuses_a_wrong_master_key_without_touching_the_data() {
 
     // A missing master key beside existing data is refused, not replaced.
     std::fs::rename(data.join("master.key"), dir.path().join("saved.key")).unwrap();
-    let (code, _, err) = run_cli(&[], &[("MIAUFLIX_DATA_DIR", data.to_str().unwrap()), ("MIAUFLIX_LISTEN", "127.0.0.1:0")]);
+    let (code, _, err) =
+        run_cli(&[], &[("MIAUFLIX_DATA_DIR", data.to_str().unwrap()), ("MIAUFLIX_LISTEN", "127.0.0.1:0")]);
     assert_ne!(code, 0);
     assert!(err.contains("is missing but data file"), "{err}");
     assert!(!data.join("master.key").exists(), "no new key may be made");
@@ -138,7 +143,8 @@ fn refuses_a_corrupt_data_file_and_leaves_it_alone() {
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
     let junk: Vec<u8> = (0..20_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     std::fs::write(data.join("gate.redb"), &junk).unwrap();
-    let (code, _, err) = run_cli(&[], &[("MIAUFLIX_DATA_DIR", data.to_str().unwrap()), ("MIAUFLIX_LISTEN", "127.0.0.1:0")]);
+    let (code, _, err) =
+        run_cli(&[], &[("MIAUFLIX_DATA_DIR", data.to_str().unwrap()), ("MIAUFLIX_LISTEN", "127.0.0.1:0")]);
     assert_ne!(code, 0);
     assert!(err.contains("gate.redb"), "{err}");
     assert_eq!(fatal_lines(&err), 1, "{err}");
@@ -152,7 +158,8 @@ fn refuses_a_data_dir_it_cannot_create() {
     std::fs::write(&file, b"x").unwrap();
     // Under a regular file, and on a file system that takes no directories (even for root).
     for data in [file.join("data"), std::path::PathBuf::from("/proc/miauflix-gate-data")] {
-        let (code, _, err) = run_cli(&[], &[("MIAUFLIX_DATA_DIR", data.to_str().unwrap()), ("MIAUFLIX_LISTEN", "127.0.0.1:0")]);
+        let (code, _, err) =
+            run_cli(&[], &[("MIAUFLIX_DATA_DIR", data.to_str().unwrap()), ("MIAUFLIX_LISTEN", "127.0.0.1:0")]);
         assert_ne!(code, 0);
         assert!(err.contains("cannot create data directory"), "{err}");
         assert_eq!(fatal_lines(&err), 1, "{err}");

@@ -2,8 +2,8 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use miauflix_gate::crypto::{FieldContext, Keyring, MasterKey, PasswordHasher};
 use miauflix_gate::config::PasswordConfig;
+use miauflix_gate::crypto::{FieldContext, Keyring, MasterKey, PasswordHasher};
 use miauflix_gate::store::Store;
 use proptest::prelude::*;
 use zeroize::Zeroizing;

@@ -7,7 +7,8 @@ use miauflix_gate::http::{AppState, build_app, openapi_json};
 use poem::test::TestClient;
 
 async fn state(dir: &std::path::Path) -> Arc<AppState> {
-    let flags = Overrides { data_dir: Some(dir.join("data")), listen: Some("127.0.0.1:0".into()), tls: Some("off".into()) };
+    let flags =
+        Overrides { data_dir: Some(dir.join("data")), listen: Some("127.0.0.1:0".into()), tls: Some("off".into()) };
     let config = Config::load(None, Vec::new(), &flags).unwrap();
     miauflix_gate::server::open(config).await.unwrap().state
 }
@@ -57,7 +58,9 @@ async fn bodies_over_the_limit_are_413_problems() {
     let body = problem_body(resp).await;
     assert_eq!(body["type"], "urn:miauflix-gate:problem/payload-too-large");
     // Without a Content-Length (chunked), the limit holds while reading.
-    let stream = futures_util::stream::iter(big.chunks(4096).map(|c| Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(c))).collect::<Vec<_>>());
+    let stream = futures_util::stream::iter(
+        big.chunks(4096).map(|c| Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(c))).collect::<Vec<_>>(),
+    );
     let resp = cli
         .post("/api/anything")
         .header("transfer-encoding", "chunked")

@@ -81,8 +81,10 @@ fn seal(cipher: &Aes256GcmSiv, key_id: u32, ctx: &FieldContext<'_>, plaintext: &
     Ok(out)
 }
 
-/// Splits a stored value into (key id, header, nonce, ciphertext).
-fn parse(blob: &[u8]) -> Result<(u32, &[u8], &[u8], &[u8]), CryptoError> {
+/// A stored value split into its parts: (key id, header, nonce, ciphertext+tag).
+type Sealed<'a> = (u32, &'a [u8], &'a [u8], &'a [u8]);
+
+fn parse(blob: &[u8]) -> Result<Sealed<'_>, CryptoError> {
     if blob.len() < HEADER_LEN + NONCE_LEN + TAG_LEN {
         return Err(CryptoError::Malformed);
     }
@@ -93,7 +95,13 @@ fn parse(blob: &[u8]) -> Result<(u32, &[u8], &[u8], &[u8]), CryptoError> {
     Ok((key_id, &blob[..HEADER_LEN], &blob[HEADER_LEN..HEADER_LEN + NONCE_LEN], &blob[HEADER_LEN + NONCE_LEN..]))
 }
 
-fn open(cipher: &Aes256GcmSiv, header: &[u8], nonce: &[u8], ct: &[u8], ctx: &FieldContext<'_>) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+fn open(
+    cipher: &Aes256GcmSiv,
+    header: &[u8],
+    nonce: &[u8],
+    ct: &[u8],
+    ctx: &FieldContext<'_>,
+) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
     let aad = ctx.aad(header);
     cipher
         .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: &aad })
@@ -143,7 +151,8 @@ impl Keyring {
             if key_id != MASTER_KEY_ID {
                 return Err(KeyringError::WrongMasterKey);
             }
-            let raw = open(&kek, header, nonce, ct, &dek_context(&id.to_string())).map_err(|_| KeyringError::WrongMasterKey)?;
+            let raw = open(&kek, header, nonce, ct, &dek_context(&id.to_string()))
+                .map_err(|_| KeyringError::WrongMasterKey)?;
             if raw.len() != 32 {
                 return Err(KeyringError::WrongMasterKey);
             }
@@ -209,7 +218,9 @@ impl Keyring {
 /// Why the keyring could not be loaded or extended.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyringError {
-    #[error("the master key does not match this data file (cannot unwrap its data keys); restore the master key that belongs to it")]
+    #[error(
+        "the master key does not match this data file (cannot unwrap its data keys); restore the master key that belongs to it"
+    )]
     WrongMasterKey,
     #[error(transparent)]
     Store(#[from] StoreError),

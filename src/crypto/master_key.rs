@@ -49,7 +49,9 @@ impl MasterKey {
 
     fn create(path: &Path) -> Result<MasterKey, CryptoError> {
         let key = Zeroizing::new(random_bytes::<32>());
-        let fail = |e: std::io::Error| CryptoError::MasterKey(format!("cannot create master key file {}: {e}", path.display()));
+        let fail = |e: std::io::Error| {
+            CryptoError::MasterKey(format!("cannot create master key file {}: {e}", path.display()))
+        };
         let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(fail)?;
         file.write_all(&key[..]).map_err(fail)?;
         file.sync_all().map_err(fail)?;

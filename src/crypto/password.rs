@@ -39,10 +39,13 @@ impl PasswordHasher {
     pub fn new(cfg: &PasswordConfig) -> Result<PasswordHasher, CryptoError> {
         let params = Params::new(cfg.memory_kib, cfg.iterations, cfg.parallelism, None)
             .map_err(|e| CryptoError::Hash(e.to_string()))?;
-        let slots = cfg
-            .max_concurrent
-            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
-        Ok(PasswordHasher { params, slots: Arc::new(Semaphore::new(slots)), dummy: Arc::new(tokio::sync::OnceCell::new()) })
+        let slots =
+            cfg.max_concurrent.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
+        Ok(PasswordHasher {
+            params,
+            slots: Arc::new(Semaphore::new(slots)),
+            dummy: Arc::new(tokio::sync::OnceCell::new()),
+        })
     }
 
     fn argon2(&self) -> Argon2<'static> {
@@ -72,11 +75,9 @@ impl PasswordHasher {
         let known = phc.is_some();
         let phc = match phc {
             Some(phc) => phc,
-            None => self
-                .dummy
-                .get_or_try_init(|| self.hash(Zeroizing::new(super::random_token::<24>())))
-                .await?
-                .clone(),
+            None => {
+                self.dummy.get_or_try_init(|| self.hash(Zeroizing::new(super::random_token::<24>()))).await?.clone()
+            }
         };
         let _permit = self.slots.acquire().await.map_err(|_| CryptoError::Hash("hasher closed".into()))?;
         let this = self.clone();
@@ -96,7 +97,11 @@ impl PasswordHasher {
             return true;
         }
         match Params::try_from(&parsed) {
-            Ok(p) => p.m_cost() != self.params.m_cost() || p.t_cost() != self.params.t_cost() || p.p_cost() != self.params.p_cost(),
+            Ok(p) => {
+                p.m_cost() != self.params.m_cost()
+                    || p.t_cost() != self.params.t_cost()
+                    || p.p_cost() != self.params.p_cost()
+            }
             Err(_) => true,
         }
     }

@@ -48,7 +48,8 @@ impl<E: Endpoint> Endpoint for RequestContextEndpoint<E> {
     async fn call(&self, mut req: Request) -> poem::Result<Response> {
         let id = RequestId::new();
         req.extensions_mut().insert(id.clone());
-        let limited = if req.uri().path().starts_with("/api/") { limit_body(&mut req, self.max_body).await } else { Ok(()) };
+        let limited =
+            if req.uri().path().starts_with("/api/") { limit_body(&mut req, self.max_body).await } else { Ok(()) };
         let result = match limited {
             Ok(()) => self.inner.call(req).await.map(IntoResponse::into_response),
             Err(e) => Err(e.into()),

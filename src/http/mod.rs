@@ -28,8 +28,9 @@ pub struct AppState {
 
 /// The OpenAPI service with every documented endpoint.
 pub fn openapi_service(state: Arc<AppState>) -> OpenApiService<api::Apis, ()> {
-    OpenApiService::new(api::apis(state), "miauflix-gate", env!("CARGO_PKG_VERSION"))
-        .description("The security gate in front of a Miauflix media server: auth, TLS, rate limits, audit, VPN supervision.")
+    OpenApiService::new(api::apis(state), "miauflix-gate", env!("CARGO_PKG_VERSION")).description(
+        "The security gate in front of a Miauflix media server: auth, TLS, rate limits, audit, VPN supervision.",
+    )
 }
 
 /// The OpenAPI document as pretty JSON, as committed in `openapi.json`.

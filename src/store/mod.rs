@@ -24,7 +24,9 @@ const QUEUE_DEPTH: usize = 4096;
 /// Store errors. Clone, so one failed commit can be reported to every caller in the batch.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    #[error("data file {path} belongs to schema version {found}, newer than this binary supports ({supported}); upgrade miauflix-gate")]
+    #[error(
+        "data file {path} belongs to schema version {found}, newer than this binary supports ({supported}); upgrade miauflix-gate"
+    )]
     SchemaTooNew { path: PathBuf, found: u64, supported: u64 },
     #[error("data file {0} is already in use by another process")]
     Locked(PathBuf),
@@ -150,10 +152,9 @@ impl Store {
         let writer = {
             let db = db.clone();
             let stats = stats.clone();
-            std::thread::Builder::new()
-                .name("store-writer".into())
-                .spawn(move || writer_loop(db, rx, stats))
-                .map_err(|e| StoreError::Open { path: path.to_path_buf(), reason: format!("cannot start writer: {e}") })?
+            std::thread::Builder::new().name("store-writer".into()).spawn(move || writer_loop(db, rx, stats)).map_err(
+                |e| StoreError::Open { path: path.to_path_buf(), reason: format!("cannot start writer: {e}") },
+            )?
         };
         Ok(Store {
             inner: Arc::new(Inner {
@@ -226,11 +227,12 @@ fn classify_open_error(path: &Path, e: redb::DatabaseError) -> StoreError {
         redb::DatabaseError::Storage(redb::StorageError::Io(io)) => {
             StoreError::Open { path: path.to_path_buf(), reason: io.to_string() }
         }
-        redb::DatabaseError::Storage(other) => StoreError::Corrupt { path: path.to_path_buf(), reason: other.to_string() },
-        redb::DatabaseError::UpgradeRequired(v) => StoreError::Corrupt {
-            path: path.to_path_buf(),
-            reason: format!("redb file format {v} needs an upgrade"),
-        },
+        redb::DatabaseError::Storage(other) => {
+            StoreError::Corrupt { path: path.to_path_buf(), reason: other.to_string() }
+        }
+        redb::DatabaseError::UpgradeRequired(v) => {
+            StoreError::Corrupt { path: path.to_path_buf(), reason: format!("redb file format {v} needs an upgrade") }
+        }
         other => StoreError::Open { path: path.to_path_buf(), reason: other.to_string() },
     }
 }

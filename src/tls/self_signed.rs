@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use rcgen::{CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose, ExtendedKeyUsagePurpose, SanType};
+use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -109,7 +109,11 @@ pub fn default_names(listen: IpAddr, extra: &[String]) -> Vec<String> {
 
 /// Loads the stored certificate when it covers `names` and is not near expiry; otherwise
 /// makes a new one and stores it.
-pub async fn load_or_create(store: &Store, keyring: &Keyring, names: Vec<String>) -> Result<SelfSigned, SelfSignedError> {
+pub async fn load_or_create(
+    store: &Store,
+    keyring: &Keyring,
+    names: Vec<String>,
+) -> Result<SelfSigned, SelfSignedError> {
     let stored = store.read(|txn| {
         let t = txn.open_table(tables::SECRETS)?;
         let v = t.get(RECORD)?.map(|v| v.value().to_vec());
@@ -136,7 +140,12 @@ pub async fn load_or_create(store: &Store, keyring: &Keyring, names: Vec<String>
     let sealed = keyring
         .encrypt(&FieldContext::new("secrets", "private_key", RECORD), &key_der)
         .map_err(|e| SelfSignedError::Generate(e.to_string()))?;
-    let rec = StoredCert { names: names.clone(), cert_der: B64.encode(&cert_der), key_sealed: B64.encode(&sealed), not_after };
+    let rec = StoredCert {
+        names: names.clone(),
+        cert_der: B64.encode(&cert_der),
+        key_sealed: B64.encode(&sealed),
+        not_after,
+    };
     let bytes = serde_json::to_vec(&rec).map_err(|e| SelfSignedError::Generate(e.to_string()))?;
     store
         .write(move |txn| {
@@ -149,7 +158,10 @@ pub async fn load_or_create(store: &Store, keyring: &Keyring, names: Vec<String>
     Ok(SelfSigned { certified, cert_der, names, created: true })
 }
 
-fn generate(names: &[String]) -> Result<(Vec<u8>, zeroize::Zeroizing<Vec<u8>>, i64), SelfSignedError> {
+/// (certificate DER, private key PKCS#8 DER, not-after as a Unix time)
+type Generated = (Vec<u8>, zeroize::Zeroizing<Vec<u8>>, i64);
+
+fn generate(names: &[String]) -> Result<Generated, SelfSignedError> {
     let gen_err = |e: rcgen::Error| SelfSignedError::Generate(e.to_string());
     let key = KeyPair::generate().map_err(gen_err)?;
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(gen_err)?;

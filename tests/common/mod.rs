@@ -126,17 +126,22 @@ pub fn client_config(ca_pem: &Path, versions: &[&'static rustls::SupportedProtoc
     for cert in rustls_pemfile_certs(&pem) {
         roots.add(cert).expect("add root");
     }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .with_protocol_versions(versions)
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_protocol_versions(versions)
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     config
 }
 
 /// Completes a TLS handshake and returns the negotiated ALPN protocol.
-pub async fn tls_alpn(addr: SocketAddr, server_name: &str, config: rustls::ClientConfig) -> Result<Option<Vec<u8>>, String> {
+pub async fn tls_alpn(
+    addr: SocketAddr,
+    server_name: &str,
+    config: rustls::ClientConfig,
+) -> Result<Option<Vec<u8>>, String> {
     let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let name = rustls::pki_types::ServerName::try_from(server_name.to_string()).map_err(|e| e.to_string())?;

@@ -1,0 +1,23 @@
+# Recipes mirror README.md.
+
+# Run the gate with embedded defaults on https://127.0.0.1:8443
+run:
+    cargo run --release
+
+# The tests that need only the Rust toolchain
+test:
+    cargo test
+
+# End-to-end suites that need system tools (installs them; needs root)
+e2e:
+    apt-get install -y -qq openssl
+    cargo test --features e2e
+
+# Lints; warnings fail
+lint:
+    cargo fmt --check
+    cargo clippy --all-targets --features e2e -- -D warnings
+
+# Benchmarks
+bench:
+    cargo bench
