@@ -64,6 +64,43 @@ pub struct Config {
     pub log: LogConfig,
     pub http: HttpConfig,
     pub password: PasswordConfig,
+    pub auth: AuthConfig,
+}
+
+/// `[auth]`: sessions and tokens.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// `iss` of access tokens.
+    pub issuer: String,
+    /// `aud` of access tokens.
+    pub audience: String,
+    pub access_ttl_secs: i64,
+    /// A refresh token unused this long is refused.
+    pub refresh_idle_secs: i64,
+    /// A session ends this long after login, whatever its use.
+    pub session_max_secs: i64,
+    /// Live sessions per user; the least recently used goes when a new one is made.
+    pub max_sessions_per_user: usize,
+    pub password_min_length: usize,
+    /// A rotated refresh token presented again within this many seconds is refused
+    /// without revoking the session (two tabs refreshing at once); later, it is reuse.
+    pub refresh_reuse_grace_secs: i64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            issuer: "miauflix-gate".into(),
+            audience: "miauflix".into(),
+            access_ttl_secs: 900,
+            refresh_idle_secs: 7 * 86_400,
+            session_max_secs: 30 * 86_400,
+            max_sessions_per_user: 10,
+            password_min_length: 12,
+            refresh_reuse_grace_secs: 5,
+        }
+    }
 }
 
 /// `[tls]`
@@ -120,6 +157,7 @@ impl Default for Config {
             log: LogConfig::default(),
             http: HttpConfig::default(),
             password: PasswordConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -265,6 +303,28 @@ impl Config {
         }
         if !(1..=16).contains(&self.password.parallelism) {
             return err("password.parallelism", "must be between 1 and 16".into());
+        }
+        let a = &self.auth;
+        if a.issuer.trim().is_empty() || a.audience.trim().is_empty() {
+            return err("auth.issuer", "issuer and audience must not be empty".into());
+        }
+        if !(60..=3600).contains(&a.access_ttl_secs) {
+            return err("auth.access_ttl_secs", "must be between 60 and 3600".into());
+        }
+        if !(300..=90 * 86_400).contains(&a.refresh_idle_secs) {
+            return err("auth.refresh_idle_secs", "must be between 300 and 7776000".into());
+        }
+        if a.session_max_secs < a.refresh_idle_secs || a.session_max_secs > 365 * 86_400 {
+            return err("auth.session_max_secs", "must be at least refresh_idle_secs and at most a year".into());
+        }
+        if !(1..=100).contains(&a.max_sessions_per_user) {
+            return err("auth.max_sessions_per_user", "must be between 1 and 100".into());
+        }
+        if !(8..=128).contains(&a.password_min_length) {
+            return err("auth.password_min_length", "must be between 8 and 128".into());
+        }
+        if !(0..=60).contains(&a.refresh_reuse_grace_secs) {
+            return err("auth.refresh_reuse_grace_secs", "must be between 0 and 60".into());
         }
         if self.password.max_concurrent == Some(0) {
             return err("password.max_concurrent", "must be at least 1".into());

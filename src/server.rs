@@ -96,8 +96,24 @@ pub async fn open(config: Config) -> anyhow::Result<Opened> {
         SetupState::Done => {}
     }
 
-    let state =
-        Arc::new(AppState { config: Arc::new(config), store, keyring, hasher, started: Instant::now(), tls_source });
+    let auth = crate::auth::AuthService::open(
+        store.clone(),
+        keyring.clone(),
+        hasher.clone(),
+        config.auth.clone(),
+        config.setup_token_path(),
+    )
+    .await
+    .context("loading the auth service")?;
+    let state = Arc::new(AppState {
+        config: Arc::new(config),
+        store,
+        keyring,
+        hasher,
+        auth: Arc::new(auth),
+        started: Instant::now(),
+        tls_source,
+    });
     Ok(Opened { state, tls })
 }
 

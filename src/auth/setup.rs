@@ -25,20 +25,27 @@ pub enum SetupError {
     Io { path: String, reason: String },
 }
 
-/// Whether any user exists.
-pub fn has_users(store: &Store) -> Result<bool, StoreError> {
+/// Whether an admin exists (setup is only needed while none does).
+pub fn has_admin(store: &Store) -> Result<bool, StoreError> {
     store.read(|txn| {
         let t = txn.open_table(tables::USERS)?;
-        Ok(redb::ReadableTable::first(&t)?.is_some())
+        for row in redb::ReadableTable::iter(&t)? {
+            let (_, v) = row?;
+            let u: super::model::UserRecord = serde_json::from_slice(v.value())?;
+            if u.role == super::model::Role::Admin {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     })
 }
 
-/// Makes sure a setup token exists while there are no users, and that none lingers after.
+/// Makes sure a setup token exists while there is no admin, and that none lingers after.
 /// An existing well-formed token with mode 0600 is kept, so a restart does not
 /// invalidate what the user already copied.
 pub fn ensure_setup_token(store: &Store, path: &Path) -> Result<SetupState, SetupError> {
     let io = |e: std::io::Error| SetupError::Io { path: path.display().to_string(), reason: e.to_string() };
-    if has_users(store)? {
+    if has_admin(store)? {
         if path.exists() {
             std::fs::remove_file(path).map_err(io)?;
         }

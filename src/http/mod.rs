@@ -2,6 +2,7 @@
 //! This is the only layer that knows HTTP; it turns domain modules into endpoints.
 
 pub mod api;
+pub mod auth;
 pub mod middleware;
 pub mod redirect;
 
@@ -11,6 +12,7 @@ use std::time::Instant;
 use poem::{Endpoint, EndpointExt, Route, get, handler, web::Redirect};
 use poem_openapi::OpenApiService;
 
+use crate::auth::AuthService;
 use crate::config::Config;
 use crate::crypto::{Keyring, PasswordHasher};
 use crate::store::Store;
@@ -21,6 +23,7 @@ pub struct AppState {
     pub store: Store,
     pub keyring: Arc<Keyring>,
     pub hasher: PasswordHasher,
+    pub auth: Arc<AuthService>,
     pub started: Instant,
     /// What the main listener serves, for status pages (e.g. "self-signed").
     pub tls_source: String,
@@ -54,5 +57,6 @@ pub fn build_app(state: Arc<AppState>) -> impl Endpoint {
         .at("/api/openapi.json", get(spec))
         .nest("/api/docs", docs)
         .nest("/", api)
+        .data(state)
         .with(middleware::RequestContext::new(max_body))
 }

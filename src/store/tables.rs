@@ -11,6 +11,16 @@ pub const KEYRING: TableDefinition<u32, &[u8]> = TableDefinition::new("keyring")
 pub const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
 /// User records by user id.
 pub const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
+/// Normalised email → user id.
+pub const USER_EMAILS: TableDefinition<&str, &str> = TableDefinition::new("user_emails");
+/// Session records by session id.
+pub const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+/// `user_id/session_id` → (), to list a user's sessions.
+pub const USER_SESSIONS: TableDefinition<&str, ()> = TableDefinition::new("user_sessions");
+/// SHA-256 (hex) of a refresh token → its record.
+pub const REFRESH_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("refresh_tokens");
+/// `session_id/hash` → (), to delete a session's refresh tokens.
+pub const SESSION_REFRESH: TableDefinition<&str, ()> = TableDefinition::new("session_refresh");
 
 /// Creates every table, so readers never meet a missing one.
 pub(crate) fn create_all(txn: &redb::WriteTransaction) -> Result<(), redb::TableError> {
@@ -18,5 +28,10 @@ pub(crate) fn create_all(txn: &redb::WriteTransaction) -> Result<(), redb::Table
     txn.open_table(KEYRING)?;
     txn.open_table(SECRETS)?;
     txn.open_table(USERS)?;
+    txn.open_table(USER_EMAILS)?;
+    txn.open_table(SESSIONS)?;
+    txn.open_table(USER_SESSIONS)?;
+    txn.open_table(REFRESH_TOKENS)?;
+    txn.open_table(SESSION_REFRESH)?;
     Ok(())
 }

@@ -1,16 +1,27 @@
 //! poem-openapi endpoints, one file per area; every one is in the OpenAPI document.
 
+pub mod account;
+pub mod auth;
+pub mod dto;
+pub mod keys;
 pub mod system;
+pub mod users;
 
 use std::sync::Arc;
 
 use super::AppState;
 
 /// Every API area, combined for the OpenAPI service.
-pub type Apis = system::SystemApi;
+pub type Apis = (system::SystemApi, auth::AuthApi, account::AccountApi, users::UsersApi, keys::KeysApi);
 
 pub fn apis(state: Arc<AppState>) -> Apis {
-    system::SystemApi { state }
+    (
+        system::SystemApi { state: state.clone() },
+        auth::AuthApi { state: state.clone() },
+        account::AccountApi { state: state.clone() },
+        users::UsersApi { state: state.clone() },
+        keys::KeysApi { state },
+    )
 }
 
 /// Tags that group operations in the document.
@@ -18,4 +29,10 @@ pub fn apis(state: Arc<AppState>) -> Apis {
 pub enum ApiTags {
     /// Liveness, readiness and status.
     System,
+    /// Setup, login, sessions and tokens.
+    Auth,
+    /// The caller's own account.
+    Account,
+    /// User administration (admin).
+    Users,
 }

@@ -1,0 +1,138 @@
+//! Users, sessions and refresh tokens as stored, and the rules for emails and passwords.
+
+use serde::{Deserialize, Serialize};
+
+/// A role; the order is the privilege order (`Guest < User < Admin`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Guest,
+    User,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Guest => "guest",
+            Role::User => "user",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "guest" => Some(Role::Guest),
+            "user" => Some(Role::User),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// A user as stored in the `users` table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub id: String,
+    pub email: String,
+    pub display_name: String,
+    pub role: Role,
+    /// argon2id PHC string.
+    pub password_hash: String,
+    pub disabled: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// How a session was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionKind {
+    /// Cookies, for the Miauflix web client and the admin UI.
+    Browser,
+    /// Bearer tokens, for API clients.
+    Api,
+}
+
+/// A session (one refresh-token family) as stored in the `sessions` table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub id: String,
+    pub user_id: String,
+    pub kind: SessionKind,
+    pub created_at: i64,
+    /// Last login or refresh.
+    pub last_used_at: i64,
+    /// Absolute end (30 days after login by default).
+    pub expires_at: i64,
+    /// Idle end: the current refresh token is refused after this.
+    pub idle_expires_at: i64,
+    /// SHA-256 (hex) of the current refresh token.
+    pub refresh_hash: String,
+    pub ip: String,
+    pub user_agent: String,
+    pub revoked_at: Option<i64>,
+}
+
+impl SessionRecord {
+    /// Whether the session may still be used at `now`.
+    pub fn is_live(&self, now: i64) -> bool {
+        self.revoked_at.is_none() && now < self.expires_at
+    }
+}
+
+/// A refresh token hash as stored in `refresh_tokens`; rotated tokens are kept until the
+/// session ends so that presenting one again can be recognised as reuse.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RefreshRecord {
+    pub session_id: String,
+    pub rotated_at: Option<i64>,
+}
+
+/// Trims and lower-cases an email, and checks its shape.
+pub fn normalize_email(raw: &str) -> Result<String, &'static str> {
+    let email = raw.trim().to_lowercase();
+    if email.is_empty() || email.len() > 254 {
+        return Err("The email address must have between 1 and 254 characters.");
+    }
+    let Some((local, domain)) = email.split_once('@') else {
+        return Err("The email address must contain @.");
+    };
+    let ok_chars = |s: &str| !s.is_empty() && s.chars().all(|c| !c.is_whitespace() && !c.is_control() && c != '@');
+    if !ok_chars(local) || !ok_chars(domain) || local.len() > 64 || domain.starts_with('.') || domain.ends_with('.') {
+        return Err("The email address is not valid.");
+    }
+    Ok(email)
+}
+
+/// The part of an email before `@`, the default display name.
+pub fn default_display_name(email: &str) -> String {
+    email.split('@').next().unwrap_or(email).to_string()
+}
+
+static COMMON_PASSWORDS: &str = include_str!("../../assets/common-passwords.txt");
+
+/// Whether the password is one of the 10,000 most common (case-insensitive).
+pub fn is_common_password(password: &str) -> bool {
+    let lower = password.to_lowercase();
+    COMMON_PASSWORDS.lines().any(|p| p == lower)
+}
+
+/// Checks the password rules: length, not common, not the email.
+pub fn check_password(password: &str, email: &str, min_len: usize) -> Result<(), String> {
+    let len = password.chars().count();
+    if len < min_len {
+        return Err(format!("The password must have at least {min_len} characters."));
+    }
+    if len > 256 {
+        return Err("The password must have at most 256 characters.".into());
+    }
+    if is_common_password(password) {
+        return Err("This password is too common; choose another.".into());
+    }
+    let lower = password.to_lowercase();
+    if lower == email.to_lowercase() || lower == default_display_name(email).to_lowercase() {
+        return Err("The password must not be your email address.".into());
+    }
+    Ok(())
+}

@@ -1,0 +1,270 @@
+//! Access tokens: EdDSA (Ed25519) JWTs with a `kid`, signed by keys kept in the store
+//! (private parts encrypted with the keyring). Validation pins the algorithm and takes the
+//! key only from our own ring, by `kid`; nothing in the token's header is trusted.
+
+use std::sync::RwLock;
+
+use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{FieldContext, Keyring};
+use crate::store::{Store, StoreError, tables};
+
+const RECORD: &str = "jwt.signing_keys";
+
+/// The claims of an access token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub sid: String,
+    pub role: String,
+    pub iss: String,
+    pub aud: String,
+    pub iat: i64,
+    pub nbf: i64,
+    pub exp: i64,
+    pub jti: String,
+}
+
+#[derive(Serialize, Deserialize, Clone)]
+struct StoredKey {
+    kid: String,
+    created_at: i64,
+    /// When a newer key took over; the key verifies until its last token expired.
+    retired_at: Option<i64>,
+    public: String,
+    private_sealed: String,
+}
+
+struct LoadedKey {
+    kid: String,
+    retired_at: Option<i64>,
+    public: Vec<u8>,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+}
+
+/// Why a token was refused; the client only ever learns "401".
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("malformed token")]
+    Malformed,
+    #[error("unknown key id")]
+    UnknownKey,
+    #[error("invalid token: {0}")]
+    Invalid(String),
+}
+
+/// Errors while loading or rotating keys.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("signing keys: {0}")]
+    Keys(String),
+}
+
+/// The signing keys: the newest signs, every unexpired one verifies.
+pub struct SigningKeys {
+    keys: RwLock<Vec<LoadedKey>>,
+    issuer: String,
+    audience: String,
+    leeway: u64,
+    /// Access-token lifetime; a retired key is dropped this long (plus leeway) after retiring.
+    access_ttl: i64,
+}
+
+fn seal_ctx(kid: &str) -> FieldContext<'_> {
+    FieldContext::new("secrets", "jwt_private_key", kid)
+}
+
+fn load_key(rec: &StoredKey, keyring: &Keyring) -> Result<LoadedKey, KeyError> {
+    let sealed = B64.decode(&rec.private_sealed).map_err(|e| KeyError::Keys(e.to_string()))?;
+    let pkcs8 = keyring.decrypt(&seal_ctx(&rec.kid), &sealed).map_err(|e| KeyError::Keys(e.to_string()))?;
+    let public = B64.decode(&rec.public).map_err(|e| KeyError::Keys(e.to_string()))?;
+    Ok(LoadedKey {
+        kid: rec.kid.clone(),
+        retired_at: rec.retired_at,
+        encoding: EncodingKey::from_ed_der(&pkcs8),
+        decoding: DecodingKey::from_ed_der(&public),
+        public,
+    })
+}
+
+fn new_key(keyring: &Keyring, now: i64) -> Result<StoredKey, KeyError> {
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| KeyError::Keys("key generation failed".into()))?;
+    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| KeyError::Keys("key parse failed".into()))?;
+    let kid = hex::encode(crate::crypto::random_bytes::<8>());
+    let sealed = keyring.encrypt(&seal_ctx(&kid), pkcs8.as_ref()).map_err(|e| KeyError::Keys(e.to_string()))?;
+    Ok(StoredKey {
+        kid,
+        created_at: now,
+        retired_at: None,
+        public: B64.encode(pair.public_key().as_ref()),
+        private_sealed: B64.encode(sealed),
+    })
+}
+
+fn read_stored(store: &Store) -> Result<Vec<StoredKey>, KeyError> {
+    let bytes = store.read(|txn| {
+        let t = txn.open_table(tables::SECRETS)?;
+        Ok(t.get(RECORD)?.map(|v| v.value().to_vec()))
+    })?;
+    match bytes {
+        Some(b) => serde_json::from_slice(&b).map_err(|e| KeyError::Keys(e.to_string())),
+        None => Ok(Vec::new()),
+    }
+}
+
+async fn write_stored(store: &Store, keys: Vec<StoredKey>) -> Result<(), KeyError> {
+    let bytes = serde_json::to_vec(&keys).map_err(|e| KeyError::Keys(e.to_string()))?;
+    store
+        .write(move |txn| {
+            let mut t = txn.open_table(tables::SECRETS)?;
+            t.insert(RECORD, bytes.as_slice())?;
+            Ok(())
+        })
+        .await?;
+    Ok(())
+}
+
+impl SigningKeys {
+    /// Loads the keys, making the first one on a new store.
+    pub async fn load_or_init(
+        store: &Store,
+        keyring: &Keyring,
+        issuer: &str,
+        audience: &str,
+        access_ttl: i64,
+    ) -> Result<SigningKeys, KeyError> {
+        let now = crate::auth::now();
+        let mut stored = read_stored(store)?;
+        if stored.is_empty() {
+            stored.push(new_key(keyring, now)?);
+            write_stored(store, stored.clone()).await?;
+        }
+        let keys = stored.iter().map(|k| load_key(k, keyring)).collect::<Result<Vec<_>, _>>()?;
+        Ok(SigningKeys {
+            keys: RwLock::new(keys),
+            issuer: issuer.to_string(),
+            audience: audience.to_string(),
+            leeway: 30,
+            access_ttl,
+        })
+    }
+
+    /// Makes a new signing key; the previous one keeps verifying until its tokens expired.
+    /// Keys retired long enough ago are dropped. Returns the new key id.
+    pub async fn rotate(store: &Store, keyring: &Keyring, access_ttl: i64) -> Result<String, KeyError> {
+        let now = crate::auth::now();
+        let mut stored = read_stored(store)?;
+        for k in stored.iter_mut() {
+            if k.retired_at.is_none() {
+                k.retired_at = Some(now);
+            }
+        }
+        stored.retain(|k| k.retired_at.is_none_or(|r| now - r <= access_ttl + 60));
+        let fresh = new_key(keyring, now)?;
+        let kid = fresh.kid.clone();
+        stored.insert(0, fresh);
+        write_stored(store, stored).await?;
+        Ok(kid)
+    }
+
+    /// Re-encrypts every private key with the keyring's active key.
+    pub async fn reencrypt(store: &Store, keyring: &Keyring) -> Result<usize, KeyError> {
+        let mut stored = read_stored(store)?;
+        for k in stored.iter_mut() {
+            let sealed = B64.decode(&k.private_sealed).map_err(|e| KeyError::Keys(e.to_string()))?;
+            let plain = keyring.decrypt(&seal_ctx(&k.kid), &sealed).map_err(|e| KeyError::Keys(e.to_string()))?;
+            let resealed = keyring.encrypt(&seal_ctx(&k.kid), &plain).map_err(|e| KeyError::Keys(e.to_string()))?;
+            k.private_sealed = B64.encode(resealed);
+        }
+        let n = stored.len();
+        write_stored(store, stored).await?;
+        Ok(n)
+    }
+
+    /// Signs an access token with the newest key.
+    pub fn sign(&self, claims: &Claims) -> Result<String, TokenError> {
+        let keys = self.keys.read().map_err(|_| TokenError::Malformed)?;
+        let key = keys.first().ok_or(TokenError::UnknownKey)?;
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(key.kid.clone());
+        jsonwebtoken::encode(&header, claims, &key.encoding).map_err(|e| TokenError::Invalid(e.to_string()))
+    }
+
+    /// Builds the claims for a new access token.
+    pub fn claims(&self, user_id: &str, session_id: &str, role: &str, now: i64) -> Claims {
+        Claims {
+            sub: user_id.to_string(),
+            sid: session_id.to_string(),
+            role: role.to_string(),
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            iat: now,
+            nbf: now,
+            exp: now + self.access_ttl,
+            jti: hex::encode(crate::crypto::random_bytes::<16>()),
+        }
+    }
+
+    /// Verifies a token: EdDSA only, our key by `kid`, iss/aud/exp required, 30 s leeway.
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        if token.len() > 4096 {
+            return Err(TokenError::Malformed);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(TokenError::Invalid("algorithm".into()));
+        }
+        let kid = header.kid.ok_or(TokenError::UnknownKey)?;
+        let keys = self.keys.read().map_err(|_| TokenError::Malformed)?;
+        let key = keys.iter().find(|k| k.kid == kid).ok_or(TokenError::UnknownKey)?;
+        let mut v = Validation::new(Algorithm::EdDSA);
+        v.leeway = self.leeway;
+        v.validate_nbf = true;
+        v.set_issuer(&[&self.issuer]);
+        v.set_audience(&[&self.audience]);
+        v.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &key.decoding, &v).map_err(|e| TokenError::Invalid(e.to_string()))?;
+        Ok(data.claims)
+    }
+
+    /// The public keys as a JWK set (OKP / Ed25519).
+    pub fn jwks(&self) -> serde_json::Value {
+        let keys = self.keys.read().map(|k| {
+            k.iter()
+                .map(|k| {
+                    serde_json::json!({
+                        "kty": "OKP",
+                        "crv": "Ed25519",
+                        "use": "sig",
+                        "alg": "EdDSA",
+                        "kid": k.kid,
+                        "x": B64URL.encode(&k.public),
+                    })
+                })
+                .collect::<Vec<_>>()
+        });
+        serde_json::json!({ "keys": keys.unwrap_or_default() })
+    }
+
+    /// The id of the key that signs.
+    pub fn active_kid(&self) -> Option<String> {
+        self.keys.read().ok().and_then(|k| k.first().map(|k| k.kid.clone()))
+    }
+
+    /// Ids of keys that verify but no longer sign.
+    pub fn retired_kids(&self) -> Vec<String> {
+        self.keys
+            .read()
+            .map(|k| k.iter().filter(|k| k.retired_at.is_some()).map(|k| k.kid.clone()).collect())
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,158 @@
+//! HTTP side of authentication: the security schemes (bearer token, or session id plus that
+//! session's access cookie), cookies, client info, and the mapping of auth errors to problems.
+
+use std::sync::Arc;
+
+use poem::Request;
+use poem::http::StatusCode;
+use poem_openapi::SecurityScheme;
+use poem_openapi::auth::{ApiKey, Bearer};
+
+use super::AppState;
+use super::middleware::RequestId;
+use crate::auth::service::is_session_id;
+use crate::auth::{AuthError, ClientInfo, Principal};
+use crate::error::ApiError;
+
+/// Prefix of the access-token cookie; the session id follows.
+pub const ACCESS_COOKIE: &str = "__miauflix_at_";
+/// Prefix of the refresh-token cookie; the session id follows.
+pub const REFRESH_COOKIE: &str = "__miauflix_rt_";
+/// Path of the refresh cookie: only auth endpoints ever see it.
+pub const REFRESH_COOKIE_PATH: &str = "/api/auth/";
+/// Most cookies read from one request.
+const MAX_COOKIES: usize = 64;
+
+/// `Authorization: Bearer <access token>`.
+#[derive(SecurityScheme)]
+#[oai(ty = "bearer", bearer_format = "JWT", checker = "check_bearer")]
+pub struct BearerAuth(Principal);
+
+/// `X-Session-Id: <session>` plus the cookie `__miauflix_at_<session>`.
+#[derive(SecurityScheme)]
+#[oai(ty = "api_key", key_name = "X-Session-Id", key_in = "header", checker = "check_session")]
+pub struct SessionAuth(Principal);
+
+/// Either way of authenticating.
+#[derive(SecurityScheme)]
+pub enum Auth {
+    Bearer(BearerAuth),
+    Session(SessionAuth),
+}
+
+impl Auth {
+    pub fn principal(&self) -> &Principal {
+        match self {
+            Auth::Bearer(BearerAuth(p)) | Auth::Session(SessionAuth(p)) => p,
+        }
+    }
+
+    /// The principal, when it has at least `min`; else 403.
+    pub fn require(&self, min: crate::auth::Role) -> poem::Result<&Principal> {
+        self.principal().require(min).map_err(|e| auth_error(e).into())
+    }
+}
+
+fn state(req: &Request) -> poem::Result<&Arc<AppState>> {
+    req.data::<Arc<AppState>>().ok_or_else(|| ApiError::internal().into())
+}
+
+async fn check_bearer(req: &Request, bearer: Bearer) -> poem::Result<Principal> {
+    let state = state(req)?;
+    state.auth.authenticate(&bearer.token, None).map_err(|e| auth_error(e).into())
+}
+
+async fn check_session(req: &Request, key: ApiKey) -> poem::Result<Principal> {
+    let state = state(req)?;
+    let sid = key.key.trim();
+    if !is_session_id(sid) {
+        return Err(auth_error(AuthError::Unauthorized).into());
+    }
+    let token = cookie(req, &format!("{ACCESS_COOKIE}{sid}")).ok_or_else(|| auth_error(AuthError::Unauthorized))?;
+    state.auth.authenticate(&token, Some(sid)).map_err(|e| auth_error(e).into())
+}
+
+/// Every cookie of the request as (name, value), bounded in count and size.
+pub fn cookies(req: &Request) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for header in req.headers().get_all(poem::http::header::COOKIE) {
+        let Ok(text) = header.to_str() else { continue };
+        if text.len() > 16 * 1024 {
+            continue;
+        }
+        for pair in text.split(';') {
+            if let Some((name, value)) = pair.trim().split_once('=') {
+                if value.len() <= 4096 {
+                    out.push((name.trim().to_string(), value.trim().trim_matches('"').to_string()));
+                }
+            }
+            if out.len() >= MAX_COOKIES {
+                return out;
+            }
+        }
+    }
+    out
+}
+
+/// One cookie's value by name.
+pub fn cookie(req: &Request, name: &str) -> Option<String> {
+    cookies(req).into_iter().find(|(n, _)| n == name).map(|(_, v)| v)
+}
+
+/// A `Set-Cookie` value: HttpOnly, SameSite=Strict, Secure when TLS is on.
+pub fn set_cookie(name: &str, value: &str, path: &str, max_age: i64, secure: bool) -> String {
+    let mut c = format!("{name}={value}; Path={path}; Max-Age={max_age}; HttpOnly; SameSite=Strict");
+    if secure {
+        c.push_str("; Secure");
+    }
+    c
+}
+
+/// Who is asking: socket address, user agent, request id.
+pub fn client_info(req: &Request) -> ClientInfo {
+    let ip = match req.remote_addr().as_socket_addr() {
+        Some(addr) => addr.ip().to_string(),
+        None => "unknown".into(),
+    };
+    let user_agent = req
+        .headers()
+        .get(poem::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.chars().take(256).collect())
+        .unwrap_or_default();
+    let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
+    ClientInfo { ip, user_agent, request_id }
+}
+
+/// The client's view of an auth failure.
+pub fn auth_error(e: AuthError) -> ApiError {
+    match e {
+        AuthError::InvalidCredentials => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid-credentials",
+            "Invalid credentials",
+            "The email or password is incorrect.",
+        ),
+        AuthError::Unauthorized => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Authentication required",
+            "Sign in to access this resource.",
+        ),
+        AuthError::Forbidden => {
+            ApiError::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", "Your role does not allow this.")
+        }
+        AuthError::NotFound => ApiError::not_found(),
+        AuthError::Conflict(msg) => ApiError::new(StatusCode::CONFLICT, "conflict", "Conflict", msg),
+        AuthError::Invalid(msg) => ApiError::new(StatusCode::BAD_REQUEST, "invalid-input", "Invalid input", msg),
+        AuthError::Internal(cause) => {
+            tracing::error!(error = %cause, "auth operation failed");
+            ApiError::internal()
+        }
+    }
+}
+
+/// `AuthError` → `poem::Error`, for `?` in handlers.
+pub fn fail(e: AuthError) -> poem::Error {
+    auth_error(e).into()
+}
