@@ -199,3 +199,81 @@ fn config_errors_are_one_line_with_exit_code_2() {
 fn fatal_lines(stderr: &str) -> usize {
     stderr.lines().filter(|l| l.starts_with("miauflix-gate:")).count()
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn setup_login_refresh_logout_against_the_real_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let gate = Gate::start(&data, &[]);
+    let pem = data.join("self-signed.pem");
+    let token = std::fs::read_to_string(data.join("setup-token")).unwrap();
+    let call = |method: &'static str,
+                path: String,
+                body: Option<serde_json::Value>,
+                cookie: Option<String>,
+                sid: Option<String>| {
+        let pem = pem.clone();
+        let addr = gate.addr;
+        async move {
+            common::https_request_with(
+                addr,
+                "localhost",
+                client_config(&pem, &tls13_and_12()),
+                method,
+                &path,
+                body.map(|b| b.to_string().into_bytes()).as_deref(),
+                &[("cookie", cookie.unwrap_or_default()), ("x-session-id", sid.unwrap_or_default())],
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let pw = "a-very-long-passphrase";
+    let r = call(
+        "POST",
+        "/api/auth/setup".into(),
+        Some(serde_json::json!({"email": "root@example.com", "password": pw, "setupToken": token.trim()})),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    assert!(!data.join("setup-token").exists());
+    let r = call(
+        "POST",
+        "/api/auth/login".into(),
+        Some(serde_json::json!({"email": "root@example.com", "password": pw})),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let sid = r.json()["session"].as_str().unwrap().to_string();
+    let set: Vec<String> = r.headers.get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_string()).collect();
+    assert_eq!(set.len(), 2);
+    assert!(
+        set.iter().all(|c| c.contains("Secure") && c.contains("HttpOnly") && c.contains("SameSite=Strict")),
+        "{set:?}"
+    );
+    let jar =
+        |set: &[String]| set.iter().map(|c| c.split(';').next().unwrap().to_string()).collect::<Vec<_>>().join("; ");
+    let r = call("GET", "/api/auth/session".into(), None, Some(jar(&set)), Some(sid.clone())).await;
+    assert_eq!(r.status, 200);
+    let r = call("POST", format!("/api/auth/refresh/{sid}"), None, Some(jar(&set)), None).await;
+    assert_eq!(r.status, 200);
+    let set2: Vec<String> = r.headers.get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_string()).collect();
+    let r = call("GET", "/api/auth/session".into(), None, Some(jar(&set2)), Some(sid.clone())).await;
+    assert_eq!(r.status, 200);
+    let r = call("POST", format!("/api/auth/logout/{sid}"), None, Some(jar(&set2)), None).await;
+    assert_eq!(r.status, 200);
+    let r = call("GET", "/api/auth/session".into(), None, Some(jar(&set2)), Some(sid.clone())).await;
+    assert_eq!(r.status, 401);
+    let log = gate.log_text();
+    assert!(log.contains("login_succeeded") && log.contains("logout"), "security events are logged");
+    assert!(!log.contains(pw), "no password in logs");
+    for c in set.iter().chain(set2.iter()) {
+        let value = c.split(';').next().unwrap().split_once('=').unwrap().1;
+        assert!(!log.contains(value), "no token in logs");
+    }
+    assert!(gate.terminate().success());
+}

@@ -69,6 +69,9 @@ pub struct SessionRecord {
     pub idle_expires_at: i64,
     /// SHA-256 (hex) of the current refresh token.
     pub refresh_hash: String,
+    /// Orders uses within the same second (least recently used goes first).
+    #[serde(default)]
+    pub used_seq: u64,
     pub ip: String,
     pub user_agent: String,
     pub revoked_at: Option<i64>,

@@ -547,6 +547,7 @@ impl AuthService {
             expires_at: now + self.cfg.session_max_secs,
             idle_expires_at: now + self.cfg.refresh_idle_secs.min(self.cfg.session_max_secs),
             refresh_hash: hash.clone(),
+            used_seq: super::use_seq(),
             ip: client.ip.clone(),
             user_agent: super::events::sanitize(&client.user_agent, 200),
             revoked_at: None,
@@ -568,7 +569,7 @@ impl AuthService {
                         }
                     }
                 }
-                live.sort_by_key(|s| s.last_used_at);
+                live.sort_by_key(|s| (s.last_used_at, s.used_seq));
                 let mut evicted = Vec::new();
                 while live.len() >= max {
                     let mut s = live.remove(0);
@@ -656,7 +657,7 @@ impl AuthService {
                     return Ok(RefreshOutcome::Refused);
                 }
                 if let Some(rotated) = rec.rotated_at {
-                    if now - rotated <= grace {
+                    if now - rotated < grace {
                         return Ok(RefreshOutcome::Raced);
                     }
                     end_session(txn, &mut session, now)?;
@@ -680,6 +681,7 @@ impl AuthService {
                 insert_refresh(txn, &session.id, &new_hash)?;
                 session.refresh_hash = new_hash.clone();
                 session.last_used_at = now;
+                session.used_seq = super::use_seq();
                 session.idle_expires_at = (now + idle).min(session.expires_at);
                 put_json(txn, tables::SESSIONS, &session.id, &session)?;
                 Ok(RefreshOutcome::Rotated { session, user })

@@ -47,7 +47,7 @@ fn root() -> Redirect {
 }
 
 /// The full application with its middleware stack.
-pub fn build_app(state: Arc<AppState>) -> impl Endpoint {
+pub fn build_app(state: Arc<AppState>) -> impl Endpoint<Output = poem::Response> {
     let max_body = state.config.http.max_body_bytes;
     let api = openapi_service(state.clone());
     let spec = api.spec_endpoint();

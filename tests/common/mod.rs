@@ -163,6 +163,19 @@ pub async fn https_request(
     path: &str,
     body: Option<&[u8]>,
 ) -> Result<Reply, String> {
+    https_request_with(addr, server_name, config, method, path, body, &[]).await
+}
+
+/// Like [`https_request`], with extra headers (empty values are skipped).
+pub async fn https_request_with(
+    addr: SocketAddr,
+    server_name: &str,
+    config: rustls::ClientConfig,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    headers: &[(&str, String)],
+) -> Result<Reply, String> {
     let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let name = rustls::pki_types::ServerName::try_from(server_name.to_string()).map_err(|e| e.to_string())?;
@@ -173,11 +186,16 @@ pub async fn https_request(
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
     tokio::spawn(connection);
-    let req = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", server_name)
-        .header("content-type", "application/json")
+    let mut builder = hyper::Request::builder().method(method).uri(path).header("host", server_name);
+    if body.is_some() {
+        builder = builder.header("content-type", "application/json");
+    }
+    for (name, value) in headers {
+        if !value.is_empty() {
+            builder = builder.header(*name, value.as_str());
+        }
+    }
+    let req = builder
         .body(Full::new(Bytes::from(body.map(|b| b.to_vec()).unwrap_or_default())))
         .map_err(|e| e.to_string())?;
     let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;

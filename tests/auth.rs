@@ -1,0 +1,699 @@
+//! The auth API in process: setup, cookie sessions, bearer tokens, refresh rotation and
+//! reuse detection, roles, user administration, token validation.
+
+use std::sync::Arc;
+
+use miauflix_gate::config::{Config, Overrides};
+use miauflix_gate::http::{AppState, build_app, openapi_json};
+use poem::test::{TestClient, TestResponse};
+use serde_json::{Value, json};
+
+const ADMIN: &str = "admin@example.com";
+const PW: &str = "correct-horse-battery";
+
+type Client = TestClient<poem::endpoint::BoxEndpoint<'static, poem::Response>>;
+
+struct Env {
+    cli: Client,
+    state: Arc<AppState>,
+    _dir: tempfile::TempDir,
+}
+
+async fn env_with(vars: &[(&str, &str)]) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = Overrides {
+        data_dir: Some(dir.path().join("data")),
+        listen: Some("127.0.0.1:0".into()),
+        tls: Some("off".into()),
+    };
+    let env: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let config = Config::load(None, env, &flags).unwrap();
+    let state = miauflix_gate::server::open(config).await.unwrap().state;
+    let app = poem::EndpointExt::boxed(build_app(state.clone()));
+    Env { cli: TestClient::new(app), state, _dir: dir }
+}
+
+async fn env() -> Env {
+    env_with(&[]).await
+}
+
+async fn body(resp: TestResponse) -> Value {
+    let text = resp.0.into_body().into_string().await.unwrap();
+    serde_json::from_str(&text).unwrap_or(Value::Null)
+}
+
+fn status(resp: &TestResponse) -> u16 {
+    resp.0.status().as_u16()
+}
+
+fn set_cookies(resp: &TestResponse) -> Vec<String> {
+    resp.0.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_string()).collect()
+}
+
+/// name=value pairs of Set-Cookie headers, ready for a Cookie header.
+fn cookie_header(set: &[String]) -> String {
+    set.iter().map(|c| c.split(';').next().unwrap().to_string()).collect::<Vec<_>>().join("; ")
+}
+
+impl Env {
+    async fn setup_admin(&self) {
+        let token = std::fs::read_to_string(self.state.config.setup_token_path()).unwrap();
+        let resp = self
+            .cli
+            .post("/api/auth/setup")
+            .body_json(&json!({"email": ADMIN, "password": PW, "setupToken": token.trim()}))
+            .send()
+            .await;
+        assert_eq!(status(&resp), 201);
+    }
+
+    /// Browser login: (session id, Set-Cookie values, body).
+    async fn login(&self, email: &str, pw: &str) -> (String, Vec<String>, Value) {
+        let resp = self.cli.post("/api/auth/login").body_json(&json!({"email": email, "password": pw})).send().await;
+        assert_eq!(status(&resp), 200, "login {email}");
+        let cookies = set_cookies(&resp);
+        let b = body(resp).await;
+        (b["session"].as_str().unwrap().to_string(), cookies, b)
+    }
+
+    /// API login: (access, refresh).
+    async fn token(&self, email: &str, pw: &str) -> (String, String) {
+        let resp = self.cli.post("/api/auth/token").body_json(&json!({"email": email, "password": pw})).send().await;
+        assert_eq!(status(&resp), 200);
+        let b = body(resp).await;
+        assert_eq!(b["token_type"], "Bearer");
+        assert_eq!(b["expires_in"], 900);
+        (b["access_token"].as_str().unwrap().into(), b["refresh_token"].as_str().unwrap().into())
+    }
+
+    async fn get_bearer(&self, path: &str, access: &str) -> TestResponse {
+        self.cli.get(path).header("authorization", format!("Bearer {access}")).send().await
+    }
+
+    async fn create_user(&self, admin_access: &str, email: &str, role: &str) -> String {
+        let resp = self
+            .cli
+            .post("/api/users")
+            .header("authorization", format!("Bearer {admin_access}"))
+            .body_json(&json!({"email": email, "password": PW, "role": role}))
+            .send()
+            .await;
+        assert_eq!(status(&resp), 201, "create {email}");
+        body(resp).await["id"].as_str().unwrap().to_string()
+    }
+}
+
+#[tokio::test]
+async fn setup_creates_the_first_admin_once_with_the_token() {
+    let e = env().await;
+    let resp = e.cli.get("/api/auth/setup").send().await;
+    assert_eq!(body(resp).await, json!({"required": true}));
+    let token_path = e.state.config.setup_token_path();
+    let token = std::fs::read_to_string(&token_path).unwrap().trim().to_string();
+
+    let bad = e
+        .cli
+        .post("/api/auth/setup")
+        .body_json(&json!({"email": ADMIN, "password": PW, "setupToken": "x".repeat(43)}))
+        .send()
+        .await;
+    assert_eq!(status(&bad), 401);
+    let weak = e
+        .cli
+        .post("/api/auth/setup")
+        .body_json(&json!({"email": ADMIN, "password": "password", "setupToken": token}))
+        .send()
+        .await;
+    assert_eq!(status(&weak), 400);
+    let common = e
+        .cli
+        .post("/api/auth/setup")
+        .body_json(&json!({"email": ADMIN, "password": "1q2w3e4r5t6y", "setupToken": token}))
+        .send()
+        .await;
+    assert_eq!(status(&common), 400, "common password");
+    assert!(body(common).await["detail"].as_str().unwrap().contains("common"));
+    let missing = e.cli.post("/api/auth/setup").body_json(&json!({"email": ADMIN})).send().await;
+    assert_eq!(status(&missing), 400);
+
+    let ok = e
+        .cli
+        .post("/api/auth/setup")
+        .body_json(&json!({"email": " Admin@Example.COM ", "password": PW, "setupToken": token}))
+        .send()
+        .await;
+    assert_eq!(status(&ok), 201);
+    let user = body(ok).await;
+    assert_eq!(user["email"], ADMIN, "trimmed and lower-cased");
+    assert_eq!(user["displayName"], "admin");
+    assert_eq!(user["role"], "admin");
+    assert!(!token_path.exists(), "the token is deleted after use");
+
+    assert_eq!(body(e.cli.get("/api/auth/setup").send().await).await, json!({"required": false}));
+    let again = e
+        .cli
+        .post("/api/auth/setup")
+        .body_json(&json!({"email": "b@example.com", "password": PW, "setupToken": token}))
+        .send()
+        .await;
+    assert_eq!(status(&again), 404);
+    e.state.store.close().await;
+}
+
+#[tokio::test]
+async fn cookie_flow_login_session_refresh_logout() {
+    let e = env().await;
+    e.setup_admin().await;
+    let (sid, cookies, b) = e.login(ADMIN, PW).await;
+    assert_eq!(b["user"]["email"], ADMIN);
+    assert_eq!(b["user"]["role"], "admin");
+    let text = b.to_string();
+    assert!(!text.contains("eyJ"), "no token in the body: {text}");
+
+    // Cookie attributes.
+    let at = cookies.iter().find(|c| c.starts_with(&format!("__miauflix_at_{sid}="))).unwrap();
+    let rt = cookies.iter().find(|c| c.starts_with(&format!("__miauflix_rt_{sid}="))).unwrap();
+    for c in [at, rt] {
+        assert!(c.contains("HttpOnly") && c.contains("SameSite=Strict"), "{c}");
+        assert!(!c.contains("Secure"), "TLS is off in this test: {c}");
+    }
+    assert!(at.contains("Path=/;") && at.contains("Max-Age=900"), "{at}");
+    assert!(rt.contains("Path=/api/auth/;") && rt.contains("Max-Age=604800"), "{rt}");
+
+    let jar = cookie_header(&cookies);
+    let session = e.cli.get("/api/auth/session").header("x-session-id", &sid).header("cookie", &jar).send().await;
+    assert_eq!(status(&session), 200);
+    assert!(session.0.headers().get("set-cookie").is_none(), "GET never sets cookies");
+    let sb = body(session).await;
+    assert_eq!(sb["id"], sid);
+    assert_eq!(sb["user"]["email"], ADMIN);
+
+    // Refresh rotates both cookies.
+    let refreshed = e.cli.post(format!("/api/auth/refresh/{sid}")).header("cookie", &jar).send().await;
+    assert_eq!(status(&refreshed), 200);
+    let new_cookies = set_cookies(&refreshed);
+    assert_eq!(new_cookies.len(), 2);
+    assert_ne!(cookie_header(&new_cookies), jar);
+    assert_eq!(body(refreshed).await["user"]["email"], ADMIN);
+    let jar2 = cookie_header(&new_cookies);
+    // The rotated refresh cookie is now refused (within grace: 401 without revoking).
+    let stale = e.cli.post(format!("/api/auth/refresh/{sid}")).header("cookie", &jar).send().await;
+    assert_eq!(status(&stale), 401);
+
+    // Logout clears both cookies with the same paths.
+    let out = e.cli.post(format!("/api/auth/logout/{sid}")).header("cookie", &jar2).send().await;
+    assert_eq!(status(&out), 200);
+    let cleared = set_cookies(&out);
+    assert!(
+        cleared.iter().any(|c| c.starts_with(&format!("__miauflix_at_{sid}=;"))
+            && c.contains("Max-Age=0")
+            && c.contains("Path=/;"))
+    );
+    assert!(cleared.iter().any(|c| c.starts_with(&format!("__miauflix_rt_{sid}=;"))
+        && c.contains("Max-Age=0")
+        && c.contains("Path=/api/auth/;")));
+    assert!(body(out).await["message"].is_string());
+
+    // The access cookie is refused at once, and refresh fails.
+    let after = e.cli.get("/api/auth/session").header("x-session-id", &sid).header("cookie", &jar2).send().await;
+    assert_eq!(status(&after), 401);
+    let r = e.cli.post(format!("/api/auth/refresh/{sid}")).header("cookie", &jar2).send().await;
+    assert_eq!(status(&r), 401);
+    // Logout is idempotent, even for unknown or malformed sessions.
+    for s in [sid.as_str(), "AAAAAAAAAAAAAAAAAAAAAA", "not-a-session"] {
+        assert_eq!(status(&e.cli.post(format!("/api/auth/logout/{s}")).send().await), 200);
+    }
+    e.state.store.close().await;
+}
+
+#[tokio::test]
+async fn one_browser_holds_sessions_of_several_users() {
+    let e = env().await;
+    e.setup_admin().await;
+    let (admin_access, _) = e.token(ADMIN, PW).await;
+    e.create_user(&admin_access, "kid@example.com", "guest").await;
+    let (s1, c1, _) = e.login(ADMIN, PW).await;
+    let (s2, c2, _) = e.login("kid@example.com", PW).await;
+    let jar = format!("{}; {}; junk=1; __miauflix_rt_bad=zzz", cookie_header(&c1), cookie_header(&c2));
+    let list = body(e.cli.get("/api/auth/sessions").header("cookie", &jar).send().await).await;
+    let ids: Vec<&str> = list["sessions"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 2);
+    assert!(ids.contains(&s1.as_str()) && ids.contains(&s2.as_str()));
+    // Each session answers only with its own access cookie.
+    let as_kid = e.cli.get("/api/auth/session").header("x-session-id", &s2).header("cookie", &jar).send().await;
+    assert_eq!(body(as_kid).await["user"]["role"], "guest");
+    e.state.store.close().await;
+}
+
+#[tokio::test]
+async fn reuse_of_a_rotated_refresh_token_revokes_the_whole_session() {
+    let e = env_with(&[("MIAUFLIX_AUTH__REFRESH_REUSE_GRACE_SECS", "0")]).await;
+    e.setup_admin().await;
+    let (_, r1) = e.token(ADMIN, PW).await;
+    let resp = e.cli.post("/api/auth/token/refresh").body_json(&json!({"refresh_token": r1})).send().await;
+    assert_eq!(status(&resp), 200);
+    let b = body(resp).await;
+    let (a2, r2) = (b["access_token"].as_str().unwrap().to_string(), b["refresh_token"].as_str().unwrap().to_string());
+    assert_ne!(r1, r2);
+    assert_eq!(status(&e.get_bearer("/api/me", &a2).await), 200);
+
+    // The stolen old token is presented again: refused, and the family dies.
+    let reuse = e.cli.post("/api/auth/token/refresh").body_json(&json!({"refresh_token": r1})).send().await;
+    assert_eq!(status(&reuse), 401);
+    let successor = e.cli.post("/api/auth/token/refresh").body_json(&json!({"refresh_token": r2})).send().await;
+    assert_eq!(status(&successor), 401, "the rotated successor is revoked too");
+    assert_eq!(status(&e.get_bearer("/api/me", &a2).await), 401, "its access token stops at once");
+    e.state.store.close().await;
+}
+
+#[tokio::test]
+async fn racing_refreshes_with_one_token_have_exactly_one_winner() {
+    let e = env().await;
+    e.setup_admin().await;
+    let (_, r1) = e.token(ADMIN, PW).await;
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let auth = e.state.auth.clone();
+        let r1 = r1.clone();
+        tasks.push(tokio::spawn(async move { auth.refresh(&r1, None, &Default::default()).await }));
+    }
+    let mut winners = Vec::new();
+    for t in tasks {
+        if let Ok(issued) = t.await.unwrap() {
+            winners.push(issued);
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one refresh wins");
+    // The winner's session survives the losers (they were within the grace period).
+    assert_eq!(status(&e.get_bearer("/api/me", &winners[0].access_token).await), 200);
+    let next = e
+        .cli
+        .post("/api/auth/token/refresh")
+        .body_json(&json!({"refresh_token": winners[0].refresh_token.to_string()}))
+        .send()
+        .await;
+    assert_eq!(status(&next), 200);
+    e.state.store.close().await;
+}
+
+#[tokio::test]
+async fn disable_and_role_change_take_effect_on_the_next_request() {
+    let e = env().await;
+    e.setup_admin().await;
+    let (admin, _) = e.token(ADMIN, PW).await;
+    let uid = e.create_user(&admin, "u@example.com", "user").await;
+    let (ua, ur) = e.token("u@example.com", PW).await;
+    assert_eq!(status(&e.get_bearer("/api/me", &ua).await), 200);
+    assert_eq!(status(&e.get_bearer("/api/users", &ua).await), 403);
+
+    // Promote: the same token now passes the admin check (role comes from the store).
+    let p = e
+        .cli
+        .patch(format!("/api/users/{uid}"))
+        .header("authorization", format!("Bearer {admin}"))
+        .body_json(&json!({"role": "admin"}))
+        .send()
+        .await;
+    assert_eq!(status(&p), 200);
+    assert_eq!(status(&e.get_bearer("/api/users", &ua).await), 200);
+    // Demote again, then disable: refused at once, refresh refused, login refused like a wrong password.
+    let p = e
+        .cli
+        .patch(format!("/api/users/{uid}"))
+        .header("authorization", format!("Bearer {admin}"))
+        .body_json(&json!({"role": "guest"}))
+        .send()
+        .await;
+    assert_eq!(body(p).await["role"], "guest");
+    assert_eq!(status(&e.get_bearer("/api/users", &ua).await), 403);
+    let d = e
+        .cli
+        .patch(format!("/api/users/{uid}"))
+        .header("authorization", format!("Bearer {admin}"))
+        .body_json(&json!({"disabled": true}))
+        .send()
+        .await;
+    assert_eq!(body(d).await["disabled"], true);
+    assert_eq!(status(&e.get_bearer("/api/me", &ua).await), 401);
+    let r = e.cli.post("/api/auth/token/refresh").body_json(&json!({"refresh_token": ur})).send().await;
+    assert_eq!(status(&r), 401);
+    let l = e.cli.post("/api/auth/token").body_json(&json!({"email": "u@example.com", "password": PW})).send().await;
+    assert_eq!(status(&l), 401);
+    let unknown =
+        e.cli.post("/api/auth/token").body_json(&json!({"email": "nobody@example.com", "password": PW})).send().await;
+    let (lb, ub) = (body(l).await, body(unknown).await);
+    assert_eq!(lb["type"], ub["type"], "disabled and unknown users get the same answer");
+    assert_eq!(lb["type"], "urn:miauflix-gate:problem/invalid-credentials");
+    assert_eq!(lb["detail"], ub["detail"]);
+
+    // The last admin cannot be demoted, disabled or deleted.
+    let me = body(e.get_bearer("/api/me", &admin).await).await;
+    let aid = me["id"].as_str().unwrap();
+    for patch in [json!({"role": "user"}), json!({"disabled": true})] {
+        let r = e
+            .cli
+            .patch(format!("/api/users/{aid}"))
+            .header("authorization", format!("Bearer {admin}"))
+            .body_json(&patch)
+            .send()
+            .await;
+        assert_eq!(status(&r), 409);
+    }
+    let r = e.cli.delete(format!("/api/users/{aid}")).header("authorization", format!("Bearer {admin}")).send().await;
+    assert_eq!(status(&r), 409);
+    // Deleting the other user works and frees the email.
+    let r = e.cli.delete(format!("/api/users/{uid}")).header("authorization", format!("Bearer {admin}")).send().await;
+    assert_eq!(status(&r), 200);
+    assert_eq!(
+        status(&e.cli.get(format!("/api/users/{uid}")).header("authorization", format!("Bearer {admin}")).send().await),
+        404
+    );
+    e.create_user(&admin, "u@example.com", "user").await;
+    e.state.store.close().await;
+}
+
+#[tokio::test]
+async fn guests_and_users_get_403_on_every_admin_endpoint() {
+    let e = env().await;
+    e.setup_admin().await;
+    let (admin, _) = e.token(ADMIN, PW).await;
+    let uid = e.create_user(&admin, "user@example.com", "user").await;
+    e.create_user(&admin, "guest@example.com", "guest").await;
+    let (user, _) = e.token("user@example.com", PW).await;
+    let (guest, _) = e.token("guest@example.com", PW).await;
+
+    // Every operation tagged Users in the spec, plus POST /api/auth/users.
+    let spec: Value = serde_json::from_str(&openapi_json(e.state.clone())).unwrap();
+    let mut ops = vec![("post".to_string(), "/api/auth/users".to_string())];
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            if op["tags"].as_array().is_some_and(|t| t.iter().any(|t| t == "Users")) {
+                ops.push((method.clone(), path.replace("{id}", &uid)));
+            }
+        }
+    }
+    assert!(ops.len() >= 9, "{ops:?}");
+    let payload = json!({"email": "x@example.com", "password": PW, "newPassword": PW, "role": "admin"});
+    for token in [&user, &guest] {
+        for (method, path) in &ops {
+            let req = match method.as_str() {
+                "get" => e.cli.get(path),
+                "post" => e.cli.post(path),
+                "patch" => e.cli.patch(path),
+                "delete" => e.cli.delete(path),
+                m => panic!("unexpected method {m}"),
+            };
+            let resp = req.header("authorization", format!("Bearer {token}")).body_json(&payload).send().await;
+            assert_eq!(status(&resp), 403, "{method} {path}");
+        }
+    }
+    // And without credentials: 401 everywhere.
+    for (method, path) in &ops {
+        let req = match method.as_str() {
+            "get" => e.cli.get(path),
+            "post" => e.cli.post(path),
+            "patch" => e.cli.patch(path),
+            _ => e.cli.delete(path),
+        };
+        assert_eq!(status(&req.body_json(&payload).send().await), 401, "{method} {path}");
+    }
+    // The admin can.
+    assert_eq!(status(&e.get_bearer("/api/users", &admin).await), 200);
+    e.state.store.close().await;
+}
+
+fn b64url(data: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
+}
+
+#[tokio::test]
+async fn forged_and_invalid_access_tokens_are_refused() {
+    let e = env().await;
+    e.setup_admin().await;
+    let (good, _) = e.token(ADMIN, PW).await;
+    assert_eq!(status(&e.get_bearer("/api/me", &good).await), 200);
+    let parts: Vec<&str> = good.split('.').collect();
+    let header: Value = serde_json::from_slice(&base64_decode(parts[0])).unwrap();
+    let claims: Value = serde_json::from_slice(&base64_decode(parts[1])).unwrap();
+    let kid = header["kid"].as_str().unwrap();
+
+    let mut bad = Vec::new();
+    // alg none.
+    bad.push(format!(
+        "{}.{}.",
+        b64url(json!({"alg": "none", "typ": "JWT", "kid": kid}).to_string().as_bytes()),
+        parts[1]
+    ));
+    // HS256 signed with the public key as the HMAC secret.
+    let jwks = body(e.cli.get("/.well-known/jwks.json").send().await).await;
+    let x = jwks["keys"][0]["x"].as_str().unwrap();
+    let public = base64_decode(x);
+    let mut hs = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    hs.kid = Some(kid.to_string());
+    bad.push(jsonwebtoken::encode(&hs, &claims, &jsonwebtoken::EncodingKey::from_secret(&public)).unwrap());
+    bad.push(jsonwebtoken::encode(&hs, &claims, &jsonwebtoken::EncodingKey::from_secret(x.as_bytes())).unwrap());
+    // Unknown kid, with a valid signature otherwise.
+    bad.push(format!(
+        "{}.{}.{}",
+        b64url(json!({"alg": "EdDSA", "typ": "JWT", "kid": "ffffffffffffffff"}).to_string().as_bytes()),
+        parts[1],
+        parts[2]
+    ));
+    // Tampered payload (role escalation attempt), original signature.
+    let mut tampered = claims.clone();
+    tampered["sub"] = json!("00000000000000000000000000000000");
+    bad.push(format!("{}.{}.{}", parts[0], b64url(tampered.to_string().as_bytes()), parts[2]));
+    // Properly signed by our key, but expired / wrong aud / wrong iss / not yet valid.
+    let keys = e.state.auth.keys();
+    let base = keys.claims(
+        claims["sub"].as_str().unwrap(),
+        claims["sid"].as_str().unwrap(),
+        "admin",
+        miauflix_gate::auth::now(),
+    );
+    let mut expired = base.clone();
+    expired.iat -= 3600;
+    expired.nbf -= 3600;
+    expired.exp = miauflix_gate::auth::now() - 120;
+    bad.push(keys.sign(&expired).unwrap());
+    let mut aud = base.clone();
+    aud.aud = "someone-else".into();
+    bad.push(keys.sign(&aud).unwrap());
+    let mut iss = base.clone();
+    iss.iss = "evil".into();
+    bad.push(keys.sign(&iss).unwrap());
+    let mut future = base.clone();
+    future.nbf += 3600;
+    bad.push(keys.sign(&future).unwrap());
+    // Garbage.
+    bad.push("not.a.jwt".into());
+    bad.push("x".repeat(10_000));
+    bad.push(String::new());
+
+    for token in &bad {
+        let resp = e.get_bearer("/api/me", token).await;
+        assert_eq!(status(&resp), 401, "token must be refused: {}", &token[..token.len().min(80)]);
+    }
+    // A correctly signed fresh token for the same session still works.
+    assert_eq!(status(&e.get_bearer("/api/me", &keys.sign(&base).unwrap()).await), 200);
+    e.state.store.close().await;
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s.trim_end_matches('=')).unwrap()
+}
+
+#[tokio::test]
+async fn malformed_session_ids_and_cookies_are_401_never_500() {
+    let e = env().await;
+    e.setup_admin().await;
+    let (sid, cookies, _) = e.login(ADMIN, PW).await;
+    let jar = cookie_header(&cookies);
+    let long = "A".repeat(5000);
+    let cases: Vec<(Option<&str>, Option<String>)> = vec![
+        (None, Some(jar.clone())),
+        (Some(sid.as_str()), None),
+        (Some("../../etc/passwd"), Some(jar.clone())),
+        (Some(long.as_str()), Some(jar.clone())),
+        (Some("AAAAAAAAAAAAAAAAAAAAAA"), Some(jar.clone())),
+        (Some(sid.as_str()), Some(format!("__miauflix_at_{sid}=garbage"))),
+        (Some(sid.as_str()), Some(format!("__miauflix_at_{sid}={long}"))),
+        (Some(sid.as_str()), Some(format!("__miauflix_at_{sid}"))),
+        (Some(sid.as_str()), Some(";;;===;".into())),
+    ];
+    for (header, cookie) in cases {
+        let mut req = e.cli.get("/api/auth/session");
+        if let Some(h) = header {
+            req = req.header("x-session-id", h);
+        }
+        if let Some(c) = &cookie {
+            req = req.header("cookie", c);
+        }
+        let resp = req.send().await;
+        assert_eq!(status(&resp), 401, "{header:?} {:?}", cookie.as_ref().map(|c| &c[..c.len().min(60)]));
+        assert_eq!(resp.0.headers().get("content-type").unwrap(), "application/problem+json");
+    }
+    // Refresh with missing, corrupted, oversized or foreign refresh cookies.
+    let (other_sid, other_cookies, _) = e.login(ADMIN, PW).await;
+    let foreign = cookie_header(&other_cookies).replace(&other_sid, &sid);
+    for cookie in
+        [String::new(), format!("__miauflix_rt_{sid}=garbage!"), format!("__miauflix_rt_{sid}={long}"), foreign]
+    {
+        let resp = e.cli.post(format!("/api/auth/refresh/{sid}")).header("cookie", &cookie).send().await;
+        assert_eq!(status(&resp), 401, "{}", &cookie[..cookie.len().min(60)]);
+    }
+    for bad_sid in ["x", "../..", &long] {
+        let resp = e.cli.post(format!("/api/auth/refresh/{bad_sid}")).header("cookie", &jar).send().await;
+        assert!(matches!(status(&resp), 401 | 404), "{}", status(&resp));
+    }
+    let resp = e.cli.post("/api/auth/token/refresh").body_json(&json!({"refresh_token": "x".repeat(200)})).send().await;
+    assert_eq!(status(&resp), 401);
+    e.state.store.close().await;
+}
+
+#[tokio::test]
+async fn account_password_change_and_sessions() {
+    let e = env().await;
+    e.setup_admin().await;
+    let (a1, _) = e.token(ADMIN, PW).await;
+    let (a2, r2) = e.token(ADMIN, PW).await;
+    let (sid3, c3, _) = e.login(ADMIN, PW).await;
+
+    let list = body(e.get_bearer("/api/me/sessions", &a1).await).await;
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 3);
+    assert_eq!(list.iter().filter(|s| s["current"] == true).count(), 1);
+    assert!(list.iter().all(|s| s["ip"].is_string() && s["userAgent"].is_string() && s["createdAt"].is_number()));
+
+    // Revoke the browser session from the API session.
+    let r =
+        e.cli.delete(format!("/api/me/sessions/{sid3}")).header("authorization", format!("Bearer {a1}")).send().await;
+    assert_eq!(status(&r), 200);
+    let s =
+        e.cli.get("/api/auth/session").header("x-session-id", &sid3).header("cookie", cookie_header(&c3)).send().await;
+    assert_eq!(status(&s), 401);
+    let r =
+        e.cli.delete(format!("/api/me/sessions/{sid3}")).header("authorization", format!("Bearer {a1}")).send().await;
+    assert_eq!(status(&r), 404);
+
+    // Wrong current password; weak new ones.
+    let wrong = e
+        .cli
+        .post("/api/me/password")
+        .header("authorization", format!("Bearer {a1}"))
+        .body_json(&json!({"currentPassword": "nope-nope-nope", "newPassword": "another-long-pass"}))
+        .send()
+        .await;
+    assert_eq!(status(&wrong), 401);
+    for weak in ["short", "qwerty123456", ADMIN] {
+        let r = e
+            .cli
+            .post("/api/me/password")
+            .header("authorization", format!("Bearer {a1}"))
+            .body_json(&json!({"currentPassword": PW, "newPassword": weak}))
+            .send()
+            .await;
+        assert_eq!(status(&r), 400, "{weak}");
+    }
+    let ok = e
+        .cli
+        .post("/api/me/password")
+        .header("authorization", format!("Bearer {a1}"))
+        .body_json(&json!({"currentPassword": PW, "newPassword": "another-long-pass"}))
+        .send()
+        .await;
+    assert_eq!(status(&ok), 200);
+    let ob = body(ok).await;
+    assert_eq!(ob["revokedSessions"], 1, "{ob}");
+    assert!(ob["message"].as_str().unwrap().contains("1 other session"));
+    assert_eq!(status(&e.get_bearer("/api/me", &a1).await), 200, "the current session stays");
+    assert_eq!(status(&e.get_bearer("/api/me", &a2).await), 401, "others end at once");
+    let r = e.cli.post("/api/auth/token/refresh").body_json(&json!({"refresh_token": r2})).send().await;
+    assert_eq!(status(&r), 401);
+    let old = e.cli.post("/api/auth/token").body_json(&json!({"email": ADMIN, "password": PW})).send().await;
+    assert_eq!(status(&old), 401);
+    let (a4, _) = e.token(ADMIN, "another-long-pass").await;
+
+    // Logout everywhere.
+    let r = e.cli.post("/api/me/logout-all").header("authorization", format!("Bearer {a4}")).send().await;
+    assert_eq!(body(r).await["revokedSessions"], 2);
+    assert_eq!(status(&e.get_bearer("/api/me", &a4).await), 401);
+    e.state.store.close().await;
+}
+
+#[tokio::test]
+async fn the_least_recently_used_session_goes_beyond_the_limit() {
+    let e = env_with(&[("MIAUFLIX_AUTH__MAX_SESSIONS_PER_USER", "3")]).await;
+    e.setup_admin().await;
+    let (first, _) = e.token(ADMIN, PW).await;
+    let mut others = Vec::new();
+    for _ in 0..3 {
+        others.push(e.token(ADMIN, PW).await.0);
+    }
+    assert_eq!(status(&e.get_bearer("/api/me", &first).await), 401, "oldest session evicted");
+    for a in &others {
+        assert_eq!(status(&e.get_bearer("/api/me", a).await), 200);
+    }
+    assert_eq!(body(e.get_bearer("/api/me/sessions", &others[0]).await).await.as_array().unwrap().len(), 3);
+    e.state.store.close().await;
+}
+
+#[tokio::test]
+async fn admin_reset_password_and_user_sessions() {
+    let e = env().await;
+    e.setup_admin().await;
+    let (admin, _) = e.token(ADMIN, PW).await;
+    let uid = e.create_user(&admin, "v@example.com", "user").await;
+    let dup = e
+        .cli
+        .post("/api/auth/users")
+        .header("authorization", format!("Bearer {admin}"))
+        .body_json(&json!({"email": "V@example.com", "password": PW}))
+        .send()
+        .await;
+    assert_eq!(status(&dup), 409);
+    let (ua, _) = e.token("v@example.com", PW).await;
+    let list = body(
+        e.cli.get(format!("/api/users/{uid}/sessions")).header("authorization", format!("Bearer {admin}")).send().await,
+    )
+    .await;
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let r = e
+        .cli
+        .post(format!("/api/users/{uid}/reset-password"))
+        .header("authorization", format!("Bearer {admin}"))
+        .body_json(&json!({"newPassword": "brand-new-password"}))
+        .send()
+        .await;
+    assert_eq!(body(r).await["revokedSessions"], 1);
+    assert_eq!(status(&e.get_bearer("/api/me", &ua).await), 401);
+    let (ua, _) = e.token("v@example.com", "brand-new-password").await;
+    let r = e
+        .cli
+        .delete(format!("/api/users/{uid}/sessions"))
+        .header("authorization", format!("Bearer {admin}"))
+        .send()
+        .await;
+    assert_eq!(body(r).await["revokedSessions"], 1);
+    assert_eq!(status(&e.get_bearer("/api/me", &ua).await), 401);
+    let users = body(e.get_bearer("/api/users", &admin).await).await;
+    assert_eq!(users.as_array().unwrap().len(), 2);
+    assert!(users.to_string().find("password").is_none(), "no hashes in listings");
+    e.state.store.close().await;
+}
+
+#[tokio::test]
+async fn jwks_publishes_the_ed25519_verification_key() {
+    let e = env().await;
+    let jwks = body(e.cli.get("/.well-known/jwks.json").send().await).await;
+    let key = &jwks["keys"][0];
+    assert_eq!(key["kty"], "OKP");
+    assert_eq!(key["crv"], "Ed25519");
+    assert_eq!(key["alg"], "EdDSA");
+    assert!(key["kid"].is_string());
+    assert_eq!(base64_decode(key["x"].as_str().unwrap()).len(), 32);
+    assert!(key.get("d").is_none(), "never the private part");
+    e.state.store.close().await;
+}
