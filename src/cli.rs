@@ -36,12 +36,23 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Key management (run while the gate is stopped).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Exit 0 when the running gate answers /healthz.
     Healthcheck {
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 5)]
         timeout: u64,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// New field-encryption key and JWT signing key; re-encrypts every encrypted field.
+    Rotate,
 }
 
 #[derive(Debug, Subcommand)]
@@ -73,6 +84,29 @@ pub fn run() -> ExitCode {
                 config.data_dir.display()
             );
             ExitCode::SUCCESS
+        }
+        Command::Keys { command: KeysCommand::Rotate } => {
+            init_logging(&config);
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("miauflix-gate: cannot start runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(crate::maintenance::rotate_keys(&config)) {
+                Ok(r) => {
+                    println!(
+                        "rotated: data key {} is active, signing key {} signs, {} encrypted field(s) re-encrypted",
+                        r.data_key_id, r.signing_kid, r.reencrypted_fields
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("miauflix-gate: {}", format!("{e:#}").replace('\n', " "));
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Healthcheck { timeout } => {
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {

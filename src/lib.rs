@@ -8,6 +8,7 @@ pub mod crypto;
 pub mod error;
 pub mod healthcheck;
 pub mod http;
+pub mod maintenance;
 pub mod server;
 pub mod store;
 pub mod tls;

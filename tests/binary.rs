@@ -277,3 +277,52 @@ async fn setup_login_refresh_logout_against_the_real_binary() {
     }
     assert!(gate.terminate().success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_rotate_keeps_sessions_and_certificate_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let gate = Gate::start(&data, &[]);
+    let env = [("MIAUFLIX_DATA_DIR", data.to_str().unwrap())];
+    // While the gate runs, the data file is locked: a clear refusal.
+    let (code, _, err) = run_cli(&["keys", "rotate"], &env);
+    assert_ne!(code, 0);
+    assert!(err.contains("stop the gate first"), "{err}");
+    let jwks_before = https_request(
+        gate.addr,
+        "localhost",
+        client_config(&data.join("self-signed.pem"), &tls13_and_12()),
+        "GET",
+        "/.well-known/jwks.json",
+        None,
+    )
+    .await
+    .unwrap()
+    .json();
+    assert!(gate.terminate().success());
+    let pem_before = std::fs::read(data.join("self-signed.pem")).unwrap();
+
+    let (code, out, err) = run_cli(&["keys", "rotate"], &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("data key 2 is active"), "{out}");
+    assert!(out.contains("re-encrypted"), "{out}");
+
+    // After restart: same certificate (its key re-encrypted, still readable), two verification keys.
+    let gate = Gate::start(&data, &[]);
+    assert!(std::fs::read(data.join("self-signed.pem")).unwrap() == pem_before);
+    let jwks = https_request(
+        gate.addr,
+        "localhost",
+        client_config(&data.join("self-signed.pem"), &tls13_and_12()),
+        "GET",
+        "/.well-known/jwks.json",
+        None,
+    )
+    .await
+    .unwrap()
+    .json();
+    let kids: Vec<&str> = jwks["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap()).collect();
+    assert_eq!(kids.len(), 2, "{jwks}");
+    assert!(kids.contains(&jwks_before["keys"][0]["kid"].as_str().unwrap()), "old key still verifies");
+    assert!(gate.terminate().success());
+}

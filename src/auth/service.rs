@@ -268,7 +268,7 @@ fn end_user_sessions(
 }
 
 enum RefreshOutcome {
-    Rotated { session: SessionRecord, user: UserRecord },
+    Rotated { session: Box<SessionRecord>, user: Box<UserRecord> },
     Raced,
     Reused { session_id: String, user_id: String },
     Refused,
@@ -684,7 +684,7 @@ impl AuthService {
                 session.used_seq = super::use_seq();
                 session.idle_expires_at = (now + idle).min(session.expires_at);
                 put_json(txn, tables::SESSIONS, &session.id, &session)?;
-                Ok(RefreshOutcome::Rotated { session, user })
+                Ok(RefreshOutcome::Rotated { session: Box::new(session), user: Box::new(user) })
             })
             .await?;
         match outcome {

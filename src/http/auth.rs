@@ -81,10 +81,10 @@ pub fn cookies(req: &Request) -> Vec<(String, String)> {
             continue;
         }
         for pair in text.split(';') {
-            if let Some((name, value)) = pair.trim().split_once('=') {
-                if value.len() <= 4096 {
-                    out.push((name.trim().to_string(), value.trim().trim_matches('"').to_string()));
-                }
+            if let Some((name, value)) = pair.trim().split_once('=')
+                && value.len() <= 4096
+            {
+                out.push((name.trim().to_string(), value.trim().trim_matches('"').to_string()));
             }
             if out.len() >= MAX_COOKIES {
                 return out;

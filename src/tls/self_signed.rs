@@ -194,3 +194,26 @@ fn certified_key(cert_der: &[u8], key_der: &[u8]) -> Result<Arc<CertifiedKey>, S
         .map_err(|e| SelfSignedError::Stored(e.to_string()))?;
     Ok(Arc::new(CertifiedKey::new(vec![CertificateDer::from(cert_der.to_vec())], signing)))
 }
+
+/// Re-encrypts the stored private key with the keyring's active key (after a key rotation).
+pub async fn reencrypt(store: &Store, keyring: &Keyring) -> Result<bool, SelfSignedError> {
+    let stored = store.read(|txn| {
+        let t = txn.open_table(tables::SECRETS)?;
+        Ok(t.get(RECORD)?.map(|v| v.value().to_vec()))
+    })?;
+    let Some(bytes) = stored else { return Ok(false) };
+    let mut rec: StoredCert = serde_json::from_slice(&bytes).map_err(|e| SelfSignedError::Stored(e.to_string()))?;
+    let ctx = FieldContext::new("secrets", "private_key", RECORD);
+    let sealed = B64.decode(&rec.key_sealed).map_err(|e| SelfSignedError::Stored(e.to_string()))?;
+    let key = keyring.decrypt(&ctx, &sealed).map_err(|e| SelfSignedError::Stored(e.to_string()))?;
+    rec.key_sealed = B64.encode(keyring.encrypt(&ctx, &key).map_err(|e| SelfSignedError::Stored(e.to_string()))?);
+    let bytes = serde_json::to_vec(&rec).map_err(|e| SelfSignedError::Stored(e.to_string()))?;
+    store
+        .write(move |txn| {
+            let mut t = txn.open_table(tables::SECRETS)?;
+            t.insert(RECORD, bytes.as_slice())?;
+            Ok(())
+        })
+        .await?;
+    Ok(true)
+}
