@@ -18,6 +18,10 @@ lint:
     cargo fmt --check
     cargo clippy --all-targets --features e2e -- -D warnings
 
-# Benchmarks
-bench:
-    cargo bench
+# Benchmarks (print figures)
+bench: bench-auth
+
+# Logins/s, refreshes/s, authenticated GET latency, and latency under a login flood
+bench-auth:
+    command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+    cargo bench --bench auth
