@@ -697,3 +697,42 @@ async fn jwks_publishes_the_ed25519_verification_key() {
     assert!(key.get("d").is_none(), "never the private part");
     e.state.store.close().await;
 }
+
+#[tokio::test]
+async fn outdated_hashes_are_upgraded_at_the_next_login() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = |iterations: &'static str| {
+        let data = dir.path().join("data");
+        async move {
+            let flags = Overrides { data_dir: Some(data), listen: Some("127.0.0.1:0".into()), tls: Some("off".into()) };
+            let env = vec![("MIAUFLIX_PASSWORD__ITERATIONS".to_string(), iterations.to_string())];
+            miauflix_gate::server::open(Config::load(None, env, &flags).unwrap()).await.unwrap().state
+        }
+    };
+    let hash_of = |state: &Arc<AppState>| {
+        state
+            .store
+            .read(|txn| {
+                let t = txn.open_table(miauflix_gate::store::tables::USERS)?;
+                let row = redb::ReadableTable::first(&t)?.unwrap();
+                let u: Value = serde_json::from_slice(row.1.value()).unwrap();
+                Ok(u["password_hash"].as_str().unwrap().to_string())
+            })
+            .unwrap()
+    };
+    let state = open("2").await;
+    let token = std::fs::read_to_string(state.config.setup_token_path()).unwrap();
+    state.auth.complete_setup(ADMIN, PW.to_string().into(), token.trim(), &Default::default()).await.unwrap();
+    assert!(hash_of(&state).contains("t=2"));
+    state.store.close().await;
+    drop(state);
+
+    let state = open("3").await;
+    state
+        .auth
+        .login(ADMIN, PW.to_string().into(), miauflix_gate::auth::SessionKind::Api, &Default::default())
+        .await
+        .unwrap();
+    assert!(hash_of(&state).contains("t=3"), "rehashed with the new parameters");
+    state.store.close().await;
+}

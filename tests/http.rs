@@ -117,3 +117,29 @@ async fn openapi_document_matches_the_committed_file() {
     docs.assert_status_is_ok();
     state.store.close().await;
 }
+
+#[tokio::test]
+async fn malformed_json_is_a_400_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = state(dir.path()).await;
+    let cli = TestClient::new(build_app(state.clone()));
+    for (ct, body) in [
+        ("application/json", "{bad json"),
+        ("application/json", "[]"),
+        ("application/json", "{\"email\": \"a@example.com\"}"),
+        ("application/json", "{\"email\": \"a@example.com\", \"password\": []}"),
+        ("application/json", ""),
+    ] {
+        let resp = cli.post("/api/auth/login").header("content-type", ct).body(body).send().await;
+        assert_eq!(resp.0.status().as_u16(), 400, "{body:?}");
+        assert_problem(&resp, 400, "bad-request");
+        let b = problem_body(resp).await;
+        assert_eq!(b["status"], 400);
+        assert!(!b["detail"].as_str().unwrap().contains('\n'));
+    }
+    // A missing or wrong content type is a problem too.
+    let resp = cli.post("/api/auth/login").header("content-type", "text/plain").body("{}").send().await;
+    assert!(resp.0.status().is_client_error());
+    assert_eq!(resp.0.headers().get("content-type").unwrap(), "application/problem+json");
+    state.store.close().await;
+}
