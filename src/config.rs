@@ -65,6 +65,8 @@ pub struct Config {
     pub http: HttpConfig,
     pub password: PasswordConfig,
     pub auth: AuthConfig,
+    pub lockout: crate::auth::lockout::LockoutConfig,
+    pub rate_limits: crate::ratelimit::RateLimitConfig,
 }
 
 /// `[auth]`: sessions and tokens.
@@ -133,6 +135,12 @@ pub struct HttpConfig {
     pub shutdown_grace_secs: u64,
     /// Idle keep-alive connections are closed after this long.
     pub idle_timeout_secs: u64,
+    /// Origins allowed to make credentialed cross-origin requests (exact match).
+    pub cors_origins: Vec<String>,
+    /// Extra origins the gate is reached under (besides scheme + Host), for CSRF checks.
+    pub public_origins: Vec<String>,
+    /// Peers (CIDRs) whose `X-Forwarded-For` / `Forwarded` headers are believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// `[password]`: argon2id parameters.
@@ -158,6 +166,8 @@ impl Default for Config {
             http: HttpConfig::default(),
             password: PasswordConfig::default(),
             auth: AuthConfig::default(),
+            lockout: Default::default(),
+            rate_limits: Default::default(),
         }
     }
 }
@@ -176,7 +186,14 @@ impl Default for LogConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { max_body_bytes: 64 * 1024, shutdown_grace_secs: 10, idle_timeout_secs: 60 }
+        HttpConfig {
+            max_body_bytes: 64 * 1024,
+            shutdown_grace_secs: 10,
+            idle_timeout_secs: 60,
+            cors_origins: Vec::new(),
+            public_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
+        }
     }
 }
 
@@ -326,6 +343,18 @@ impl Config {
         if !(0..=60).contains(&a.refresh_reuse_grace_secs) {
             return err("auth.refresh_reuse_grace_secs", "must be between 0 and 60".into());
         }
+        if let Err(msg) = self.lockout.validate().and_then(|_| self.rate_limits.validate()) {
+            let (key, rest) = msg.split_once(": ").unwrap_or(("lockout", msg.as_str()));
+            return err(key, rest.to_string());
+        }
+        for origin in self.http.cors_origins.iter().chain(self.http.public_origins.iter()) {
+            if !is_origin(origin) {
+                return err(
+                    "http.cors_origins",
+                    format!("`{origin}` is not an origin (scheme://host[:port], no path)"),
+                );
+            }
+        }
         if self.password.max_concurrent == Some(0) {
             return err("password.max_concurrent", "must be at least 1".into());
         }
@@ -403,4 +432,13 @@ fn is_dns_name(name: &str) -> bool {
                 && !label.ends_with('-')
                 && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '*')
         })
+}
+
+/// `scheme://host[:port]` with no path, query or trailing slash.
+fn is_origin(s: &str) -> bool {
+    let Some((scheme, rest)) = s.split_once("://") else { return false };
+    matches!(scheme, "http" | "https")
+        && !rest.is_empty()
+        && !rest.contains(['/', '?', '#', '@', ' '])
+        && rest.chars().all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c))
 }

@@ -9,6 +9,7 @@ pub mod error;
 pub mod healthcheck;
 pub mod http;
 pub mod maintenance;
+pub mod ratelimit;
 pub mod server;
 pub mod store;
 pub mod tls;

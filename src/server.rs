@@ -101,16 +101,19 @@ pub async fn open(config: Config) -> anyhow::Result<Opened> {
         keyring.clone(),
         hasher.clone(),
         config.auth.clone(),
+        config.lockout.clone(),
         config.setup_token_path(),
     )
     .await
     .context("loading the auth service")?;
+    let limits = Arc::new(crate::ratelimit::RateLimits::new(&config.rate_limits));
     let state = Arc::new(AppState {
         config: Arc::new(config),
         store,
         keyring,
         hasher,
         auth: Arc::new(auth),
+        limits,
         started: Instant::now(),
         tls_source,
     });
@@ -153,6 +156,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         let _ = rx.wait_for(|s| *s).await;
     };
 
+    // Idle rate-limit keys are evicted so memory stays bounded.
+    let limits = state.limits.clone();
+    let evictor = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            limits.evict_idle();
+        }
+    });
     let grace = Some(Duration::from_secs(config.http.shutdown_grace_secs));
     let idle = Duration::from_secs(config.http.idle_timeout_secs);
     let app = build_app(state.clone());
@@ -206,6 +218,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(r) = redirect {
         let _ = r.await;
     }
+    evictor.abort();
     state.store.close().await;
     tracing::info!("stopped cleanly");
     match main_result {

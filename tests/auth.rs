@@ -26,11 +26,16 @@ async fn env_with(vars: &[(&str, &str)]) -> Env {
         listen: Some("127.0.0.1:0".into()),
         tls: Some("off".into()),
     };
-    let env: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    // Generous auth quota: these tests log in many times from one address.
+    let mut env: Vec<(String, String)> =
+        vec![("MIAUFLIX_RATE_LIMITS__AUTH".into(), "{per_minute = 100000, burst = 10000}".into())];
+    env.extend(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let config = Config::load(None, env, &flags).unwrap();
     let state = miauflix_gate::server::open(config).await.unwrap().state;
     let app = poem::EndpointExt::boxed(build_app(state.clone()));
-    Env { cli: TestClient::new(app), state, _dir: dir }
+    // Requests come from the gate's own origin, as a browser on the gate's page would send.
+    let cli = TestClient::new(app).default_header("host", "gate.test").default_header("origin", "http://gate.test");
+    Env { cli, state, _dir: dir }
 }
 
 async fn env() -> Env {

@@ -222,7 +222,11 @@ async fn setup_login_refresh_logout_against_the_real_binary() {
                 method,
                 &path,
                 body.map(|b| b.to_string().into_bytes()).as_deref(),
-                &[("cookie", cookie.unwrap_or_default()), ("x-session-id", sid.unwrap_or_default())],
+                &[
+                    ("cookie", cookie.unwrap_or_default()),
+                    ("x-session-id", sid.unwrap_or_default()),
+                    ("origin", "https://localhost".to_string()),
+                ],
             )
             .await
             .unwrap()

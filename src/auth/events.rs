@@ -28,6 +28,10 @@ pub enum EventKind {
     RoleChanged,
     SessionRevoked,
     KeysRotated,
+    AccountLocked,
+    AccountUnlocked,
+    RateLimited,
+    CsrfRejected,
 }
 
 impl EventKind {
@@ -49,6 +53,10 @@ impl EventKind {
             EventKind::RoleChanged => "role_changed",
             EventKind::SessionRevoked => "session_revoked",
             EventKind::KeysRotated => "keys_rotated",
+            EventKind::AccountLocked => "account_locked",
+            EventKind::AccountUnlocked => "account_unlocked",
+            EventKind::RateLimited => "rate_limited",
+            EventKind::CsrfRejected => "csrf_rejected",
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Users, roles, sessions, refresh-token families, login, setup. Knows nothing of HTTP.
 
 pub mod events;
+pub mod lockout;
 pub mod model;
 pub mod service;
 pub mod setup;

@@ -10,6 +10,7 @@ use redb::{ReadableTable, WriteTransaction};
 use zeroize::Zeroizing;
 
 use super::events::{ClientInfo, EventKind, SecurityEvent, Severity};
+use super::lockout::{FailureOutcome, Lockout, LockoutConfig};
 use super::model::{
     RefreshRecord, Role, SessionKind, SessionRecord, UserRecord, check_password, default_display_name, normalize_email,
 };
@@ -35,6 +36,8 @@ pub enum AuthError {
     Conflict(String),
     #[error("invalid input: {0}")]
     Invalid(String),
+    #[error("account locked for {0} s")]
+    Locked(i64),
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -141,6 +144,7 @@ pub struct AuthService {
     cfg: AuthConfig,
     setup_token_path: PathBuf,
     setup_lock: tokio::sync::Mutex<()>,
+    lockout: Lockout,
 }
 
 fn sha256_hex(token: &str) -> String {
@@ -281,6 +285,7 @@ impl AuthService {
         keyring: Arc<Keyring>,
         hasher: PasswordHasher,
         cfg: AuthConfig,
+        lockout: LockoutConfig,
         setup_token_path: PathBuf,
     ) -> Result<AuthService, KeyError> {
         let keys = SigningKeys::load_or_init(&store, &keyring, &cfg.issuer, &cfg.audience, cfg.access_ttl_secs).await?;
@@ -293,6 +298,7 @@ impl AuthService {
             cfg,
             setup_token_path,
             setup_lock: tokio::sync::Mutex::new(()),
+            lockout: Lockout::new(lockout),
         };
         service.reload_live()?;
         Ok(service)
@@ -481,15 +487,30 @@ impl AuthService {
         client: &ClientInfo,
     ) -> Result<UserRecord, AuthError> {
         let normalized = normalize_email(email).ok();
+        // Counted per submitted email (normalised when it parses), existing or not.
+        let lock_key = normalized.clone().unwrap_or_else(|| email.trim().to_lowercase().chars().take(254).collect());
+        if let Some(secs) = self.lockout.locked_for(&lock_key, now()) {
+            SecurityEvent::new(EventKind::LoginFailed, Severity::Warning, client)
+                .target(&lock_key)
+                .detail("reason", "account locked")
+                .emit();
+            return Err(AuthError::Locked(secs));
+        }
         let user = match &normalized {
             Some(e) => self.find_user_by_email(e)?,
             None => None,
         };
         let fail = |reason: &str| {
             SecurityEvent::new(EventKind::LoginFailed, Severity::Warning, client)
-                .target(normalized.clone().unwrap_or_else(|| email.chars().take(64).collect()))
+                .target(&lock_key)
                 .detail("reason", reason)
                 .emit();
+            if let FailureOutcome::Locked(secs) = self.lockout.record_failure(&lock_key, now()) {
+                SecurityEvent::new(EventKind::AccountLocked, Severity::Warning, client)
+                    .target(&lock_key)
+                    .detail("seconds", secs.to_string())
+                    .emit();
+            }
             AuthError::InvalidCredentials
         };
         if password.chars().count() > 256 {
@@ -502,6 +523,7 @@ impl AuthService {
         if user.disabled {
             return Err(fail("user disabled"));
         }
+        self.lockout.record_success(&lock_key);
         if self.hasher.needs_rehash(&user.password_hash) {
             user.password_hash = self.hasher.hash(password).await?;
             user.updated_at = now();
@@ -1088,6 +1110,18 @@ impl AuthService {
             .detail("sessions_revoked", ended.to_string())
             .emit();
         Ok(ended)
+    }
+
+    /// Lifts a lockout on a user's email (admin action). Returns whether one was in force.
+    pub fn unlock_user(&self, actor: &Principal, id: &str, client: &ClientInfo) -> Result<bool, AuthError> {
+        let user = self.read_user(id)?.ok_or(AuthError::NotFound)?;
+        let was = self.lockout.unlock(&user.email, now());
+        SecurityEvent::new(EventKind::AccountUnlocked, Severity::Info, client)
+            .actor(&actor.user_id)
+            .target(&user.id)
+            .detail("was_locked", was.to_string())
+            .emit();
+        Ok(was)
     }
 
     /// The keyring (for key rotation tooling).

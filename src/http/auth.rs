@@ -110,9 +110,12 @@ pub fn set_cookie(name: &str, value: &str, path: &str, max_age: i64, secure: boo
 
 /// Who is asking: socket address, user agent, request id.
 pub fn client_info(req: &Request) -> ClientInfo {
-    let ip = match req.remote_addr().as_socket_addr() {
-        Some(addr) => addr.ip().to_string(),
-        None => "unknown".into(),
+    let ip = match req.extensions().get::<super::middleware::ClientAddr>() {
+        Some(addr) => addr.0.to_string(),
+        None => match req.remote_addr().as_socket_addr() {
+            Some(addr) => addr.ip().to_string(),
+            None => "unknown".into(),
+        },
     };
     let user_agent = req
         .headers()
@@ -145,6 +148,13 @@ pub fn auth_error(e: AuthError) -> ApiError {
         AuthError::NotFound => ApiError::not_found(),
         AuthError::Conflict(msg) => ApiError::new(StatusCode::CONFLICT, "conflict", "Conflict", msg),
         AuthError::Invalid(msg) => ApiError::new(StatusCode::BAD_REQUEST, "invalid-input", "Invalid input", msg),
+        AuthError::Locked(secs) => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "account-locked",
+            "Too many requests",
+            "Too many failed sign-in attempts for this account; try again later.",
+        )
+        .with_header(poem::http::header::RETRY_AFTER, poem::http::HeaderValue::from(secs.max(1))),
         AuthError::Internal(cause) => {
             tracing::error!(error = %cause, "auth operation failed");
             ApiError::internal()

@@ -24,6 +24,7 @@ pub struct AppState {
     pub keyring: Arc<Keyring>,
     pub hasher: PasswordHasher,
     pub auth: Arc<AuthService>,
+    pub limits: Arc<crate::ratelimit::RateLimits>,
     pub started: Instant,
     /// What the main listener serves, for status pages (e.g. "self-signed").
     pub tls_source: String,
@@ -48,7 +49,7 @@ fn root() -> Redirect {
 
 /// The full application with its middleware stack.
 pub fn build_app(state: Arc<AppState>) -> impl Endpoint<Output = poem::Response> {
-    let max_body = state.config.http.max_body_bytes;
+    let policy = Arc::new(middleware::EdgePolicy::from_config(&state.config, state.limits.clone()));
     let api = openapi_service(state.clone());
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
@@ -58,5 +59,5 @@ pub fn build_app(state: Arc<AppState>) -> impl Endpoint<Output = poem::Response>
         .nest("/api/docs", docs)
         .nest("/", api)
         .data(state)
-        .with(middleware::RequestContext::new(max_body))
+        .with(middleware::RequestContext::new(policy))
 }

@@ -1,0 +1,211 @@
+//! GCRA rate limits (governor) per class, keyed by client IP or user. Idle keys are evicted
+//! in the background so memory stays bounded however many distinct keys arrive; denials are
+//! reported once per key per window so a flood cannot flood the log.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
+use serde::{Deserialize, Serialize};
+
+/// Which limit a request counts against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateClass {
+    /// Login, token, setup, refresh.
+    Auth,
+    /// Everything else under `/api`.
+    Api,
+    /// Media streams.
+    Stream,
+    /// Every request, per client IP.
+    Global,
+}
+
+impl RateClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RateClass::Auth => "auth",
+            RateClass::Api => "api",
+            RateClass::Stream => "stream",
+            RateClass::Global => "global",
+        }
+    }
+}
+
+/// One quota: a sustained rate per minute and a burst.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaConfig {
+    pub per_minute: u32,
+    pub burst: u32,
+}
+
+/// `[rate_limits]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    pub auth: QuotaConfig,
+    pub api: QuotaConfig,
+    pub stream: QuotaConfig,
+    pub global: QuotaConfig,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            auth: QuotaConfig { per_minute: 10, burst: 5 },
+            api: QuotaConfig { per_minute: 600, burst: 120 },
+            stream: QuotaConfig { per_minute: 1200, burst: 300 },
+            global: QuotaConfig { per_minute: 3000, burst: 600 },
+        }
+    }
+}
+
+impl RateLimitConfig {
+    /// The quota of a class.
+    pub fn quota(&self, class: RateClass) -> QuotaConfig {
+        match class {
+            RateClass::Auth => self.auth,
+            RateClass::Api => self.api,
+            RateClass::Stream => self.stream,
+            RateClass::Global => self.global,
+        }
+    }
+
+    /// Checks every quota; the message names the class.
+    pub fn validate(&self) -> Result<(), String> {
+        for class in [RateClass::Auth, RateClass::Api, RateClass::Stream, RateClass::Global] {
+            let q = self.quota(class);
+            if !(1..=1_000_000).contains(&q.per_minute) || !(1..=100_000).contains(&q.burst) {
+                return Err(format!(
+                    "rate_limits.{}: per_minute must be 1..=1000000 and burst 1..=100000",
+                    class.as_str()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+type Limiter = RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
+
+/// A request that may pass, with what is left.
+#[derive(Debug, Clone)]
+pub struct Allowed {
+    pub limit: u32,
+    pub remaining: u32,
+    pub window_secs: u64,
+}
+
+/// A request over its limit.
+#[derive(Debug, Clone)]
+pub struct Denied {
+    pub class: RateClass,
+    pub limit: u32,
+    pub window_secs: u64,
+    pub retry_after: Duration,
+    /// True for the first denial of this key in this window (log it); false afterwards.
+    pub first_in_window: bool,
+}
+
+/// Every class's limiter.
+pub struct RateLimits {
+    cfg: RateLimitConfig,
+    limiters: [(RateClass, Limiter); 4],
+    clock: DefaultClock,
+    /// (class, key) → when its denial was last reported.
+    reported: Mutex<HashMap<(RateClass, String), std::time::Instant>>,
+}
+
+fn limiter(q: QuotaConfig) -> Limiter {
+    let per_minute = NonZeroU32::new(q.per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(q.burst.max(1)).unwrap_or(NonZeroU32::MIN);
+    RateLimiter::dashmap(Quota::per_minute(per_minute).allow_burst(burst))
+        .with_middleware::<StateInformationMiddleware>()
+}
+
+/// How long a denial report stays quiet for the same key.
+const REPORT_WINDOW: Duration = Duration::from_secs(60);
+
+impl RateLimits {
+    pub fn new(cfg: &RateLimitConfig) -> RateLimits {
+        RateLimits {
+            cfg: cfg.clone(),
+            limiters: [
+                (RateClass::Auth, limiter(cfg.auth)),
+                (RateClass::Api, limiter(cfg.api)),
+                (RateClass::Stream, limiter(cfg.stream)),
+                (RateClass::Global, limiter(cfg.global)),
+            ],
+            clock: DefaultClock::default(),
+            reported: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn limiter(&self, class: RateClass) -> &Limiter {
+        self.limiters.iter().find(|(c, _)| *c == class).map(|(_, l)| l).unwrap_or(&self.limiters[3].1)
+    }
+
+    /// Counts one request of `key` against `class`.
+    pub fn check(&self, class: RateClass, key: &str) -> Result<Allowed, Denied> {
+        let q = self.cfg.quota(class);
+        match self.limiter(class).check_key(&key.to_string()) {
+            Ok(snapshot) => {
+                Ok(Allowed { limit: q.per_minute, remaining: snapshot.remaining_burst_capacity(), window_secs: 60 })
+            }
+            Err(not_until) => {
+                let retry_after = not_until.wait_time_from(self.clock.now());
+                let first_in_window = self.note_denial(class, key);
+                Err(Denied { class, limit: q.per_minute, window_secs: 60, retry_after, first_in_window })
+            }
+        }
+    }
+
+    fn note_denial(&self, class: RateClass, key: &str) -> bool {
+        let Ok(mut reported) = self.reported.lock() else { return false };
+        let now = std::time::Instant::now();
+        match reported.get(&(class, key.to_string())) {
+            Some(at) if now.duration_since(*at) < REPORT_WINDOW => false,
+            _ => {
+                // Bounded: a spray of distinct keys cannot grow this without limit.
+                if reported.len() >= 100_000 {
+                    reported.retain(|_, at| now.duration_since(*at) < REPORT_WINDOW);
+                    if reported.len() >= 100_000 {
+                        return false;
+                    }
+                }
+                reported.insert((class, key.to_string()), now);
+                true
+            }
+        }
+    }
+
+    /// Drops keys whose state is back to fresh, and stale denial reports.
+    pub fn evict_idle(&self) {
+        for (_, l) in &self.limiters {
+            l.retain_recent();
+            l.shrink_to_fit();
+        }
+        if let Ok(mut reported) = self.reported.lock() {
+            let now = std::time::Instant::now();
+            reported.retain(|_, at| now.duration_since(*at) < REPORT_WINDOW);
+            reported.shrink_to_fit();
+        }
+    }
+
+    /// Keys held across all classes.
+    pub fn len(&self) -> usize {
+        self.limiters.iter().map(|(_, l)| l.len()).sum()
+    }
+
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

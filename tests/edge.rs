@@ -1,0 +1,261 @@
+//! The edge stack in process: security headers, CORS, CSRF, rate limits, lockout.
+
+use std::sync::Arc;
+
+use miauflix_gate::config::{Config, Overrides};
+use miauflix_gate::http::{AppState, build_app};
+use miauflix_gate::ratelimit::{RateClass, RateLimitConfig, RateLimits};
+use poem::test::{TestClient, TestResponse};
+use serde_json::{Value, json};
+
+const ADMIN: &str = "admin@example.com";
+const PW: &str = "correct-horse-battery";
+
+type Client = TestClient<poem::endpoint::BoxEndpoint<'static, poem::Response>>;
+
+async fn open(vars: &[(&str, &str)]) -> (Client, Arc<AppState>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = Overrides {
+        data_dir: Some(dir.path().join("data")),
+        listen: Some("127.0.0.1:0".into()),
+        tls: Some("off".into()),
+    };
+    let env: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let state = miauflix_gate::server::open(Config::load(None, env, &flags).unwrap()).await.unwrap().state;
+    let cli = TestClient::new(poem::EndpointExt::boxed(build_app(state.clone()))).default_header("host", "gate.test");
+    (cli, state, dir)
+}
+
+async fn setup(cli: &Client, state: &AppState) {
+    let token = std::fs::read_to_string(state.config.setup_token_path()).unwrap();
+    let r = cli
+        .post("/api/auth/setup")
+        .header("origin", "http://gate.test")
+        .body_json(&json!({"email": ADMIN, "password": PW, "setupToken": token.trim()}))
+        .send()
+        .await;
+    assert_eq!(r.0.status(), 201);
+}
+
+fn header(r: &TestResponse, name: &str) -> Option<String> {
+    r.0.headers().get(name).map(|v| v.to_str().unwrap().to_string())
+}
+
+async fn json_body(r: TestResponse) -> Value {
+    serde_json::from_str(&r.0.into_body().into_string().await.unwrap()).unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn every_response_carries_the_security_headers() {
+    let (cli, state, _d) = open(&[]).await;
+    for path in ["/healthz", "/api/openapi.json", "/nope", "/api/auth/setup"] {
+        let r = cli.get(path).send().await;
+        assert_eq!(
+            header(&r, "content-security-policy").as_deref(),
+            Some(
+                "default-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+            ),
+            "{path}"
+        );
+        assert_eq!(header(&r, "x-frame-options").as_deref(), Some("DENY"));
+        assert_eq!(header(&r, "x-content-type-options").as_deref(), Some("nosniff"));
+        assert_eq!(header(&r, "referrer-policy").as_deref(), Some("strict-origin-when-cross-origin"));
+        assert_eq!(header(&r, "permissions-policy").as_deref(), Some("geolocation=(), microphone=(), camera=()"));
+        assert_eq!(header(&r, "cross-origin-opener-policy").as_deref(), Some("same-origin"));
+        assert!(header(&r, "server").is_none());
+        assert!(header(&r, "strict-transport-security").is_none(), "no HSTS without TLS");
+    }
+    // The Swagger page needs its inline bundle; everything else stays strict.
+    let docs = cli.get("/api/docs").send().await;
+    assert!(header(&docs, "content-security-policy").unwrap().contains("frame-ancestors 'none'"));
+    state.store.close().await;
+}
+
+#[tokio::test]
+async fn cors_only_for_listed_origins() {
+    let (cli, state, _d) = open(&[("MIAUFLIX_HTTP__CORS_ORIGINS", "[\"https://app.example\"]")]).await;
+    let ok = cli.get("/api/auth/setup").header("origin", "https://app.example").send().await;
+    assert_eq!(header(&ok, "access-control-allow-origin").as_deref(), Some("https://app.example"));
+    assert_eq!(header(&ok, "access-control-allow-credentials").as_deref(), Some("true"));
+    let bad = cli.get("/api/auth/setup").header("origin", "https://evil.example").send().await;
+    assert!(header(&bad, "access-control-allow-origin").is_none());
+    assert!(header(&bad, "access-control-allow-credentials").is_none());
+
+    let pre = cli
+        .options("/api/auth/login")
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type")
+        .send()
+        .await;
+    assert_eq!(pre.0.status(), 204);
+    assert!(header(&pre, "access-control-allow-methods").unwrap().contains("POST"));
+    assert_eq!(header(&pre, "access-control-allow-origin").as_deref(), Some("https://app.example"));
+    let pre = cli
+        .options("/api/auth/login")
+        .header("origin", "https://evil.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await;
+    assert_eq!(pre.0.status(), 204);
+    assert!(header(&pre, "access-control-allow-origin").is_none());
+    assert!(header(&pre, "access-control-allow-methods").is_none());
+    state.store.close().await;
+}
+
+#[tokio::test]
+async fn cookie_requests_from_foreign_origins_are_rejected() {
+    let (cli, state, _d) = open(&[("MIAUFLIX_HTTP__PUBLIC_ORIGINS", "[\"https://media.home.arpa\"]")]).await;
+    setup(&cli, &state).await;
+    let login = cli
+        .post("/api/auth/login")
+        .header("origin", "http://gate.test")
+        .body_json(&json!({"email": ADMIN, "password": PW}))
+        .send()
+        .await;
+    assert_eq!(login.0.status(), 200);
+    let jar: Vec<String> = login
+        .0
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string())
+        .collect();
+    let jar = jar.join("; ");
+    let sid = json_body(login).await["session"].as_str().unwrap().to_string();
+
+    let attempt = |origin: Option<&'static str>, referer: Option<&'static str>| {
+        let mut r = cli.post(format!("/api/auth/refresh/{sid}")).header("cookie", &jar);
+        if let Some(o) = origin {
+            r = r.header("origin", o);
+        }
+        if let Some(x) = referer {
+            r = r.header("referer", x);
+        }
+        r.send()
+    };
+    for (origin, referer) in [
+        (Some("https://evil.example"), None),
+        (None, None),
+        (None, Some("https://evil.example/page")),
+        (Some("null"), None),
+    ] {
+        let r = attempt(origin, referer).await;
+        assert_eq!(r.0.status(), 403, "{origin:?} {referer:?}");
+        assert_eq!(json_body(r).await["type"], "urn:miauflix-gate:problem/csrf-rejected");
+    }
+    // Own origin (scheme + Host), its Referer, and a configured public origin pass.
+    let r = attempt(Some("http://gate.test"), None).await;
+    assert_eq!(r.0.status(), 200);
+    let jar2: Vec<String> =
+        r.0.headers()
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string())
+            .collect();
+    let r = cli
+        .post(format!("/api/auth/refresh/{sid}"))
+        .header("cookie", jar2.join("; "))
+        .header("referer", "http://gate.test/admin/")
+        .send()
+        .await;
+    assert_eq!(r.0.status(), 200);
+    let r = cli
+        .post(format!("/api/auth/logout/{sid}"))
+        .header("cookie", "__miauflix_at_x=1")
+        .header("origin", "https://media.home.arpa")
+        .send()
+        .await;
+    assert_eq!(r.0.status(), 200);
+    // Bearer clients carry no cookies and need no Origin.
+    let t = cli.post("/api/auth/token").body_json(&json!({"email": ADMIN, "password": PW})).send().await;
+    assert_eq!(t.0.status(), 200);
+    state.store.close().await;
+}
+
+#[tokio::test]
+async fn the_auth_class_answers_429_with_retry_after_past_its_burst() {
+    let (cli, state, _d) = open(&[("MIAUFLIX_RATE_LIMITS__AUTH", "{per_minute = 10, burst = 5}")]).await;
+    let mut statuses = Vec::new();
+    let mut last = None;
+    for _ in 0..7 {
+        let r = cli
+            .post("/api/auth/token")
+            .body_json(&json!({"email": "nobody@example.com", "password": "whatever-long"}))
+            .send()
+            .await;
+        statuses.push(r.0.status().as_u16());
+        if r.0.status() == 429 {
+            last = Some(r);
+        } else {
+            assert!(header(&r, "ratelimit-policy").is_some());
+        }
+    }
+    assert_eq!(&statuses[..5], &[401; 5], "{statuses:?}");
+    assert_eq!(statuses[5], 429, "{statuses:?}");
+    let r = last.unwrap();
+    let retry: u64 = header(&r, "retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_eq!(header(&r, "ratelimit-policy").as_deref(), Some("10;w=60"));
+    assert!(header(&r, "ratelimit").unwrap().contains("remaining=0"));
+    let b = json_body(r).await;
+    assert_eq!(b["type"], "urn:miauflix-gate:problem/rate-limited");
+    assert_eq!(b["message"].as_str().unwrap().split(';').next().unwrap(), "Too many requests");
+    // Other classes are not affected.
+    assert_eq!(cli.get("/api/auth/setup").send().await.0.status(), 200);
+    state.store.close().await;
+}
+
+#[tokio::test]
+async fn five_failures_lock_the_account_even_against_the_right_password() {
+    let (cli, state, _d) = open(&[("MIAUFLIX_RATE_LIMITS__AUTH", "{per_minute = 100000, burst = 10000}")]).await;
+    setup(&cli, &state).await;
+    let login = |pw: &'static str, email: &'static str| {
+        cli.post("/api/auth/token").body_json(&json!({"email": email, "password": pw})).send()
+    };
+    for _ in 0..5 {
+        assert_eq!(login("wrong-password-x", ADMIN).await.0.status(), 401);
+    }
+    let r = login(PW, ADMIN).await;
+    assert_eq!(r.0.status(), 429, "locked: the right password does not get through");
+    assert!(header(&r, "retry-after").unwrap().parse::<u64>().unwrap() <= 60);
+    let locked = json_body(r).await;
+    assert_eq!(locked["type"], "urn:miauflix-gate:problem/account-locked");
+    assert_eq!(locked["error"], "Too many requests");
+    // An unknown email locks the same way, so a lock reveals nothing.
+    for _ in 0..5 {
+        assert_eq!(login("wrong-password-x", "ghost@example.com").await.0.status(), 401);
+    }
+    let ghost = json_body(login("wrong-password-x", "ghost@example.com").await).await;
+    assert_eq!(ghost["type"], locked["type"]);
+    assert_eq!(ghost["detail"], locked["detail"]);
+    // Case and spaces do not dodge the count.
+    assert_eq!(login(PW, " ADMIN@example.com ").await.0.status(), 429);
+
+    // An admin (already signed in elsewhere) unlocks.
+    let admin_id = state.auth.list_users().unwrap()[0].id.clone();
+    let principal = miauflix_gate::auth::Principal {
+        user_id: admin_id.clone(),
+        session_id: String::new(),
+        role: miauflix_gate::auth::Role::Admin,
+        email: ADMIN.into(),
+        display_name: "admin".into(),
+    };
+    assert!(state.auth.unlock_user(&principal, &admin_id, &Default::default()).unwrap());
+    assert_eq!(login(PW, ADMIN).await.0.status(), 200);
+    state.store.close().await;
+}
+
+#[test]
+fn a_million_idle_keys_are_evicted() {
+    let limits = RateLimits::new(&RateLimitConfig::default());
+    for i in 0..1_000_000u32 {
+        let key = format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255);
+        assert!(limits.check(RateClass::Global, &key).is_ok());
+    }
+    assert_eq!(limits.len(), 1_000_000);
+    // One use refills within one emission interval (60 s / 3000 = 20 ms); then every key is idle.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    limits.evict_idle();
+    assert_eq!(limits.len(), 0, "idle keys are dropped");
+}
