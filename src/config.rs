@@ -67,6 +67,85 @@ pub struct Config {
     pub auth: AuthConfig,
     pub lockout: crate::auth::lockout::LockoutConfig,
     pub rate_limits: crate::ratelimit::RateLimitConfig,
+    /// Upstreams the gate proxies to, by path prefix (longest wins).
+    pub routes: Vec<RouteConfig>,
+}
+
+/// Minimum role for a proxied route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteRole {
+    /// No sign-in needed.
+    Public,
+    Guest,
+    User,
+    Admin,
+}
+
+/// `[[routes]]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub prefix: String,
+    /// `http://host:port[/base]`
+    pub upstream: String,
+    #[serde(default = "default_min_role")]
+    pub min_role: RouteRole,
+    #[serde(default = "default_rate_class")]
+    pub rate_class: crate::ratelimit::RateClass,
+    #[serde(default)]
+    pub requires_vpn: bool,
+    #[serde(default)]
+    pub strip_prefix: bool,
+    #[serde(default = "default_route_timeout")]
+    pub timeout_secs: u64,
+    /// Content-Security-Policy for this route's responses (default: the upstream's, else the gate's).
+    #[serde(default)]
+    pub csp: Option<String>,
+    /// Accept a signed stream URL instead of a session.
+    #[serde(default)]
+    pub stream_keys: bool,
+    /// Forward the client's `Authorization` header and the gate's cookies to the upstream.
+    #[serde(default)]
+    pub forward_credentials: bool,
+}
+
+fn default_min_role() -> RouteRole {
+    RouteRole::User
+}
+
+fn default_rate_class() -> crate::ratelimit::RateClass {
+    crate::ratelimit::RateClass::Api
+}
+
+fn default_route_timeout() -> u64 {
+    30
+}
+
+/// Paths the gate serves itself; no route may take them over.
+pub const RESERVED_PREFIXES: &[&str] = &[
+    "/api/auth",
+    "/api/me",
+    "/api/users",
+    "/api/stream-keys",
+    "/api/openapi.json",
+    "/api/docs",
+    "/api/audit",
+    "/api/system",
+    "/api/vpn",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/admin",
+    "/.well-known",
+];
+
+/// Whether `path` belongs to the gate itself.
+pub fn is_reserved_path(path: &str) -> bool {
+    path == "/"
+        || RESERVED_PREFIXES
+            .iter()
+            .any(|p| path == *p || path.starts_with(&format!("{p}/")) || (p.ends_with(".json") && path.starts_with(p)))
 }
 
 /// `[auth]`: sessions and tokens.
@@ -168,6 +247,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             lockout: Default::default(),
             rate_limits: Default::default(),
+            routes: Vec::new(),
         }
     }
 }
@@ -353,6 +433,29 @@ impl Config {
                     "http.cors_origins",
                     format!("`{origin}` is not an origin (scheme://host[:port], no path)"),
                 );
+            }
+        }
+        let mut prefixes = std::collections::HashSet::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            let key = format!("routes[{i}]");
+            if !r.prefix.starts_with('/') || r.prefix.contains(['?', '#', ' ', '\\']) || r.prefix.contains("..") {
+                return err(&key, format!("prefix `{}` must be an absolute path", r.prefix));
+            }
+            if r.prefix == "/" || is_reserved_path(&r.prefix) || is_reserved_path(r.prefix.trim_end_matches('/')) {
+                return err(&key, format!("prefix `{}` would shadow the gate's own paths", r.prefix));
+            }
+            if !prefixes.insert(r.prefix.trim_end_matches('/').to_string()) {
+                return err(&key, format!("prefix `{}` is configured twice", r.prefix));
+            }
+            match r.upstream.parse::<poem::http::Uri>() {
+                Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() && u.query().is_none() => {}
+                _ => return err(&key, format!("upstream `{}` must be an http://host:port URL", r.upstream)),
+            }
+            if !(1..=3600).contains(&r.timeout_secs) {
+                return err(&key, "timeout_secs must be between 1 and 3600".into());
+            }
+            if r.stream_keys && r.min_role == RouteRole::Public {
+                return err(&key, "stream_keys makes no sense on a public route".into());
             }
         }
         if self.password.max_concurrent == Some(0) {

@@ -13,3 +13,4 @@ pub mod ratelimit;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod vpn;

@@ -107,6 +107,7 @@ pub async fn open(config: Config) -> anyhow::Result<Opened> {
     .await
     .context("loading the auth service")?;
     let limits = Arc::new(crate::ratelimit::RateLimits::new(&config.rate_limits));
+    let config_routes = config.routes.clone();
     let state = Arc::new(AppState {
         config: Arc::new(config),
         store,
@@ -114,6 +115,8 @@ pub async fn open(config: Config) -> anyhow::Result<Opened> {
         hasher,
         auth: Arc::new(auth),
         limits,
+        proxy: Arc::new(crate::http::proxy::Proxy::new(&config_routes)),
+        vpn: Arc::new(crate::vpn::NotConfigured),
         started: Instant::now(),
         tls_source,
     });

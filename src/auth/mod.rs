@@ -5,6 +5,7 @@ pub mod lockout;
 pub mod model;
 pub mod service;
 pub mod setup;
+pub mod stream_keys;
 pub mod tokens;
 
 pub use events::{ClientInfo, EventKind, SecurityEvent, Severity};

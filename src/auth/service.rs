@@ -145,6 +145,7 @@ pub struct AuthService {
     setup_token_path: PathBuf,
     setup_lock: tokio::sync::Mutex<()>,
     lockout: Lockout,
+    stream_keys: super::stream_keys::StreamKeys,
 }
 
 fn sha256_hex(token: &str) -> String {
@@ -289,6 +290,7 @@ impl AuthService {
         setup_token_path: PathBuf,
     ) -> Result<AuthService, KeyError> {
         let keys = SigningKeys::load_or_init(&store, &keyring, &cfg.issuer, &cfg.audience, cfg.access_ttl_secs).await?;
+        let stream_keys = super::stream_keys::StreamKeys::load_or_init(&store, &keyring).await?;
         let service = AuthService {
             store,
             keyring,
@@ -299,6 +301,7 @@ impl AuthService {
             setup_token_path,
             setup_lock: tokio::sync::Mutex::new(()),
             lockout: Lockout::new(lockout),
+            stream_keys,
         };
         service.reload_live()?;
         Ok(service)
@@ -789,6 +792,36 @@ impl AuthService {
         Ok(Principal {
             user_id: claims.sub,
             session_id: claims.sid,
+            role: user.role,
+            email: user.email.clone(),
+            display_name: user.display_name.clone(),
+        })
+    }
+
+    /// A signed stream key for `prefix`, valid `ttl` seconds, bound to the caller's session.
+    pub fn sign_stream_key(&self, principal: &Principal, prefix: &str, ttl: i64) -> (String, i64) {
+        let expires_at = now() + ttl;
+        (self.stream_keys.sign(&principal.user_id, &principal.session_id, prefix, expires_at), expires_at)
+    }
+
+    /// Authenticates a request for `path` by a stream key: tag, expiry, prefix, and the
+    /// session's live state (no store read).
+    pub fn authenticate_stream_key(&self, token: &str, path: &str) -> Result<Principal, AuthError> {
+        let claims = super::stream_keys::StreamKeys::parse(token).ok_or(AuthError::Unauthorized)?;
+        let live = self.live.read().map_err(|_| AuthError::Unauthorized)?;
+        let session = live.sessions.get(&claims.session_id).ok_or(AuthError::Unauthorized)?;
+        let now = now();
+        if session.expires_at <= now {
+            return Err(AuthError::Unauthorized);
+        }
+        let user = live.users.get(&session.user_id).ok_or(AuthError::Unauthorized)?;
+        if user.disabled {
+            return Err(AuthError::Unauthorized);
+        }
+        self.stream_keys.verify(token, &session.user_id, path, now).ok_or(AuthError::Unauthorized)?;
+        Ok(Principal {
+            user_id: session.user_id.clone(),
+            session_id: claims.session_id,
             role: user.role,
             email: user.email.clone(),
             display_name: user.display_name.clone(),

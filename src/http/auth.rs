@@ -72,6 +72,39 @@ async fn check_session(req: &Request, key: ApiKey) -> poem::Result<Principal> {
     state.auth.authenticate(&token, Some(sid)).map_err(|e| auth_error(e).into())
 }
 
+/// The request's credentials, if any: a bearer token, else `X-Session-Id` plus its access
+/// cookie, else (when `stream_path` is given) a signed stream key in the query string.
+/// `Ok(None)` means no credentials were presented at all.
+pub fn authenticate_request(
+    state: &AppState,
+    req: &Request,
+    stream_path: Option<&str>,
+) -> Result<Option<Principal>, AuthError> {
+    if let Some(value) = req.headers().get(poem::http::header::AUTHORIZATION) {
+        let value = value.to_str().map_err(|_| AuthError::Unauthorized)?;
+        let token =
+            value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")).ok_or(AuthError::Unauthorized)?;
+        return state.auth.authenticate(token.trim(), None).map(Some);
+    }
+    if let Some(sid) = req.headers().get("x-session-id") {
+        let sid = sid.to_str().map_err(|_| AuthError::Unauthorized)?.trim();
+        if !is_session_id(sid) {
+            return Err(AuthError::Unauthorized);
+        }
+        let token = cookie(req, &format!("{ACCESS_COOKIE}{sid}")).ok_or(AuthError::Unauthorized)?;
+        return state.auth.authenticate(&token, Some(sid)).map(Some);
+    }
+    if let Some(path) = stream_path
+        && let Some(key) = req
+            .uri()
+            .query()
+            .and_then(|q| q.split('&').find_map(|p| p.strip_prefix(&format!("{}=", super::proxy::STREAM_KEY_PARAM))))
+    {
+        return state.auth.authenticate_stream_key(key, path).map(Some);
+    }
+    Ok(None)
+}
+
 /// Every cookie of the request as (name, value), bounded in count and size.
 pub fn cookies(req: &Request) -> Vec<(String, String)> {
     let mut out = Vec::new();

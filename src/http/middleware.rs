@@ -15,6 +15,7 @@ use poem::{Body, Endpoint, IntoResponse, Middleware, Request, Response};
 use crate::auth::{ClientInfo, EventKind, SecurityEvent, Severity};
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::http::AppState;
 use crate::ratelimit::{RateClass, RateLimits};
 
 /// The id of one request, in responses as `X-Request-Id` and in every problem body.
@@ -45,17 +46,20 @@ pub struct EdgePolicy {
     pub public_origins: Vec<String>,
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub limits: Arc<RateLimits>,
+    pub state: Arc<AppState>,
 }
 
 impl EdgePolicy {
-    pub fn from_config(config: &Config, limits: Arc<RateLimits>) -> EdgePolicy {
+    pub fn new(state: Arc<AppState>) -> EdgePolicy {
+        let config: &Config = &state.config;
         EdgePolicy {
             max_body: config.http.max_body_bytes,
             tls: config.tls_enabled(),
             cors_origins: config.http.cors_origins.clone(),
             public_origins: config.http.public_origins.clone(),
             trusted_proxies: config.http.trusted_proxies.clone(),
-            limits,
+            limits: state.limits.clone(),
+            state: state.clone(),
         }
     }
 
@@ -222,8 +226,11 @@ impl<E: Endpoint> RequestContextEndpoint<E> {
 
         // Rate limits: the global per-IP ceiling, then the request's class.
         let ip = client.ip.clone();
+        let route = p.state.proxy.route_for(&path);
         let mut classes = vec![RateClass::Global];
-        if let Some(c) = rate_class(&method, &path) {
+        if let Some(r) = &route {
+            classes.push(r.cfg.rate_class);
+        } else if let Some(c) = rate_class(&method, &path) {
             classes.push(c);
         }
         for class in classes {
@@ -270,10 +277,41 @@ impl<E: Endpoint> RequestContextEndpoint<E> {
             }
         }
 
+        if let Some(route) = route {
+            return self.proxied(req, &route, &path, client).await;
+        }
         if path.starts_with("/api/") {
             limit_body(&mut req, p.max_body).await?;
         }
         self.inner.call(req).await.map(IntoResponse::into_response)
+    }
+
+    /// A request for a configured upstream: route policy, then the proxy.
+    async fn proxied(
+        &self,
+        req: Request,
+        route: &crate::http::proxy::ProxyRoute,
+        path: &str,
+        client: &ClientInfo,
+    ) -> poem::Result<Response> {
+        let state = &self.policy.state;
+        let stream_path = route.cfg.stream_keys.then_some(path);
+        let principal =
+            crate::http::auth::authenticate_request(state, &req, stream_path).map_err(crate::http::auth::fail)?;
+        if let Some(min) = crate::http::proxy::min_role(route) {
+            let p = principal.as_ref().ok_or_else(|| crate::http::auth::fail(crate::auth::AuthError::Unauthorized))?;
+            p.require(min).map_err(crate::http::auth::fail)?;
+        }
+        if route.cfg.requires_vpn && !state.vpn.tunnel_up() {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "vpn-down",
+                "Service unavailable",
+                "The VPN tunnel is not up, so this service is paused.",
+            )
+            .into());
+        }
+        Ok(state.proxy.forward(route, req, principal.as_ref(), &client.ip, self.policy.tls).await?)
     }
 }
 

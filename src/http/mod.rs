@@ -4,6 +4,7 @@
 pub mod api;
 pub mod auth;
 pub mod middleware;
+pub mod proxy;
 pub mod redirect;
 
 use std::sync::Arc;
@@ -25,6 +26,8 @@ pub struct AppState {
     pub hasher: PasswordHasher,
     pub auth: Arc<AuthService>,
     pub limits: Arc<crate::ratelimit::RateLimits>,
+    pub proxy: Arc<proxy::Proxy>,
+    pub vpn: Arc<dyn crate::vpn::VpnStatus>,
     pub started: Instant,
     /// What the main listener serves, for status pages (e.g. "self-signed").
     pub tls_source: String,
@@ -49,7 +52,7 @@ fn root() -> Redirect {
 
 /// The full application with its middleware stack.
 pub fn build_app(state: Arc<AppState>) -> impl Endpoint<Output = poem::Response> {
-    let policy = Arc::new(middleware::EdgePolicy::from_config(&state.config, state.limits.clone()));
+    let policy = Arc::new(middleware::EdgePolicy::new(state.clone()));
     let api = openapi_service(state.clone());
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();

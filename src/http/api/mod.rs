@@ -3,6 +3,7 @@
 pub mod account;
 pub mod auth;
 pub mod dto;
+pub mod edge;
 pub mod keys;
 pub mod system;
 pub mod users;
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use super::AppState;
 
 /// Every API area, combined for the OpenAPI service.
-pub type Apis = (system::SystemApi, auth::AuthApi, account::AccountApi, users::UsersApi, keys::KeysApi);
+pub type Apis = (system::SystemApi, auth::AuthApi, account::AccountApi, users::UsersApi, keys::KeysApi, edge::EdgeApi);
 
 pub fn apis(state: Arc<AppState>) -> Apis {
     (
@@ -20,7 +21,8 @@ pub fn apis(state: Arc<AppState>) -> Apis {
         auth::AuthApi { state: state.clone() },
         account::AccountApi { state: state.clone() },
         users::UsersApi { state: state.clone() },
-        keys::KeysApi { state },
+        keys::KeysApi { state: state.clone() },
+        edge::EdgeApi { state },
     )
 }
 

@@ -1,0 +1,134 @@
+//! Forward auth for an existing reverse proxy, and signed stream URLs.
+
+use std::sync::Arc;
+
+use poem::Request;
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+
+use super::ApiTags;
+use super::dto::MessageDto;
+use crate::auth::{AuthError, Role};
+use crate::error::ApiError;
+use crate::http::AppState;
+use crate::http::auth::{Auth, authenticate_request, fail};
+use crate::http::proxy::{STREAM_KEY_PARAM, min_role};
+
+pub struct EdgeApi {
+    pub state: Arc<AppState>,
+}
+
+#[derive(ApiResponse)]
+pub enum VerifyResponse {
+    /// Allowed; the identity is in the `Remote-*` headers (absent for anonymous access to a public route).
+    #[oai(status = 200)]
+    Allowed(
+        Json<MessageDto>,
+        #[oai(header = "Remote-User")] Option<String>,
+        #[oai(header = "Remote-Email")] Option<String>,
+        #[oai(header = "Remote-Groups")] Option<String>,
+        #[oai(header = "Remote-Name")] Option<String>,
+    ),
+}
+
+/// Ask for a signed stream URL.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+pub struct StreamKeyRequest {
+    /// A path under a route with `stream_keys = true`; the key covers it and everything below.
+    #[oai(validator(min_length = 1, max_length = 1024))]
+    pub path: String,
+    #[oai(validator(minimum(value = "1"), maximum(value = "86400")))]
+    pub ttl_seconds: i64,
+}
+
+/// A signed stream URL.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+pub struct StreamKeyResponse {
+    pub url: String,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
+#[OpenApi(tag = "ApiTags::Auth")]
+impl EdgeApi {
+    /// Forward auth for nginx `auth_request`, Traefik `forwardAuth` and Caddy `forward_auth`:
+    /// applies the policy of the route for `X-Original-URI` / `X-Forwarded-Uri`.
+    #[oai(path = "/api/auth/verify", method = "get")]
+    async fn verify(&self, req: &Request) -> poem::Result<VerifyResponse> {
+        let uri = ["x-original-uri", "x-forwarded-uri"]
+            .iter()
+            .find_map(|h| req.headers().get(*h).and_then(|v| v.to_str().ok()))
+            .ok_or_else(|| {
+                poem::Error::from(ApiError::bad_request("X-Original-URI or X-Forwarded-Uri is required."))
+            })?;
+        let path = uri.split(['?', '#']).next().unwrap_or("/");
+        let path = if path.starts_with('/') { path.to_string() } else { format!("/{path}") };
+        if path.split('/').any(|seg| seg == ".." || seg == ".") {
+            return Err(fail(AuthError::Forbidden));
+        }
+        let route = self.state.proxy.route_for(&path);
+        let stream_path = route.as_ref().filter(|r| r.cfg.stream_keys).map(|_| path.as_str());
+        // Stream keys arrive in the original URI's query string.
+        let principal = match stream_path {
+            Some(p) => match uri
+                .split_once('?')
+                .and_then(|(_, q)| q.split('&').find_map(|kv| kv.strip_prefix(&format!("{STREAM_KEY_PARAM}="))))
+            {
+                Some(key) => Some(self.state.auth.authenticate_stream_key(key, p).map_err(fail)?),
+                None => authenticate_request(&self.state, req, None).map_err(fail)?,
+            },
+            None => authenticate_request(&self.state, req, None).map_err(fail)?,
+        };
+        // Default deny: a path no route covers is refused.
+        let Some(route) = route else {
+            return Err(fail(if principal.is_some() { AuthError::Forbidden } else { AuthError::Unauthorized }));
+        };
+        if let Some(min) = min_role(&route) {
+            let p = principal.as_ref().ok_or_else(|| fail(AuthError::Unauthorized))?;
+            p.require(min).map_err(fail)?;
+        }
+        if route.cfg.requires_vpn && !self.state.vpn.tunnel_up() {
+            return Err(ApiError::new(
+                poem::http::StatusCode::SERVICE_UNAVAILABLE,
+                "vpn-down",
+                "Service unavailable",
+                "The VPN tunnel is not up, so this service is paused.",
+            )
+            .into());
+        }
+        let msg = Json(MessageDto { message: "Allowed".into() });
+        Ok(match principal {
+            Some(p) => VerifyResponse::Allowed(
+                msg,
+                Some(p.user_id),
+                Some(p.email),
+                Some(p.role.as_str().into()),
+                Some(p.display_name),
+            ),
+            None => VerifyResponse::Allowed(msg, None, None, None, None),
+        })
+    }
+
+    /// A signed URL for a media path, for players that cannot send headers.
+    #[oai(path = "/api/stream-keys", method = "post")]
+    async fn stream_key(&self, auth: Auth, body: Json<StreamKeyRequest>) -> poem::Result<Json<StreamKeyResponse>> {
+        let p = auth.require(Role::Guest)?;
+        let path = body.0.path;
+        if !path.starts_with('/') || path.contains(['?', '#']) || path.split('/').any(|s| s == ".." || s == ".") {
+            return Err(
+                ApiError::bad_request("The path must be an absolute path without query or dot segments.").into()
+            );
+        }
+        let route =
+            self.state.proxy.route_for(&path).filter(|r| r.cfg.stream_keys).ok_or_else(|| {
+                poem::Error::from(ApiError::bad_request("No route with stream keys covers this path."))
+            })?;
+        if let Some(min) = min_role(&route) {
+            p.require(min).map_err(fail)?;
+        }
+        let (key, expires_at) = self.state.auth.sign_stream_key(p, &path, body.0.ttl_seconds);
+        Ok(Json(StreamKeyResponse { url: format!("{path}?{STREAM_KEY_PARAM}={key}"), expires_at }))
+    }
+}

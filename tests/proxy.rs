@@ -1,0 +1,357 @@
+//! The reverse proxy against a real upstream HTTP server on loopback, forward auth, and
+//! signed stream URLs.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use miauflix_gate::config::{Config, Overrides};
+use miauflix_gate::http::{AppState, build_app};
+use poem::listener::TcpAcceptor;
+use poem::test::{TestClient, TestResponse};
+use poem::web::Json as PJson;
+use poem::{EndpointExt, Request, Response, Route, get, handler};
+use serde_json::{Value, json};
+
+const ADMIN: &str = "admin@example.com";
+const PW: &str = "correct-horse-battery";
+type Client = TestClient<poem::endpoint::BoxEndpoint<'static, poem::Response>>;
+
+#[handler]
+fn echo(req: &Request) -> PJson<Value> {
+    let headers: serde_json::Map<String, Value> =
+        req.headers().iter().map(|(k, v)| (k.as_str().to_string(), json!(v.to_str().unwrap_or("")))).collect();
+    PJson(json!({"path": req.uri().path(), "query": req.uri().query(), "headers": headers}))
+}
+
+const BIG: u64 = 100 * 1024 * 1024;
+
+#[handler]
+fn big() -> Response {
+    // 100 MiB generated on the fly, in 64 KiB chunks.
+    let chunk = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
+    let stream =
+        futures_util::stream::iter((0..BIG / (64 * 1024)).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+    Response::builder().header("content-type", "application/octet-stream").body(poem::Body::from_bytes_stream(stream))
+}
+
+#[handler]
+fn ranged(req: &Request) -> Response {
+    let data: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+    match req.headers().get("range").and_then(|v| v.to_str().ok()).and_then(|r| r.strip_prefix("bytes=")) {
+        Some(spec) => {
+            let (a, b) = spec.split_once('-').unwrap();
+            let (a, b): (usize, usize) = (a.parse().unwrap(), b.parse().unwrap());
+            Response::builder()
+                .status(poem::http::StatusCode::PARTIAL_CONTENT)
+                .header("content-range", format!("bytes {a}-{b}/1000"))
+                .header("accept-ranges", "bytes")
+                .body(data[a..=b].to_vec())
+        }
+        None => Response::builder().header("accept-ranges", "bytes").body(data),
+    }
+}
+
+#[handler]
+async fn slow() -> &'static str {
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    "late"
+}
+
+async fn upstream() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Route::new().at("/big", get(big)).at("/file", get(ranged)).at("/slow", get(slow)).at("/*path", echo);
+    let acceptor = TcpAcceptor::from_tokio(listener).unwrap();
+    tokio::spawn(async move { poem::Server::new_with_acceptor(acceptor).run(app).await });
+    addr
+}
+
+fn routes_toml(up: SocketAddr) -> String {
+    format!(
+        r#"
+[rate_limits.auth]
+per_minute = 100000
+burst = 10000
+[[routes]]
+prefix = "/api/lists"
+upstream = "http://{up}"
+min_role = "user"
+[[routes]]
+prefix = "/public"
+upstream = "http://{up}/base"
+min_role = "public"
+strip_prefix = true
+[[routes]]
+prefix = "/stream"
+upstream = "http://{up}"
+min_role = "guest"
+rate_class = "stream"
+stream_keys = true
+[[routes]]
+prefix = "/torrent"
+upstream = "http://{up}"
+min_role = "user"
+requires_vpn = true
+[[routes]]
+prefix = "/slow"
+upstream = "http://{up}"
+min_role = "public"
+timeout_secs = 1
+[[routes]]
+prefix = "/dead"
+upstream = "http://127.0.0.1:1"
+min_role = "public"
+[[routes]]
+prefix = "/files"
+upstream = "http://{up}"
+min_role = "user"
+strip_prefix = true
+[[routes]]
+prefix = "/adminonly"
+upstream = "http://{up}"
+min_role = "admin"
+csp = "default-src 'none'"
+"#
+    )
+}
+
+async fn open(up: SocketAddr) -> (Client, Arc<AppState>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gate.toml");
+    std::fs::write(&file, routes_toml(up)).unwrap();
+    let flags = Overrides {
+        data_dir: Some(dir.path().join("data")),
+        listen: Some("127.0.0.1:0".into()),
+        tls: Some("off".into()),
+    };
+    let state =
+        miauflix_gate::server::open(Config::load(Some(&file), Vec::new(), &flags).unwrap()).await.unwrap().state;
+    let cli = TestClient::new(build_app(state.clone()).boxed())
+        .default_header("host", "gate.test")
+        .default_header("origin", "http://gate.test");
+    let token = std::fs::read_to_string(state.config.setup_token_path()).unwrap();
+    state.auth.complete_setup(ADMIN, PW.to_string().into(), token.trim(), &Default::default()).await.unwrap();
+    (cli, state, dir)
+}
+
+async fn token(cli: &Client, email: &str) -> String {
+    let r = cli.post("/api/auth/token").body_json(&json!({"email": email, "password": PW})).send().await;
+    assert_eq!(r.0.status(), 200);
+    body(r).await["access_token"].as_str().unwrap().to_string()
+}
+
+async fn body(r: TestResponse) -> Value {
+    serde_json::from_str(&r.0.into_body().into_string().await.unwrap()).unwrap_or(Value::Null)
+}
+
+async fn user(cli: &Client, admin: &str, email: &str, role: &str) -> String {
+    let r = cli
+        .post("/api/users")
+        .header("authorization", format!("Bearer {admin}"))
+        .body_json(&json!({"email": email, "password": PW, "role": role}))
+        .send()
+        .await;
+    assert_eq!(r.0.status(), 201);
+    token(cli, email).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_headers_reach_the_upstream_and_spoofed_ones_do_not() {
+    let up = upstream().await;
+    let (cli, state, _d) = open(up).await;
+    let admin = token(&cli, ADMIN).await;
+    let alice = user(&cli, &admin, "alice@example.com", "user").await;
+    let r = cli
+        .get("/api/lists/42?sort=new")
+        .header("authorization", format!("Bearer {alice}"))
+        .header("x-miauflix-role", "admin")
+        .header("x-miauflix-user", "someone-else")
+        .header("remote-user", "root")
+        .header("cookie", "__miauflix_at_x=secret; theme=dark")
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("connection", "keep-alive, x-drop-me")
+        .header("x-drop-me", "1")
+        .send()
+        .await;
+    assert_eq!(r.0.status(), 200);
+    assert!(r.0.headers().get("content-security-policy").is_some(), "security headers on proxied responses");
+    let b = body(r).await;
+    let h = &b["headers"];
+    assert_eq!(b["path"], "/api/lists/42");
+    assert_eq!(b["query"], "sort=new");
+    assert_eq!(h["x-miauflix-role"], "user", "{h}");
+    assert_eq!(h["x-miauflix-email"], "alice@example.com");
+    assert_ne!(h["x-miauflix-user"], "someone-else");
+    assert!(h.get("remote-user").is_none());
+    assert!(h.get("authorization").is_none(), "the gate's credentials stay at the gate");
+    assert_eq!(h["cookie"], "theme=dark");
+    assert!(h.get("x-drop-me").is_none(), "headers named in Connection are hop-by-hop");
+    assert_ne!(h["x-forwarded-for"], "6.6.6.6", "an untrusted peer's X-Forwarded-For is not believed");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], "gate.test");
+
+    // Public route with prefix stripping onto an upstream base path, no credentials needed.
+    let b = body(cli.get("/public/a/b").send().await).await;
+    assert_eq!(b["path"], "/base/a/b");
+    assert!(b["headers"].get("x-miauflix-user").is_none());
+    state.store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_policies_fail_closed() {
+    let up = upstream().await;
+    let (cli, state, _d) = open(up).await;
+    let admin = token(&cli, ADMIN).await;
+    let guest = user(&cli, &admin, "kid@example.com", "guest").await;
+    let userx = user(&cli, &admin, "u@example.com", "user").await;
+    assert_eq!(cli.get("/api/lists").send().await.0.status(), 401);
+    assert_eq!(cli.get("/api/lists").header("authorization", format!("Bearer {guest}")).send().await.0.status(), 403);
+    assert_eq!(cli.get("/adminonly/x").header("authorization", format!("Bearer {userx}")).send().await.0.status(), 403);
+    let r = cli.get("/adminonly/x").header("authorization", format!("Bearer {admin}")).send().await;
+    assert_eq!(r.0.headers().get("content-security-policy").unwrap(), "default-src 'none'", "per-route CSP");
+    // The VPN is not configured, so VPN routes are down: 503, never a leak.
+    let r = cli.get("/torrent/add").header("authorization", format!("Bearer {userx}")).send().await;
+    assert_eq!(r.0.status(), 503);
+    assert_eq!(body(r).await["type"], "urn:miauflix-gate:problem/vpn-down");
+    // Upstream timeout and upstream down.
+    let r = cli.get("/slow").send().await;
+    assert_eq!(r.0.status(), 504);
+    let b = body(r).await;
+    assert_eq!(b["type"], "urn:miauflix-gate:problem/upstream-timeout");
+    let r = cli.get("/dead/x").send().await;
+    assert_eq!(r.0.status(), 502);
+    let b = body(r).await;
+    assert!(!b.to_string().contains("127.0.0.1:1"), "no upstream internals: {b}");
+    // Unknown paths are still 404; the gate's own paths are never proxied.
+    assert_eq!(cli.get("/elsewhere").send().await.0.status(), 404);
+    state.store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_and_ranges_stream_through() {
+    use futures_util::StreamExt;
+    let up = upstream().await;
+    let (cli, state, _d) = open(up).await;
+    let admin = token(&cli, ADMIN).await;
+    let r = cli
+        .get("/files/file")
+        .header("authorization", format!("Bearer {admin}"))
+        .header("range", "bytes=100-199")
+        .send()
+        .await;
+    assert_eq!(r.0.status(), 206);
+    assert_eq!(r.0.headers().get("content-range").unwrap(), "bytes 100-199/1000");
+    let bytes = r.0.into_body().into_bytes().await.unwrap();
+    assert_eq!(bytes.len(), 100);
+    assert_eq!(bytes[0], (100 % 251) as u8);
+    // 100 MiB arrives whole, chunk by chunk.
+    let r = cli.get("/files/big").header("authorization", format!("Bearer {admin}")).send().await;
+    assert_eq!(r.0.status(), 200);
+    let mut stream = r.0.into_body().into_bytes_stream();
+    let mut total = 0u64;
+    let mut chunks = 0u64;
+    while let Some(chunk) = stream.next().await {
+        total += chunk.unwrap().len() as u64;
+        chunks += 1;
+    }
+    assert_eq!(total, BIG);
+    assert!(chunks > 100, "streamed, not buffered into one piece ({chunks} chunks)");
+    state.store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_auth_applies_route_policy() {
+    let up = upstream().await;
+    let (cli, state, _d) = open(up).await;
+    let admin = token(&cli, ADMIN).await;
+    let guest = user(&cli, &admin, "kid@example.com", "guest").await;
+    let verify = |uri: &'static str, tok: Option<String>| {
+        let mut r = cli.get("/api/auth/verify").header("x-original-uri", uri).header("x-original-method", "GET");
+        if let Some(t) = tok {
+            r = r.header("authorization", format!("Bearer {t}"));
+        }
+        r.send()
+    };
+    let r = verify("/api/lists/1", Some(admin.clone())).await;
+    assert_eq!(r.0.status(), 200);
+    assert_eq!(r.0.headers().get("remote-email").unwrap(), ADMIN);
+    assert_eq!(r.0.headers().get("remote-groups").unwrap(), "admin");
+    assert!(r.0.headers().get("remote-user").is_some() && r.0.headers().get("remote-name").is_some());
+    assert_eq!(verify("/api/lists/1", None).await.0.status(), 401);
+    assert_eq!(verify("/api/lists/1", Some(guest.clone())).await.0.status(), 403);
+    assert_eq!(verify("/public/x", None).await.0.status(), 200);
+    assert_eq!(verify("/not/a/route", Some(admin.clone())).await.0.status(), 403, "default deny");
+    assert_eq!(verify("/api/lists/../../admin", Some(admin.clone())).await.0.status(), 403);
+    let r = cli.get("/api/auth/verify").send().await;
+    assert_eq!(r.0.status(), 400);
+    state.store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_stream_urls() {
+    let up = upstream().await;
+    let (cli, state, _d) = open(up).await;
+    let admin = token(&cli, ADMIN).await;
+    let guest = user(&cli, &admin, "kid@example.com", "guest").await;
+    let r = cli
+        .post("/api/stream-keys")
+        .header("authorization", format!("Bearer {guest}"))
+        .body_json(&json!({"path": "/stream/movie-1", "ttlSeconds": 600}))
+        .send()
+        .await;
+    assert_eq!(r.0.status(), 200);
+    let b = body(r).await;
+    let url = b["url"].as_str().unwrap().to_string();
+    assert!(url.starts_with("/stream/movie-1?mf_sk="));
+    assert!(b["expiresAt"].as_i64().unwrap() > miauflix_gate::auth::now());
+
+    // Accepted without any header, for the path and below; the key never reaches the upstream.
+    let r = cli.get(&url).send().await;
+    assert_eq!(r.0.status(), 200);
+    let echoed = body(r).await;
+    assert_eq!(echoed["headers"]["x-miauflix-email"], "kid@example.com");
+    assert!(echoed["query"].is_null() || !echoed["query"].as_str().unwrap().contains("mf_sk"), "{echoed}");
+    let below = url.replace("/stream/movie-1?", "/stream/movie-1/seg-3.ts?");
+    assert_eq!(cli.get(&below).send().await.0.status(), 200);
+    // Another path, a tampered key, an expired key: refused.
+    let other = url.replace("/stream/movie-1?", "/stream/movie-2?");
+    assert_eq!(cli.get(&other).send().await.0.status(), 401);
+    let sibling = url.replace("/stream/movie-1?", "/stream/movie-10?");
+    assert_eq!(cli.get(&sibling).send().await.0.status(), 401, "prefix match is segment-aligned");
+    let mut tampered = url.clone();
+    let last = tampered.pop().unwrap();
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    assert_eq!(cli.get(&tampered).send().await.0.status(), 401);
+    let p = state.auth.authenticate(&guest, None).unwrap();
+    let (expired, _) = state.auth.sign_stream_key(&p, "/stream/movie-1", -5);
+    assert_eq!(cli.get(format!("/stream/movie-1?mf_sk={expired}")).send().await.0.status(), 401);
+    // A key dies with its session.
+    let sid = p.session_id.clone();
+    state.auth.logout(&sid, &Default::default()).await.unwrap();
+    assert_eq!(cli.get(&url).send().await.0.status(), 401);
+    // Keys only for routes that allow them.
+    let r = cli
+        .post("/api/stream-keys")
+        .header("authorization", format!("Bearer {admin}"))
+        .body_json(&json!({"path": "/api/lists/1", "ttlSeconds": 60}))
+        .send()
+        .await;
+    assert_eq!(r.0.status(), 400);
+    state.store.close().await;
+}
+
+#[test]
+fn routes_cannot_shadow_the_gates_own_paths() {
+    for prefix in ["/api/auth", "/api/auth/x", "/admin", "/healthz", "/", "/.well-known/x", "relative"] {
+        let toml = format!("[[routes]]\nprefix = \"{prefix}\"\nupstream = \"http://127.0.0.1:9\"\n");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("g.toml");
+        std::fs::write(&f, toml).unwrap();
+        let e = Config::load(Some(&f), Vec::new(), &Overrides::default()).unwrap_err();
+        assert!(e.0.contains("routes[0]"), "{prefix}: {}", e.0);
+    }
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), "[[routes]]\nprefix = \"/x\"\nupstream = \"ftp://h\"\n").unwrap();
+    assert!(Config::load(Some(f.path()), Vec::new(), &Overrides::default()).unwrap_err().0.contains("upstream"));
+}
