@@ -244,7 +244,7 @@ async fn large_bodies_and_ranges_stream_through() {
     assert_eq!(r.0.headers().get("content-range").unwrap(), "bytes 100-199/1000");
     let bytes = r.0.into_body().into_bytes().await.unwrap();
     assert_eq!(bytes.len(), 100);
-    assert_eq!(bytes[0], (100 % 251) as u8);
+    assert_eq!(bytes[0], 100, "byte 100 of the file");
     // 100 MiB arrives whole, chunk by chunk.
     let r = cli.get("/files/big").header("authorization", format!("Bearer {admin}")).send().await;
     assert_eq!(r.0.status(), 200);

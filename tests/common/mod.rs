@@ -177,7 +177,29 @@ pub async fn https_request_with(
     body: Option<&[u8]>,
     headers: &[(&str, String)],
 ) -> Result<Reply, String> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    https_request_from(None, addr, server_name, config, method, path, body, headers).await
+}
+
+/// Like [`https_request_with`], from a chosen local address (e.g. 127.0.0.2).
+#[allow(clippy::too_many_arguments)]
+pub async fn https_request_from(
+    local: Option<std::net::IpAddr>,
+    addr: SocketAddr,
+    server_name: &str,
+    config: rustls::ClientConfig,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    headers: &[(&str, String)],
+) -> Result<Reply, String> {
+    let tcp = match local {
+        Some(ip) => {
+            let sock = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+            sock.bind(SocketAddr::new(ip, 0)).map_err(|e| e.to_string())?;
+            sock.connect(addr).await.map_err(|e| e.to_string())?
+        }
+        None => tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?,
+    };
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let name = rustls::pki_types::ServerName::try_from(server_name.to_string()).map_err(|e| e.to_string())?;
     let tls = connector.connect(name, tcp).await.map_err(|e| e.to_string())?;
