@@ -19,9 +19,14 @@ lint:
     cargo clippy --all-targets --features e2e -- -D warnings
 
 # Benchmarks (print figures)
-bench: bench-auth
+bench: bench-auth bench-proxy
 
 # Logins/s, refreshes/s, authenticated GET latency, and latency under a login flood
 bench-auth:
     command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
     cargo bench --bench auth
+
+# The gate vs nginx and Caddy as reverse proxies in front of the same loopback upstream
+bench-proxy:
+    command -v nginx >/dev/null && command -v caddy >/dev/null && command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq nginx caddy wrk curl)
+    bash benches/proxy.sh

@@ -82,9 +82,9 @@ impl RateLimitConfig {
     pub fn validate(&self) -> Result<(), String> {
         for class in [RateClass::Auth, RateClass::Api, RateClass::Stream, RateClass::Global] {
             let q = self.quota(class);
-            if !(1..=1_000_000).contains(&q.per_minute) || !(1..=100_000).contains(&q.burst) {
+            if !(1..=100_000_000).contains(&q.per_minute) || !(1..=10_000_000).contains(&q.burst) {
                 return Err(format!(
-                    "rate_limits.{}: per_minute must be 1..=1000000 and burst 1..=100000",
+                    "rate_limits.{}: per_minute must be 1..=100000000 and burst 1..=10000000",
                     class.as_str()
                 ));
             }

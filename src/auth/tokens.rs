@@ -67,8 +67,15 @@ pub enum KeyError {
     Keys(String),
 }
 
+/// Most verified tokens remembered; a full cache is emptied (tokens are re-verified).
+const VERIFIED_CACHE_MAX: usize = 20_000;
+
 /// The signing keys: the newest signs, every unexpired one verifies.
 pub struct SigningKeys {
+    /// SHA-256 of a token whose signature and claims already verified → its claims. Saves the
+    /// signature check on repeat use; expiry is still checked on every use, and revocation is
+    /// the caller's live-session check.
+    verified: RwLock<std::collections::HashMap<[u8; 32], Claims>>,
     keys: RwLock<Vec<LoadedKey>>,
     issuer: String,
     audience: String,
@@ -149,6 +156,7 @@ impl SigningKeys {
         }
         let keys = stored.iter().map(|k| load_key(k, keyring)).collect::<Result<Vec<_>, _>>()?;
         Ok(SigningKeys {
+            verified: RwLock::new(std::collections::HashMap::new()),
             keys: RwLock::new(keys),
             issuer: issuer.to_string(),
             audience: audience.to_string(),
@@ -217,6 +225,14 @@ impl SigningKeys {
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         if token.len() > 4096 {
             return Err(TokenError::Malformed);
+        }
+        let digest = crate::crypto::sha256(token.as_bytes());
+        let now = crate::auth::now();
+        if let Some(claims) = self.verified.read().ok().and_then(|c| c.get(&digest).cloned()) {
+            if claims.exp + self.leeway as i64 > now {
+                return Ok(claims);
+            }
+            return Err(TokenError::Invalid("expired".into()));
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
         if header.alg != Algorithm::EdDSA {

@@ -69,7 +69,10 @@ impl Proxy {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(connector);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
         Proxy { routes, client }
     }
 
@@ -136,6 +139,14 @@ impl Proxy {
         }
 
         let body: BoxBody<Bytes, io::Error> = req.take_body().into();
+        // A request without a body goes upstream without one (not as an empty chunked body,
+        // which makes some upstreams close the connection instead of keeping it pooled).
+        let http1 = req.version() <= poem::http::Version::HTTP_11;
+        let body = if http_body::Body::is_end_stream(&body) || (http1 && !has_body(req.headers())) {
+            http_body_util::Empty::<Bytes>::new().map_err(|never| match never {}).boxed()
+        } else {
+            body
+        };
         let mut upstream_req = hyper::Request::builder()
             .method(req.method().clone())
             .uri(uri)
@@ -210,6 +221,12 @@ fn forwardable(src: &HeaderMap) -> HeaderMap {
         out.append(name.clone(), value.clone());
     }
     out
+}
+
+/// Whether HTTP/1.1 framing headers announce a request body.
+fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim() != "0")
 }
 
 /// Removes the gate's own cookies, keeping the upstream's.

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# `just bench-proxy`: the same loopback upstream behind (a) nginx as a plain reverse proxy,
+# (b) Caddy reverse_proxy, (c) the gate with bearer-JWT auth, rate limiting and security
+# headers on. Prints requests/s, p50 and p99 for each and the ratios gate/nginx, gate/Caddy.
+# Bounded: each run is DURATION seconds against 127.0.0.1 only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-10}
+CONNS=${CONNS:-64}
+for tool in nginx caddy wrk curl; do
+  command -v "$tool" >/dev/null || { echo "bench-proxy needs $tool (apt-get install -y nginx caddy wrk curl)"; exit 1; }
+done
+cargo build --release -q
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+# Upstream: nginx answering a small JSON body.
+cat > "$WORK/upstream.conf" <<CONF
+worker_processes 1; daemon off; pid $WORK/up.pid; error_log $WORK/up.err;
+events { worker_connections 4096; }
+http { access_log off;
+  server { listen 127.0.0.1:18100; location / { default_type application/json; return 200 '{"items":[1,2,3],"ok":true}'; } } }
+CONF
+nginx -c "$WORK/upstream.conf" -p "$WORK" & PIDS+=($!)
+
+# (a) nginx as a plain reverse proxy.
+cat > "$WORK/proxy.conf" <<CONF
+worker_processes 1; daemon off; pid $WORK/px.pid; error_log $WORK/px.err;
+events { worker_connections 4096; }
+http { access_log off;
+  upstream up { server 127.0.0.1:18100; keepalive 64; }
+  server { listen 127.0.0.1:18101; location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+CONF
+nginx -c "$WORK/proxy.conf" -p "$WORK" & PIDS+=($!)
+
+# (b) Caddy reverse_proxy.
+cat > "$WORK/Caddyfile" <<CONF
+{
+  admin off
+  auto_https off
+  log {
+    output discard
+  }
+}
+http://127.0.0.1:18102 {
+  reverse_proxy 127.0.0.1:18100
+}
+CONF
+caddy run --config "$WORK/Caddyfile" --adapter caddyfile >"$WORK/caddy.log" 2>&1 & PIDS+=($!)
+sleep 0.5; if ! kill -0 "${PIDS[-1]}" 2>/dev/null; then echo "caddy failed to start:"; cat "$WORK/caddy.log"; exit 1; fi
+
+# (c) the gate: route needs role user (bearer JWT), rate limits on, security headers on.
+cat > "$WORK/gate.toml" <<CONF
+listen = "127.0.0.1:18103"
+data_dir = "$WORK/gate"
+[tls]
+mode = "off"
+[log]
+level = "warn"
+[rate_limits.api]
+per_minute = 60000000
+burst = 1000000
+[rate_limits.global]
+per_minute = 60000000
+burst = 1000000
+[[routes]]
+prefix = "/bench"
+upstream = "http://127.0.0.1:18100"
+min_role = "user"
+CONF
+MIAUFLIX_CONFIG="$WORK/gate.toml" ./target/release/miauflix-gate >"$WORK/gate.log" 2>&1 & PIDS+=($!)
+sleep 0.5; if ! kill -0 "${PIDS[-1]}" 2>/dev/null; then echo "gate failed to start:"; cat "$WORK/gate.log"; exit 1; fi
+
+for port in 18100 18101 18102 18103; do
+  path=/; [ "$port" = 18103 ] && path=/healthz
+  for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$port$path" 2>/dev/null && break; sleep 0.1; done
+done
+TOKEN_SETUP=$(cat "$WORK/gate/setup-token")
+curl -fs -o /dev/null -H 'content-type: application/json' \
+  -d "{\"email\":\"bench@example.com\",\"password\":\"bench-password-long\",\"setupToken\":\"$TOKEN_SETUP\"}" http://127.0.0.1:18103/api/auth/setup
+ACCESS=$(curl -fs -H 'content-type: application/json' -d '{"email":"bench@example.com","password":"bench-password-long"}' \
+  http://127.0.0.1:18103/api/auth/token | sed -E 's/.*"access_token":"([^"]+)".*/\1/')
+curl -fs -o /dev/null -H "authorization: Bearer $ACCESS" http://127.0.0.1:18103/bench/items || { echo "gate route check failed"; exit 1; }
+
+run() { # name url [header]
+  local out
+  if [ -n "${3:-}" ]; then out=$(wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency -H "$3" "$2"); else out=$(wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency "$2"); fi
+  local rps p50 p99 non2xx
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  p50=$(echo "$out" | awk '$1=="50%" {print $2}')
+  p99=$(echo "$out" | awk '$1=="99%" {print $2}')
+  non2xx=$(echo "$out" | awk '/Non-2xx/ {print $NF}')
+  printf "%-34s %12s req/s   p50 %8s   p99 %8s   non-2xx %s\n" "$1" "$rps" "$p50" "$p99" "${non2xx:-0}"
+  echo "$rps" > "$WORK/$4.rps"
+}
+echo "bench-proxy: wrk -t2 -c$CONNS -d${DURATION}s against 127.0.0.1 on $(nproc) cores"
+[ -n "${ONLY_GATE:-}" ] || run "nginx reverse proxy" http://127.0.0.1:18101/bench/items "" nginx
+[ -n "${ONLY_GATE:-}" ] || run "caddy reverse_proxy" http://127.0.0.1:18102/bench/items "" caddy
+run "gate (JWT + rate limits + headers)" http://127.0.0.1:18103/bench/items "Authorization: Bearer $ACCESS" gate
+awk -v g="$(cat "$WORK/gate.rps")" -v n="$(cat "$WORK/nginx.rps")" -v c="$(cat "$WORK/caddy.rps")" \
+  'BEGIN { printf "ratio gate/nginx = %.2f   ratio gate/caddy = %.2f\n", g/n, g/c }'
