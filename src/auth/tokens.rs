@@ -249,6 +249,15 @@ impl SigningKeys {
         v.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
         let data =
             jsonwebtoken::decode::<Claims>(token, &key.decoding, &v).map_err(|e| TokenError::Invalid(e.to_string()))?;
+        if let Ok(mut cache) = self.verified.write() {
+            if cache.len() >= VERIFIED_CACHE_MAX {
+                cache.retain(|_, c| c.exp + 30 > now);
+                if cache.len() >= VERIFIED_CACHE_MAX {
+                    cache.clear();
+                }
+            }
+            cache.insert(digest, data.claims.clone());
+        }
         Ok(data.claims)
     }
 
