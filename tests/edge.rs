@@ -259,3 +259,26 @@ fn a_million_idle_keys_are_evicted() {
     limits.evict_idle();
     assert_eq!(limits.len(), 0, "idle keys are dropped");
 }
+
+#[tokio::test]
+async fn a_known_user_is_limited_as_that_user() {
+    let (cli, state, _d) = open(&[
+        ("MIAUFLIX_RATE_LIMITS__API", "{per_minute = 60, burst = 3}"),
+        ("MIAUFLIX_RATE_LIMITS__AUTH", "{per_minute = 100000, burst = 10000}"),
+    ])
+    .await;
+    setup(&cli, &state).await;
+    let t =
+        json_body(cli.post("/api/auth/token").body_json(&json!({"email": ADMIN, "password": PW})).send().await).await;
+    let access = t["access_token"].as_str().unwrap().to_string();
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(
+            cli.get("/api/me").header("authorization", format!("Bearer {access}")).send().await.0.status().as_u16(),
+        );
+    }
+    assert_eq!(statuses, vec![200, 200, 200, 429]);
+    // Anonymous requests from the same address have their own (IP) budget.
+    assert_eq!(cli.get("/api/auth/setup").send().await.0.status(), 200);
+    state.store.close().await;
+}

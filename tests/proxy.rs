@@ -58,10 +58,28 @@ async fn slow() -> &'static str {
     "late"
 }
 
+#[handler]
+fn ws_echo(ws: poem::web::websocket::WebSocket, req: &Request) -> impl poem::IntoResponse {
+    let who = req.headers().get("x-miauflix-email").and_then(|v| v.to_str().ok()).unwrap_or("nobody").to_string();
+    ws.on_upgrade(move |mut socket| async move {
+        use futures_util::{SinkExt, StreamExt};
+        while let Some(Ok(msg)) = socket.next().await {
+            if let poem::web::websocket::Message::Text(t) = msg {
+                let _ = socket.send(poem::web::websocket::Message::Text(format!("{who}:{t}"))).await;
+            }
+        }
+    })
+}
+
 async fn upstream() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = Route::new().at("/big", get(big)).at("/file", get(ranged)).at("/slow", get(slow)).at("/*path", echo);
+    let app = Route::new()
+        .at("/api/lists/ws", get(ws_echo))
+        .at("/big", get(big))
+        .at("/file", get(ranged))
+        .at("/slow", get(slow))
+        .at("/*path", echo);
     let acceptor = TcpAcceptor::from_tokio(listener).unwrap();
     tokio::spawn(async move { poem::Server::new_with_acceptor(acceptor).run(app).await });
     addr
@@ -354,4 +372,40 @@ fn routes_cannot_shadow_the_gates_own_paths() {
     let f = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(f.path(), "[[routes]]\nprefix = \"/x\"\nupstream = \"ftp://h\"\n").unwrap();
     assert!(Config::load(Some(f.path()), Vec::new(), &Overrides::default()).unwrap_err().0.contains("upstream"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrades_pass_through_with_identity() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let up = upstream().await;
+    let (cli, state, _d) = open(up).await;
+    let admin = token(&cli, ADMIN).await;
+    // The gate on a real socket (TLS off, loopback).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gate = listener.local_addr().unwrap();
+    let app = build_app(state.clone());
+    tokio::spawn(
+        async move { poem::Server::new_with_acceptor(TcpAcceptor::from_tokio(listener).unwrap()).run(app).await },
+    );
+
+    let mut req = format!("ws://{gate}/api/lists/ws").into_client_request().unwrap();
+    req.headers_mut().insert("authorization", format!("Bearer {admin}").parse().unwrap());
+    let tcp = tokio::net::TcpStream::connect(gate).await.unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    for i in 0..3 {
+        ws.send(Message::Text(format!("hello {i}").into())).await.unwrap();
+        let reply = ws.next().await.unwrap().unwrap();
+        assert_eq!(reply.into_text().unwrap().as_str(), format!("{ADMIN}:hello {i}"));
+    }
+    ws.close(None).await.unwrap();
+
+    // Without credentials the upgrade is refused before it reaches the upstream.
+    let req = format!("ws://{gate}/api/lists/ws").into_client_request().unwrap();
+    let tcp = tokio::net::TcpStream::connect(gate).await.unwrap();
+    let err = tokio_tungstenite::client_async(req, tcp).await.unwrap_err();
+    assert!(err.to_string().contains("401"), "{err}");
+    state.store.close().await;
 }

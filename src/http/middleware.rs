@@ -233,8 +233,27 @@ impl<E: Endpoint> RequestContextEndpoint<E> {
         } else if let Some(c) = rate_class(&method, &path) {
             classes.push(c);
         }
+        // Credentials are read once: for proxied routes they decide access below; for every
+        // non-auth class a known user is limited as that user, whatever address they use.
+        let auth = match &route {
+            Some(r) => Some(crate::http::auth::authenticate_request(
+                &p.state,
+                &req,
+                r.cfg.stream_keys.then_some(path.as_str()),
+            )),
+            None if path.starts_with("/api/") => Some(crate::http::auth::authenticate_request(&p.state, &req, None)),
+            None => None,
+        };
+        let user_key = match &auth {
+            Some(Ok(Some(principal))) => Some(format!("user:{}", principal.user_id)),
+            _ => None,
+        };
         for class in classes {
-            match p.limits.check(class, &ip) {
+            let key = match (class, &user_key) {
+                (RateClass::Global | RateClass::Auth, _) | (_, None) => &ip,
+                (_, Some(user)) => user,
+            };
+            match p.limits.check(class, key) {
                 Ok(allowed) => {
                     if class != RateClass::Global {
                         rate.push((
@@ -278,7 +297,8 @@ impl<E: Endpoint> RequestContextEndpoint<E> {
         }
 
         if let Some(route) = route {
-            return self.proxied(req, &route, &path, client).await;
+            let principal = auth.unwrap_or(Ok(None)).map_err(crate::http::auth::fail)?;
+            return self.proxied(req, &route, principal, client).await;
         }
         if path.starts_with("/api/") {
             limit_body(&mut req, p.max_body).await?;
@@ -291,13 +311,10 @@ impl<E: Endpoint> RequestContextEndpoint<E> {
         &self,
         req: Request,
         route: &crate::http::proxy::ProxyRoute,
-        path: &str,
+        principal: Option<crate::auth::Principal>,
         client: &ClientInfo,
     ) -> poem::Result<Response> {
         let state = &self.policy.state;
-        let stream_path = route.cfg.stream_keys.then_some(path);
-        let principal =
-            crate::http::auth::authenticate_request(state, &req, stream_path).map_err(crate::http::auth::fail)?;
         if let Some(min) = crate::http::proxy::min_role(route) {
             let p = principal.as_ref().ok_or_else(|| crate::http::auth::fail(crate::auth::AuthError::Unauthorized))?;
             p.require(min).map_err(crate::http::auth::fail)?;

@@ -108,7 +108,17 @@ impl Proxy {
             .map_err(|_| ApiError::bad_request("The request path cannot be forwarded."))?;
 
         let original_host = req.headers().get(header::HOST).cloned();
+        let upgrade = upgrade_protocol(req.headers());
         let mut headers = forwardable(req.headers());
+        // WebSocket (and other) upgrades pass through: keep the two headers that ask for it.
+        let client_upgrade = match &upgrade {
+            Some(proto) => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                headers.insert(header::UPGRADE, proto.clone());
+                req.take_upgrade().ok()
+            }
+            None => None,
+        };
         if !route.cfg.forward_credentials {
             headers.remove(header::AUTHORIZATION);
             strip_gate_cookies(&mut headers);
@@ -176,6 +186,26 @@ impl Proxy {
             }
             Ok(Ok(r)) => r,
         };
+        let mut resp = resp;
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let (Some(client_upgrade), Some(proto)) = (client_upgrade, upgrade)
+        {
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            let prefix = route.cfg.prefix.clone();
+            tokio::spawn(async move {
+                let (Ok(mut client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await) else {
+                    tracing::debug!(route = %prefix, "upgrade did not complete");
+                    return;
+                };
+                let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+            let mut out = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS).finish();
+            *out.headers_mut() = forwardable(resp.headers());
+            out.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            out.headers_mut().insert(header::UPGRADE, proto);
+            return Ok(out);
+        }
         let (parts, body) = resp.into_parts();
         let body = body.map_err(io::Error::other).boxed();
         let mut out = Response::builder().status(parts.status).body(poem::Body::from(body));
@@ -221,6 +251,16 @@ fn forwardable(src: &HeaderMap) -> HeaderMap {
         out.append(name.clone(), value.clone());
     }
     out
+}
+
+/// The protocol an HTTP/1.1 request asks to upgrade to (`Connection: upgrade` + `Upgrade`).
+fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")));
+    if asks { headers.get(header::UPGRADE).cloned() } else { None }
 }
 
 /// Whether HTTP/1.1 framing headers announce a request body.
