@@ -70,7 +70,7 @@ prefix = "/bench"
 upstream = "http://127.0.0.1:18100"
 min_role = "user"
 CONF
-MIAUFLIX_CONFIG="$WORK/gate.toml" ./target/release/miauflix-gate >"$WORK/gate.log" 2>&1 & PIDS+=($!)
+MIAUFLIX_CONFIG="$WORK/gate.toml" "${GATE_BIN:-./target/release/miauflix-gate}" >"$WORK/gate.log" 2>&1 & PIDS+=($!)
 sleep 0.5; if ! kill -0 "${PIDS[-1]}" 2>/dev/null; then echo "gate failed to start:"; cat "$WORK/gate.log"; exit 1; fi
 
 for port in 18100 18101 18102 18103; do
