@@ -272,8 +272,11 @@ async fn setup_login_refresh_logout_against_the_real_binary() {
     assert_eq!(r.status, 200);
     let r = call("GET", "/api/auth/session".into(), None, Some(jar(&set2)), Some(sid.clone())).await;
     assert_eq!(r.status, 401);
+    assert!(
+        gate.wait_for_line(&["login_succeeded"]).is_some() && gate.wait_for_line(&["event=\"logout\""]).is_some(),
+        "security events are logged"
+    );
     let log = gate.log_text();
-    assert!(log.contains("login_succeeded") && log.contains("logout"), "security events are logged");
     assert!(!log.contains(pw), "no password in logs");
     for c in set.iter().chain(set2.iter()) {
         let value = c.split(';').next().unwrap().split_once('=').unwrap().1;

@@ -115,12 +115,10 @@ async fn lockout_counts_per_account_across_addresses_and_xff_needs_a_trusted_pee
         &xff,
     )
     .await;
-    let log = gate.log_text();
-    let line =
-        |who: &str| log.lines().find(|l| l.contains("login_failed") && l.contains(who)).unwrap_or_default().to_string();
+    let line = |who: &str| gate.wait_for_line(&["login_failed", who]).unwrap_or_default();
     assert!(line("x@example.com").contains("ip=\"127.0.0.8\""), "{}", line("x@example.com"));
     assert!(line("y@example.com").contains("ip=\"203.0.113.7\""), "{}", line("y@example.com"));
-    assert!(!log.contains(PW));
+    assert!(!gate.log_text().contains(PW));
     assert!(gate.terminate().success());
 }
 

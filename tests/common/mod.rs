@@ -66,6 +66,21 @@ impl Gate {
         self.log.lock().unwrap().join("\n")
     }
 
+    /// The first log line that has every one of `parts`, waiting up to 10 s for it (the log
+    /// is read from the child's stderr by another thread).
+    pub fn wait_for_line(&self, parts: &[&str]) -> Option<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(line) = self.log.lock().unwrap().iter().find(|l| parts.iter().all(|p| l.contains(p))) {
+                return Some(line.clone());
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
