@@ -10,11 +10,17 @@ test:
 
 # End-to-end suites that need system tools (installs them; needs root)
 e2e:
-    apt-get install -y -qq openssl
+    apt-get install -y -qq openssl passwd shellcheck
+    shellcheck install.sh
     cargo test --features e2e
+
+# Install as a hardened systemd service (root)
+install:
+    sh install.sh
 
 # Lints; warnings fail
 lint:
+    shellcheck install.sh
     cargo fmt --check
     cargo clippy --all-targets --features e2e -- -D warnings
 
