@@ -88,9 +88,9 @@ pub async fn open(config: Config) -> anyhow::Result<Opened> {
         SetupState::Pending => {
             let scheme = if tls.is_some() { "https" } else { "http" };
             tracing::warn!(
-                url = %format!("{scheme}://{}/admin/setup", display_host(config.listen)),
+                url = %format!("{scheme}://{}/api/docs", display_host(config.listen)),
                 token_file = %config.setup_token_path().display(),
-                "no admin account yet: open the setup URL and paste the one-time token from the token file"
+                "no admin account yet: create it with POST /api/auth/setup (try it from the API docs at the URL) using the one-time token in the token file"
             );
         }
         SetupState::Done => {}
