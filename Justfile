@@ -4,6 +4,11 @@
 run:
     cargo run --release
 
+# A static-pie release binary (glibc, crt-static), stripped
+release:
+    RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --target x86_64-unknown-linux-gnu
+    file target/x86_64-unknown-linux-gnu/release/miauflix-gate
+
 # The tests that need only the Rust toolchain
 test:
     cargo test
