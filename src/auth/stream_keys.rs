@@ -9,7 +9,7 @@ use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL
 use zeroize::Zeroizing;
 
 use crate::crypto::{FieldContext, Keyring};
-use crate::store::{Store, StoreError, tables};
+use crate::store::{Store, StoreError};
 
 const RECORD: &str = "stream.hmac_key";
 
@@ -34,10 +34,7 @@ impl StreamKeys {
     /// Loads the secret, making it on first use.
     pub async fn load_or_init(store: &Store, keyring: &Keyring) -> Result<StreamKeys, StoreError> {
         let ctx = FieldContext::new("secrets", "stream_hmac_key", RECORD);
-        let stored = store.read(|txn| {
-            let t = txn.open_table(tables::SECRETS)?;
-            Ok(t.get(RECORD)?.map(|v| v.value().to_vec()))
-        })?;
+        let stored = store.get_secret(RECORD)?;
         let secret: Zeroizing<Vec<u8>> = match stored {
             Some(sealed) => {
                 let sealed = B64.decode(&sealed).map_err(|e| StoreError::Codec(e.to_string()))?;
@@ -46,13 +43,7 @@ impl StreamKeys {
             None => {
                 let secret = Zeroizing::new(crate::crypto::random_bytes::<32>().to_vec());
                 let sealed = B64.encode(keyring.encrypt(&ctx, &secret).map_err(|e| StoreError::Codec(e.to_string()))?);
-                store
-                    .write(move |txn| {
-                        let mut t = txn.open_table(tables::SECRETS)?;
-                        t.insert(RECORD, sealed.as_bytes())?;
-                        Ok(())
-                    })
-                    .await?;
+                store.put_secret(RECORD, sealed.into_bytes()).await?;
                 secret
             }
         };

@@ -11,7 +11,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::{FieldContext, Keyring};
-use crate::store::{Store, StoreError, tables};
+use crate::store::{Store, StoreError};
 
 const RECORD: &str = "jwt.signing_keys";
 
@@ -117,10 +117,7 @@ fn new_key(keyring: &Keyring, now: i64) -> Result<StoredKey, KeyError> {
 }
 
 fn read_stored(store: &Store) -> Result<Vec<StoredKey>, KeyError> {
-    let bytes = store.read(|txn| {
-        let t = txn.open_table(tables::SECRETS)?;
-        Ok(t.get(RECORD)?.map(|v| v.value().to_vec()))
-    })?;
+    let bytes = store.get_secret(RECORD)?;
     match bytes {
         Some(b) => serde_json::from_slice(&b).map_err(|e| KeyError::Keys(e.to_string())),
         None => Ok(Vec::new()),
@@ -129,13 +126,7 @@ fn read_stored(store: &Store) -> Result<Vec<StoredKey>, KeyError> {
 
 async fn write_stored(store: &Store, keys: Vec<StoredKey>) -> Result<(), KeyError> {
     let bytes = serde_json::to_vec(&keys).map_err(|e| KeyError::Keys(e.to_string()))?;
-    store
-        .write(move |txn| {
-            let mut t = txn.open_table(tables::SECRETS)?;
-            t.insert(RECORD, bytes.as_slice())?;
-            Ok(())
-        })
-        .await?;
+    store.put_secret(RECORD, bytes).await?;
     Ok(())
 }
 

@@ -187,6 +187,24 @@ impl Store {
         f(&txn)
     }
 
+    /// A named record of the `secrets` table (its private parts are sealed by the owner).
+    pub fn get_secret(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read(|txn| {
+            let t = txn.open_table(tables::SECRETS)?;
+            Ok(t.get(name)?.map(|v| v.value().to_vec()))
+        })
+    }
+
+    /// Writes a named record of the `secrets` table (durably, through the writer).
+    pub async fn put_secret(&self, name: &'static str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        self.write(move |txn| {
+            let mut t = txn.open_table(tables::SECRETS)?;
+            t.insert(name, bytes.as_slice())?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Whether the store answers a read.
     pub fn ping(&self) -> bool {
         self.read(|txn| {

@@ -14,7 +14,7 @@ use rustls::sign::CertifiedKey;
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::{FieldContext, Keyring};
-use crate::store::{Store, StoreError, tables};
+use crate::store::{Store, StoreError};
 
 const RECORD: &str = "tls.self_signed";
 const VALID_DAYS: i64 = 397;
@@ -114,11 +114,7 @@ pub async fn load_or_create(
     keyring: &Keyring,
     names: Vec<String>,
 ) -> Result<SelfSigned, SelfSignedError> {
-    let stored = store.read(|txn| {
-        let t = txn.open_table(tables::SECRETS)?;
-        let v = t.get(RECORD)?.map(|v| v.value().to_vec());
-        Ok(v)
-    })?;
+    let stored = store.get_secret(RECORD)?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     if let Some(bytes) = stored {
         let rec: StoredCert = serde_json::from_slice(&bytes).map_err(|e| SelfSignedError::Stored(e.to_string()))?;
@@ -147,13 +143,7 @@ pub async fn load_or_create(
         not_after,
     };
     let bytes = serde_json::to_vec(&rec).map_err(|e| SelfSignedError::Generate(e.to_string()))?;
-    store
-        .write(move |txn| {
-            let mut t = txn.open_table(tables::SECRETS)?;
-            t.insert(RECORD, bytes.as_slice())?;
-            Ok(())
-        })
-        .await?;
+    store.put_secret(RECORD, bytes).await?;
     let certified = certified_key(&cert_der, &key_der)?;
     Ok(SelfSigned { certified, cert_der, names, created: true })
 }
@@ -197,10 +187,7 @@ fn certified_key(cert_der: &[u8], key_der: &[u8]) -> Result<Arc<CertifiedKey>, S
 
 /// Re-encrypts the stored private key with the keyring's active key (after a key rotation).
 pub async fn reencrypt(store: &Store, keyring: &Keyring) -> Result<bool, SelfSignedError> {
-    let stored = store.read(|txn| {
-        let t = txn.open_table(tables::SECRETS)?;
-        Ok(t.get(RECORD)?.map(|v| v.value().to_vec()))
-    })?;
+    let stored = store.get_secret(RECORD)?;
     let Some(bytes) = stored else { return Ok(false) };
     let mut rec: StoredCert = serde_json::from_slice(&bytes).map_err(|e| SelfSignedError::Stored(e.to_string()))?;
     let ctx = FieldContext::new("secrets", "private_key", RECORD);
@@ -208,12 +195,6 @@ pub async fn reencrypt(store: &Store, keyring: &Keyring) -> Result<bool, SelfSig
     let key = keyring.decrypt(&ctx, &sealed).map_err(|e| SelfSignedError::Stored(e.to_string()))?;
     rec.key_sealed = B64.encode(keyring.encrypt(&ctx, &key).map_err(|e| SelfSignedError::Stored(e.to_string()))?);
     let bytes = serde_json::to_vec(&rec).map_err(|e| SelfSignedError::Stored(e.to_string()))?;
-    store
-        .write(move |txn| {
-            let mut t = txn.open_table(tables::SECRETS)?;
-            t.insert(RECORD, bytes.as_slice())?;
-            Ok(())
-        })
-        .await?;
+    store.put_secret(RECORD, bytes).await?;
     Ok(true)
 }
