@@ -142,10 +142,12 @@ pub const RESERVED_PREFIXES: &[&str] = &[
 
 /// Whether `path` belongs to the gate itself.
 pub fn is_reserved_path(path: &str) -> bool {
-    path == "/"
-        || RESERVED_PREFIXES
-            .iter()
-            .any(|p| path == *p || path.starts_with(&format!("{p}/")) || (p.ends_with(".json") && path.starts_with(p)))
+    path == "/" || RESERVED_PREFIXES.iter().any(|p| is_under(path, p))
+}
+
+/// Whether `path` is `prefix` or below it (segment-aligned, no allocation).
+pub fn is_under(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// `[auth]`: sessions and tokens.

@@ -117,7 +117,10 @@ pub struct Denied {
 /// Every class's limiter.
 pub struct RateLimits {
     cfg: RateLimitConfig,
-    limiters: [(RateClass, Limiter); 4],
+    auth: Limiter,
+    api: Limiter,
+    stream: Limiter,
+    global: Limiter,
     clock: DefaultClock,
     /// (class, key) → when its denial was last reported.
     reported: Mutex<HashMap<(RateClass, String), std::time::Instant>>,
@@ -137,19 +140,22 @@ impl RateLimits {
     pub fn new(cfg: &RateLimitConfig) -> RateLimits {
         RateLimits {
             cfg: cfg.clone(),
-            limiters: [
-                (RateClass::Auth, limiter(cfg.auth)),
-                (RateClass::Api, limiter(cfg.api)),
-                (RateClass::Stream, limiter(cfg.stream)),
-                (RateClass::Global, limiter(cfg.global)),
-            ],
+            auth: limiter(cfg.auth),
+            api: limiter(cfg.api),
+            stream: limiter(cfg.stream),
+            global: limiter(cfg.global),
             clock: DefaultClock::default(),
             reported: Mutex::new(HashMap::new()),
         }
     }
 
     fn limiter(&self, class: RateClass) -> &Limiter {
-        self.limiters.iter().find(|(c, _)| *c == class).map(|(_, l)| l).unwrap_or(&self.limiters[3].1)
+        match class {
+            RateClass::Auth => &self.auth,
+            RateClass::Api => &self.api,
+            RateClass::Stream => &self.stream,
+            RateClass::Global => &self.global,
+        }
     }
 
     /// Counts one request of `key` against `class`.
@@ -188,7 +194,7 @@ impl RateLimits {
 
     /// Drops keys whose state is back to fresh, and stale denial reports.
     pub fn evict_idle(&self) {
-        for (_, l) in &self.limiters {
+        for l in [&self.auth, &self.api, &self.stream, &self.global] {
             l.retain_recent();
             l.shrink_to_fit();
         }
@@ -201,7 +207,7 @@ impl RateLimits {
 
     /// Keys held across all classes.
     pub fn len(&self) -> usize {
-        self.limiters.iter().map(|(_, l)| l.len()).sum()
+        [&self.auth, &self.api, &self.stream, &self.global].iter().map(|l| l.len()).sum()
     }
 
     /// Whether no key is held.

@@ -84,7 +84,17 @@ pub async fn open(config: Config) -> anyhow::Result<Opened> {
         mode => anyhow::bail!("TLS mode {} is not available in this build", mode.as_str()),
     };
 
-    match ensure_setup_token(&store, &config.setup_token_path())? {
+    let auth = crate::auth::AuthService::open(
+        store.clone(),
+        keyring.clone(),
+        hasher.clone(),
+        config.auth.clone(),
+        config.lockout.clone(),
+        config.setup_token_path(),
+    )
+    .await
+    .context("loading the auth service")?;
+    match ensure_setup_token(!auth.setup_required(), &config.setup_token_path())? {
         SetupState::Pending => {
             let scheme = if tls.is_some() { "https" } else { "http" };
             tracing::warn!(
@@ -96,16 +106,6 @@ pub async fn open(config: Config) -> anyhow::Result<Opened> {
         SetupState::Done => {}
     }
 
-    let auth = crate::auth::AuthService::open(
-        store.clone(),
-        keyring.clone(),
-        hasher.clone(),
-        config.auth.clone(),
-        config.lockout.clone(),
-        config.setup_token_path(),
-    )
-    .await
-    .context("loading the auth service")?;
     let limits = Arc::new(crate::ratelimit::RateLimits::new(&config.rate_limits));
     let config_routes = config.routes.clone();
     let state = Arc::new(AppState {

@@ -5,8 +5,6 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-use crate::store::{Store, StoreError, tables};
-
 /// What first start found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum SetupState {
@@ -19,33 +17,16 @@ pub enum SetupState {
 /// Errors handling the token file.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
     #[error("cannot write setup token {path}: {reason}")]
     Io { path: String, reason: String },
-}
-
-/// Whether an admin exists (setup is only needed while none does).
-pub fn has_admin(store: &Store) -> Result<bool, StoreError> {
-    store.read(|txn| {
-        let t = txn.open_table(tables::USERS)?;
-        for row in redb::ReadableTable::iter(&t)? {
-            let (_, v) = row?;
-            let u: super::model::UserRecord = serde_json::from_slice(v.value())?;
-            if u.role == super::model::Role::Admin {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    })
 }
 
 /// Makes sure a setup token exists while there is no admin, and that none lingers after.
 /// An existing well-formed token with mode 0600 is kept, so a restart does not
 /// invalidate what the user already copied.
-pub fn ensure_setup_token(store: &Store, path: &Path) -> Result<SetupState, SetupError> {
+pub fn ensure_setup_token(admin_exists: bool, path: &Path) -> Result<SetupState, SetupError> {
     let io = |e: std::io::Error| SetupError::Io { path: path.display().to_string(), reason: e.to_string() };
-    if has_admin(store)? {
+    if admin_exists {
         if path.exists() {
             std::fs::remove_file(path).map_err(io)?;
         }

@@ -57,19 +57,46 @@ fn state(req: &Request) -> poem::Result<&Arc<AppState>> {
     req.data::<Arc<AppState>>().ok_or_else(|| ApiError::internal().into())
 }
 
+/// How a request's credentials were presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Bearer,
+    Session,
+    StreamKey,
+}
+
+/// The edge middleware's successful authentication of this request, kept in its extensions
+/// so endpoints do not verify the same credentials again.
+#[derive(Debug, Clone)]
+pub struct Authenticated(pub Principal, pub Via);
+
+fn already(req: &Request, via: Via) -> Option<Principal> {
+    req.extensions().get::<Authenticated>().filter(|a| a.1 == via).map(|a| a.0.clone())
+}
+
 async fn check_bearer(req: &Request, bearer: Bearer) -> poem::Result<Principal> {
+    if let Some(p) = already(req, Via::Bearer) {
+        return Ok(p);
+    }
     let state = state(req)?;
     state.auth.authenticate(&bearer.token, None).map_err(|e| auth_error(e).into())
 }
 
 async fn check_session(req: &Request, key: ApiKey) -> poem::Result<Principal> {
-    let state = state(req)?;
-    let sid = key.key.trim();
-    if !is_session_id(sid) {
-        return Err(auth_error(AuthError::Unauthorized).into());
+    if let Some(p) = already(req, Via::Session) {
+        return Ok(p);
     }
-    let token = cookie(req, &format!("{ACCESS_COOKIE}{sid}")).ok_or_else(|| auth_error(AuthError::Unauthorized))?;
-    state.auth.authenticate(&token, Some(sid)).map_err(|e| auth_error(e).into())
+    let state = state(req)?;
+    authenticate_session(state, req, key.key.trim()).map_err(|e| auth_error(e).into())
+}
+
+/// `X-Session-Id` plus that session's access cookie.
+fn authenticate_session(state: &AppState, req: &Request, sid: &str) -> Result<Principal, AuthError> {
+    if !is_session_id(sid) {
+        return Err(AuthError::Unauthorized);
+    }
+    let token = cookie(req, &format!("{ACCESS_COOKIE}{sid}")).ok_or(AuthError::Unauthorized)?;
+    state.auth.authenticate(&token, Some(sid))
 }
 
 /// The request's credentials, if any: a bearer token, else `X-Session-Id` plus its access
@@ -79,20 +106,16 @@ pub fn authenticate_request(
     state: &AppState,
     req: &Request,
     stream_path: Option<&str>,
-) -> Result<Option<Principal>, AuthError> {
+) -> Result<Option<Authenticated>, AuthError> {
     if let Some(value) = req.headers().get(poem::http::header::AUTHORIZATION) {
         let value = value.to_str().map_err(|_| AuthError::Unauthorized)?;
         let token =
             value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")).ok_or(AuthError::Unauthorized)?;
-        return state.auth.authenticate(token.trim(), None).map(Some);
+        return state.auth.authenticate(token.trim(), None).map(|p| Some(Authenticated(p, Via::Bearer)));
     }
     if let Some(sid) = req.headers().get("x-session-id") {
         let sid = sid.to_str().map_err(|_| AuthError::Unauthorized)?.trim();
-        if !is_session_id(sid) {
-            return Err(AuthError::Unauthorized);
-        }
-        let token = cookie(req, &format!("{ACCESS_COOKIE}{sid}")).ok_or(AuthError::Unauthorized)?;
-        return state.auth.authenticate(&token, Some(sid)).map(Some);
+        return authenticate_session(state, req, sid).map(|p| Some(Authenticated(p, Via::Session)));
     }
     if let Some(path) = stream_path
         && let Some(key) = req
@@ -100,7 +123,7 @@ pub fn authenticate_request(
             .query()
             .and_then(|q| q.split('&').find_map(|p| p.strip_prefix(&format!("{}=", super::proxy::STREAM_KEY_PARAM))))
     {
-        return state.auth.authenticate_stream_key(key, path).map(Some);
+        return state.auth.authenticate_stream_key(key, path).map(|p| Some(Authenticated(p, Via::StreamKey)));
     }
     Ok(None)
 }

@@ -245,7 +245,10 @@ impl<E: Endpoint> RequestContextEndpoint<E> {
             None => None,
         };
         let user_key = match &auth {
-            Some(Ok(Some(principal))) => Some(format!("user:{}", principal.user_id)),
+            Some(Ok(Some(a))) => {
+                req.extensions_mut().insert(a.clone());
+                Some(format!("user:{}", a.0.user_id))
+            }
             _ => None,
         };
         for class in classes {
@@ -297,7 +300,7 @@ impl<E: Endpoint> RequestContextEndpoint<E> {
         }
 
         if let Some(route) = route {
-            let principal = auth.unwrap_or(Ok(None)).map_err(crate::http::auth::fail)?;
+            let principal = auth.unwrap_or(Ok(None)).map_err(crate::http::auth::fail)?.map(|a| a.0);
             return self.proxied(req, &route, principal, client).await;
         }
         if path.starts_with("/api/") {

@@ -43,9 +43,7 @@ pub struct ProxyRoute {
 impl ProxyRoute {
     /// Whether this route serves `path` (segment-aligned prefix match).
     fn matches(&self, path: &str) -> bool {
-        path == self.prefix
-            || path.starts_with(&format!("{}/", self.prefix))
-            || (self.cfg.prefix.ends_with('/') && path.starts_with(&self.cfg.prefix))
+        crate::config::is_under(path, &self.prefix)
     }
 }
 
