@@ -30,7 +30,7 @@ lint:
     cargo clippy --all-targets --features e2e -- -D warnings
 
 # Benchmarks (print figures)
-bench: bench-auth bench-proxy
+bench: bench-auth bench-proxy bench-audit
 
 # Logins/s, refreshes/s, authenticated GET latency, and latency under a login flood
 bench-auth:
@@ -41,3 +41,7 @@ bench-auth:
 bench-proxy:
     command -v nginx >/dev/null && command -v caddy >/dev/null && command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq nginx caddy wrk curl)
     bash benches/proxy.sh
+
+# Audit log: events/s with group commit vs one commit per event; newest-100 query over 1,000,000 events.
+bench-audit:
+    cargo bench --bench audit

@@ -41,6 +41,11 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// The audit log (run while the gate is stopped; use the API while it runs).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Exit 0 when the running gate answers /healthz.
     Healthcheck {
         /// Give up after this many seconds.
@@ -53,6 +58,24 @@ pub enum Command {
 pub enum KeysCommand {
     /// New field-encryption key and JWT signing key; re-encrypts every encrypted field.
     Rotate,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Recompute the hash chain; exit 1 and name the first bad record if it fails.
+    Verify,
+    /// Write records as JSON Lines, oldest first.
+    Export {
+        /// RFC 3339 time; records at or after.
+        #[arg(long)]
+        since: Option<String>,
+        /// RFC 3339 time; records at or before.
+        #[arg(long)]
+        until: Option<String>,
+        /// Output file (default: standard output).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -102,6 +125,59 @@ pub fn run() -> ExitCode {
                     );
                     ExitCode::SUCCESS
                 }
+                Err(e) => {
+                    eprintln!("miauflix-gate: {}", format!("{e:#}").replace('\n', " "));
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Audit { command } => {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("miauflix-gate: cannot start runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let result = runtime.block_on(async {
+                match command {
+                    AuditCommand::Verify => {
+                        let r = crate::maintenance::audit_verify(&config).await?;
+                        if r.ok {
+                            println!("audit chain verifies: records {}..{} ({} checked)", r.first, r.last, r.checked);
+                        } else {
+                            anyhow::bail!(
+                                "audit chain broken at record {} ({}); records {}..{} before it verify",
+                                r.first_bad.unwrap_or(0),
+                                r.reason.unwrap_or_default(),
+                                r.first,
+                                r.first_bad.unwrap_or(1).saturating_sub(1)
+                            );
+                        }
+                        Ok(())
+                    }
+                    AuditCommand::Export { since, until, out } => {
+                        let n = match out {
+                            Some(path) => {
+                                let file = std::fs::File::create(&path)
+                                    .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
+                                let mut w = std::io::BufWriter::new(file);
+                                crate::maintenance::audit_export(&config, since.as_deref(), until.as_deref(), &mut w)
+                                    .await?
+                            }
+                            None => {
+                                let mut w = std::io::BufWriter::new(std::io::stdout().lock());
+                                crate::maintenance::audit_export(&config, since.as_deref(), until.as_deref(), &mut w)
+                                    .await?
+                            }
+                        };
+                        eprintln!("exported {n} record(s)");
+                        Ok(())
+                    }
+                }
+            });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("miauflix-gate: {}", format!("{e:#}").replace('\n', " "));
                     ExitCode::FAILURE

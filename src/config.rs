@@ -67,8 +67,36 @@ pub struct Config {
     pub auth: AuthConfig,
     pub lockout: crate::auth::lockout::LockoutConfig,
     pub rate_limits: crate::ratelimit::RateLimitConfig,
+    pub audit: AuditConfig,
+    pub metrics: MetricsConfig,
     /// Upstreams the gate proxies to, by path prefix (longest wins).
     pub routes: Vec<RouteConfig>,
+}
+
+/// `[audit]`: retention of the audit log.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Records older than this many days are pruned (0 keeps them by age).
+    pub retention_days: u64,
+    /// At most this many records are kept (0 keeps any number).
+    pub max_events: u64,
+    /// How often the background pruner runs.
+    pub prune_interval_secs: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig { retention_days: 90, max_events: 1_000_000, prune_interval_secs: 3600 }
+    }
+}
+
+/// `[metrics]`: who may scrape `/metrics` besides admins.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// File holding a bearer token for a Prometheus scraper (`authorization.credentials_file`).
+    pub token_file: Option<PathBuf>,
 }
 
 /// Minimum role for a proxied route.
@@ -249,6 +277,8 @@ impl Default for Config {
             auth: AuthConfig::default(),
             lockout: Default::default(),
             rate_limits: Default::default(),
+            audit: AuditConfig::default(),
+            metrics: MetricsConfig::default(),
             routes: Vec::new(),
         }
     }
@@ -424,6 +454,12 @@ impl Config {
         }
         if !(0..=60).contains(&a.refresh_reuse_grace_secs) {
             return err("auth.refresh_reuse_grace_secs", "must be between 0 and 60".into());
+        }
+        if !(1..=86_400).contains(&self.audit.prune_interval_secs) {
+            return err("audit.prune_interval_secs", "must be between 1 and 86400".into());
+        }
+        if self.audit.retention_days > 36_500 {
+            return err("audit.retention_days", "must be at most 36500 (0 keeps records by age)".into());
         }
         if let Err(msg) = self.lockout.validate().and_then(|_| self.rate_limits.validate()) {
             let (key, rest) = msg.split_once(": ").unwrap_or(("lockout", msg.as_str()));

@@ -1,6 +1,7 @@
 //! miauflix-gate: one binary that owns every security layer in front of a Miauflix
 //! media server. See ARCHITECTURE.md for the code map.
 
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;
@@ -9,6 +10,7 @@ pub mod error;
 pub mod healthcheck;
 pub mod http;
 pub mod maintenance;
+pub mod monitor;
 pub mod ratelimit;
 pub mod server;
 pub mod store;

@@ -59,10 +59,54 @@ pub async fn rotate_keys(config: &Config) -> anyhow::Result<RotationReport> {
         .actor("cli")
         .detail("data_key", data_key_id.to_string())
         .detail("signing_kid", signing_kid.clone())
-        .emit();
+        .record(&crate::audit::Audit::new(store.clone(), Default::default()))
+        .await;
         Ok::<_, anyhow::Error>(RotationReport { data_key_id, signing_kid, reencrypted_fields: n })
     }
     .await;
     store.close().await;
     result
+}
+
+fn open_store_only(config: &Config) -> anyhow::Result<Store> {
+    let store_path = config.store_path();
+    if !store_path.exists() {
+        anyhow::bail!("no data file at {}; start the gate once first", store_path.display());
+    }
+    Store::open(&store_path).map_err(|e| match e {
+        StoreError::Locked(p) => anyhow::anyhow!("data file {} is in use; stop the gate first", p.display()),
+        other => other.into(),
+    })
+}
+
+/// `audit verify`: recomputes the hash chain of the stopped gate's data file.
+pub async fn audit_verify(config: &Config) -> anyhow::Result<crate::audit::VerifyReport> {
+    let store = open_store_only(config)?;
+    let audit = crate::audit::Audit::new(store.clone(), Default::default());
+    let report = audit.verify();
+    store.close().await;
+    Ok(report?)
+}
+
+/// `audit export`: writes records in `[since, until]` as JSON Lines.
+pub async fn audit_export(
+    config: &Config,
+    since: Option<&str>,
+    until: Option<&str>,
+    out: &mut impl std::io::Write,
+) -> anyhow::Result<u64> {
+    let parse = |name: &str, v: Option<&str>| -> anyhow::Result<Option<i64>> {
+        v.map(|v| {
+            time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
+                .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+                .map_err(|_| anyhow::anyhow!("--{name} must be an RFC 3339 time such as 2026-11-29T08:00:00Z"))
+        })
+        .transpose()
+    };
+    let (since, until) = (parse("since", since)?, parse("until", until)?);
+    let store = open_store_only(config)?;
+    let audit = crate::audit::Audit::new(store.clone(), Default::default());
+    let n = crate::http::api::audit::export_lines(&audit, since, until, out);
+    store.close().await;
+    n
 }

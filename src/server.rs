@@ -84,6 +84,10 @@ pub async fn open(config: Config) -> anyhow::Result<Opened> {
         mode => anyhow::bail!("TLS mode {} is not available in this build", mode.as_str()),
     };
 
+    let audit = crate::audit::Audit::new(store.clone(), Arc::new(crate::monitor::Monitor::new()));
+    crate::monitor::prometheus();
+    audit.publish_length();
+    note_config_change(&store, &audit, &config).await?;
     let auth = crate::auth::AuthService::open(
         store.clone(),
         keyring.clone(),
@@ -91,6 +95,7 @@ pub async fn open(config: Config) -> anyhow::Result<Opened> {
         config.auth.clone(),
         config.lockout.clone(),
         config.setup_token_path(),
+        audit,
     )
     .await
     .context("loading the auth service")?;
@@ -106,6 +111,10 @@ pub async fn open(config: Config) -> anyhow::Result<Opened> {
         SetupState::Done => {}
     }
 
+    let metrics_token = match &config.metrics.token_file {
+        Some(path) => Some(read_metrics_token(path)?),
+        None => None,
+    };
     let limits = Arc::new(crate::ratelimit::RateLimits::new(&config.rate_limits));
     let config_routes = config.routes.clone();
     let state = Arc::new(AppState {
@@ -119,8 +128,69 @@ pub async fn open(config: Config) -> anyhow::Result<Opened> {
         vpn: Arc::new(crate::vpn::NotConfigured),
         started: Instant::now(),
         tls_source,
+        metrics_token,
+    });
+    // A full chain check in the background, so the dashboard has a status from the start.
+    let audit = state.auth.audit().clone();
+    tokio::task::spawn_blocking(move || {
+        if let Ok(r) = audit.verify() {
+            tracing::info!(ok = r.ok, records = r.checked, "audit chain verified");
+        }
     });
     Ok(Opened { state, tls })
+}
+
+/// Reads the Prometheus scraper token; it must be a long random string in a private file.
+fn read_metrics_token(path: &std::path::Path) -> anyhow::Result<zeroize::Zeroizing<String>> {
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path).with_context(|| format!("cannot read metrics.token_file {}", path.display()))?,
+    );
+    let token = zeroize::Zeroizing::new(text.trim().to_string());
+    if token.len() < 32 || token.chars().any(char::is_whitespace) {
+        anyhow::bail!("metrics.token_file {} must hold one token of at least 32 characters", path.display());
+    }
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o007 != 0
+    {
+        anyhow::bail!("metrics.token_file {} is readable by others; chmod 640 it", path.display());
+    }
+    Ok(token)
+}
+
+/// Records `config_changed` when the effective configuration differs from the last run's,
+/// naming the sections that changed (values are not logged: they may name secret files).
+async fn note_config_change(store: &Store, audit: &crate::audit::Audit, config: &Config) -> anyhow::Result<()> {
+    const KEY: &str = "effective_config";
+    let current = serde_json::to_value(config).context("encoding the configuration")?;
+    let previous: Option<serde_json::Value> = store
+        .read(|txn| {
+            let meta = txn.open_table(crate::store::tables::META)?;
+            Ok(meta.get(KEY)?.and_then(|v| serde_json::from_slice(v.value()).ok()))
+        })
+        .context("reading the last configuration")?;
+    if previous.as_ref() == Some(&current) {
+        return Ok(());
+    }
+    if let (Some(serde_json::Value::Object(old)), serde_json::Value::Object(new)) = (&previous, &current) {
+        let mut changed: Vec<&str> =
+            new.iter().filter(|(k, v)| old.get(k.as_str()) != Some(*v)).map(|(k, _)| k.as_str()).collect();
+        changed.extend(old.keys().filter(|k| !new.contains_key(k.as_str())).map(String::as_str));
+        let client = crate::auth::ClientInfo { ip: "local".into(), ..Default::default() };
+        crate::auth::SecurityEvent::new(crate::auth::EventKind::ConfigChanged, crate::auth::Severity::Info, &client)
+            .actor("system")
+            .detail("sections", changed.join(","))
+            .record(audit)
+            .await;
+    }
+    let bytes = serde_json::to_vec(&current).context("encoding the configuration")?;
+    store
+        .write(move |txn| {
+            txn.open_table(crate::store::tables::META)?.insert(KEY, bytes.as_slice())?;
+            Ok(())
+        })
+        .await
+        .context("saving the configuration fingerprint")?;
+    Ok(())
 }
 
 fn display_host(addr: SocketAddr) -> String {
@@ -168,6 +238,20 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             limits.evict_idle();
         }
     });
+    // Audit retention, at startup and then every `prune_interval_secs`.
+    let pruner = {
+        let audit = state.auth.audit().clone();
+        let cfg = config.audit.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(cfg.prune_interval_secs));
+            loop {
+                tick.tick().await;
+                if let Err(e) = audit.prune(cfg.retention_days, cfg.max_events).await {
+                    tracing::error!(error = %e, "audit retention failed");
+                }
+            }
+        })
+    };
     let grace = Some(Duration::from_secs(config.http.shutdown_grace_secs));
     let idle = Duration::from_secs(config.http.idle_timeout_secs);
     let app = build_app(state.clone());
@@ -222,6 +306,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         let _ = r.await;
     }
     evictor.abort();
+    pruner.abort();
     state.store.close().await;
     tracing::info!("stopped cleanly");
     match main_result {

@@ -332,4 +332,18 @@ async fn keys_rotate_keeps_sessions_and_certificate_working() {
     assert_eq!(kids.len(), 2, "{jwks}");
     assert!(kids.contains(&jwks_before["keys"][0]["kid"].as_str().unwrap()), "old key still verifies");
     assert!(gate.terminate().success());
+
+    // The rotation is in the audit log; a restart with another configuration is too.
+    let gate = Gate::start(&data, &[("MIAUFLIX_LOCKOUT__MAX_FAILURES", "7")]);
+    assert!(gate.terminate().success());
+    let (code, out, err) = run_cli(&["audit", "export"], &env);
+    assert_eq!(code, 0, "{err}");
+    let records: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rotated = records.iter().find(|r| r["type"] == "keys_rotated").expect("keys_rotated recorded");
+    assert_eq!(rotated["ip"], "local");
+    let changed = records.iter().find(|r| r["type"] == "config_changed").expect("config_changed recorded");
+    assert_eq!(changed["detail"]["sections"], "lockout");
+    let (code, out, _) = run_cli(&["audit", "verify"], &env);
+    assert_eq!(code, 0);
+    assert!(out.contains("verifies"), "{out}");
 }

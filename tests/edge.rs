@@ -241,7 +241,7 @@ async fn five_failures_lock_the_account_even_against_the_right_password() {
         email: ADMIN.into(),
         display_name: "admin".into(),
     };
-    assert!(state.auth.unlock_user(&principal, &admin_id, &Default::default()).unwrap());
+    assert!(state.auth.unlock_user(&principal, &admin_id, &Default::default()).await.unwrap());
     assert_eq!(login(PW, ADMIN).await.0.status(), 200);
     state.store.close().await;
 }

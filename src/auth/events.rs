@@ -1,5 +1,6 @@
-//! Security events. Every security-relevant action emits one `SecurityEvent`; until the
-//! audit log exists they go to the structured log under the `security` target.
+//! Security events. Every security-relevant action makes one `SecurityEvent`, which the
+//! audit log ([`crate::audit::Audit`]) commits to its hash chain and mirrors to the
+//! structured log under the `security` target.
 
 /// How serious an event is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,9 +33,57 @@ pub enum EventKind {
     AccountUnlocked,
     RateLimited,
     CsrfRejected,
+    PermissionDenied,
+    ConfigChanged,
+    VpnUp,
+    VpnDown,
+    VpnReconnecting,
+    VpnServerRotated,
+    KillswitchEngaged,
+    KillswitchReleased,
+    CertificateIssued,
+    CertificateRenewed,
+    CertificateRenewalFailed,
+    CertificateExpiring,
 }
 
 impl EventKind {
+    /// Every kind, in declaration order.
+    pub const ALL: &'static [EventKind] = &[
+        EventKind::SetupCompleted,
+        EventKind::LoginSucceeded,
+        EventKind::LoginFailed,
+        EventKind::Logout,
+        EventKind::TokenRefreshed,
+        EventKind::RefreshRaced,
+        EventKind::RefreshReuseDetected,
+        EventKind::PasswordChanged,
+        EventKind::PasswordReset,
+        EventKind::UserCreated,
+        EventKind::UserUpdated,
+        EventKind::UserDeleted,
+        EventKind::UserDisabled,
+        EventKind::RoleChanged,
+        EventKind::SessionRevoked,
+        EventKind::KeysRotated,
+        EventKind::AccountLocked,
+        EventKind::AccountUnlocked,
+        EventKind::RateLimited,
+        EventKind::CsrfRejected,
+        EventKind::PermissionDenied,
+        EventKind::ConfigChanged,
+        EventKind::VpnUp,
+        EventKind::VpnDown,
+        EventKind::VpnReconnecting,
+        EventKind::VpnServerRotated,
+        EventKind::KillswitchEngaged,
+        EventKind::KillswitchReleased,
+        EventKind::CertificateIssued,
+        EventKind::CertificateRenewed,
+        EventKind::CertificateRenewalFailed,
+        EventKind::CertificateExpiring,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::SetupCompleted => "setup_completed",
@@ -57,7 +106,38 @@ impl EventKind {
             EventKind::AccountUnlocked => "account_unlocked",
             EventKind::RateLimited => "rate_limited",
             EventKind::CsrfRejected => "csrf_rejected",
+            EventKind::PermissionDenied => "permission_denied",
+            EventKind::ConfigChanged => "config_changed",
+            EventKind::VpnUp => "vpn_up",
+            EventKind::VpnDown => "vpn_down",
+            EventKind::VpnReconnecting => "vpn_reconnecting",
+            EventKind::VpnServerRotated => "vpn_server_rotated",
+            EventKind::KillswitchEngaged => "killswitch_engaged",
+            EventKind::KillswitchReleased => "killswitch_released",
+            EventKind::CertificateIssued => "certificate_issued",
+            EventKind::CertificateRenewed => "certificate_renewed",
+            EventKind::CertificateRenewalFailed => "certificate_renewal_failed",
+            EventKind::CertificateExpiring => "certificate_expiring",
         }
+    }
+
+    /// The kind named `s` (as in the audit log).
+    pub fn parse(s: &str) -> Option<EventKind> {
+        EventKind::ALL.iter().copied().find(|k| k.as_str() == s)
+    }
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Severity> {
+        [Severity::Info, Severity::Warning, Severity::Critical].into_iter().find(|v| v.as_str() == s)
     }
 }
 
@@ -113,8 +193,13 @@ impl SecurityEvent {
         self
     }
 
-    /// Records the event.
-    pub fn emit(self) {
+    /// Commits the event to the audit log (before the caller answers its request).
+    pub async fn record(self, audit: &crate::audit::Audit) {
+        audit.record(self).await;
+    }
+
+    /// Mirrors the event to the structured log.
+    pub fn log(&self) {
         let detail = self.detail.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
         let ua = sanitize(&self.client.user_agent, 200);
         let actor = self.actor.as_deref().unwrap_or("anonymous");

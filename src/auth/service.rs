@@ -146,6 +146,7 @@ pub struct AuthService {
     setup_lock: tokio::sync::Mutex<()>,
     lockout: Lockout,
     stream_keys: super::stream_keys::StreamKeys,
+    audit: crate::audit::Audit,
 }
 
 fn sha256_hex(token: &str) -> String {
@@ -288,6 +289,7 @@ impl AuthService {
         cfg: AuthConfig,
         lockout: LockoutConfig,
         setup_token_path: PathBuf,
+        audit: crate::audit::Audit,
     ) -> Result<AuthService, KeyError> {
         let keys = SigningKeys::load_or_init(&store, &keyring, &cfg.issuer, &cfg.audience, cfg.access_ttl_secs).await?;
         let stream_keys = super::stream_keys::StreamKeys::load_or_init(&store, &keyring).await?;
@@ -302,6 +304,7 @@ impl AuthService {
             setup_lock: tokio::sync::Mutex::new(()),
             lockout: Lockout::new(lockout),
             stream_keys,
+            audit,
         };
         service.reload_live()?;
         Ok(service)
@@ -395,7 +398,8 @@ impl AuthService {
             SecurityEvent::new(EventKind::LoginFailed, Severity::Warning, client)
                 .target("setup")
                 .detail("reason", "bad setup token")
-                .emit();
+                .record(&self.audit)
+                .await;
             return Err(AuthError::Unauthorized);
         }
         let email = normalize_email(email).map_err(|e| AuthError::Invalid(e.into()))?;
@@ -405,7 +409,8 @@ impl AuthService {
         SecurityEvent::new(EventKind::SetupCompleted, Severity::Info, client)
             .actor(&user.id)
             .target(&user.email)
-            .emit();
+            .record(&self.audit)
+            .await;
         Ok(user)
     }
 
@@ -496,35 +501,26 @@ impl AuthService {
             SecurityEvent::new(EventKind::LoginFailed, Severity::Warning, client)
                 .target(&lock_key)
                 .detail("reason", "account locked")
-                .emit();
+                .record(&self.audit)
+                .await;
             return Err(AuthError::Locked(secs));
         }
         let user = match &normalized {
             Some(e) => self.find_user_by_email(e)?,
             None => None,
         };
-        let fail = |reason: &str| {
-            SecurityEvent::new(EventKind::LoginFailed, Severity::Warning, client)
-                .target(&lock_key)
-                .detail("reason", reason)
-                .emit();
-            if let FailureOutcome::Locked(secs) = self.lockout.record_failure(&lock_key, now()) {
-                SecurityEvent::new(EventKind::AccountLocked, Severity::Warning, client)
-                    .target(&lock_key)
-                    .detail("seconds", secs.to_string())
-                    .emit();
-            }
-            AuthError::InvalidCredentials
-        };
         if password.chars().count() > 256 {
             // Never hash unbounded input; still costs one hash.
             let _ = self.hasher.verify(None, Zeroizing::new(String::new())).await;
-            return Err(fail("password too long"));
+            return Err(self.login_failed(&lock_key, user.as_ref(), "password too long", client).await);
         }
         let ok = self.hasher.verify(user.as_ref().map(|u| u.password_hash.clone()), password.clone()).await?;
-        let Some(mut user) = user.filter(|_| ok) else { return Err(fail("bad credentials")) };
+        let mut user = match user {
+            Some(u) if ok => u,
+            other => return Err(self.login_failed(&lock_key, other.as_ref(), "bad credentials", client).await),
+        };
         if user.disabled {
-            return Err(fail("user disabled"));
+            return Err(self.login_failed(&lock_key, Some(&user), "user disabled", client).await);
         }
         self.lockout.record_success(&lock_key);
         if self.hasher.needs_rehash(&user.password_hash) {
@@ -532,6 +528,34 @@ impl AuthService {
             user.updated_at = now();
         }
         Ok(user)
+    }
+
+    /// Records a failed sign-in (and the lock it may cause). The submitted email is the
+    /// target; an existing account's id goes in `detail.user`, so its owner sees the attempt.
+    async fn login_failed(
+        &self,
+        lock_key: &str,
+        user: Option<&UserRecord>,
+        reason: &str,
+        client: &ClientInfo,
+    ) -> AuthError {
+        let mut ev = SecurityEvent::new(EventKind::LoginFailed, Severity::Warning, client)
+            .target(lock_key)
+            .detail("reason", reason);
+        if let Some(u) = user {
+            ev = ev.detail("user", &u.id);
+        }
+        ev.record(&self.audit).await;
+        if let FailureOutcome::Locked(secs) = self.lockout.record_failure(lock_key, now()) {
+            let mut ev = SecurityEvent::new(EventKind::AccountLocked, Severity::Warning, client)
+                .target(lock_key)
+                .detail("seconds", secs.to_string());
+            if let Some(u) = user {
+                ev = ev.detail("user", &u.id);
+            }
+            ev.record(&self.audit).await;
+        }
+        AuthError::InvalidCredentials
     }
 
     /// Logs in: checks credentials and opens a session.
@@ -549,7 +573,8 @@ impl AuthService {
             .target(&issued.user.email)
             .detail("session", &issued.session_id)
             .detail("kind", if kind == SessionKind::Browser { "browser" } else { "api" })
-            .emit();
+            .record(&self.audit)
+            .await;
         Ok(issued)
     }
 
@@ -621,7 +646,8 @@ impl AuthService {
                 .actor(&user.id)
                 .target(id)
                 .detail("reason", "session limit")
-                .emit();
+                .record(&self.audit)
+                .await;
         }
         self.issue(&user, &session, refresh, now)
     }
@@ -717,13 +743,15 @@ impl AuthService {
                 SecurityEvent::new(EventKind::TokenRefreshed, Severity::Info, client)
                     .actor(&user.id)
                     .target(&session.id)
-                    .emit();
+                    .record(&self.audit)
+                    .await;
                 self.issue(&user, &session, new_refresh, now)
             }
             RefreshOutcome::Raced => {
                 SecurityEvent::new(EventKind::RefreshRaced, Severity::Warning, client)
                     .detail("reason", "rotated token presented again within the grace period")
-                    .emit();
+                    .record(&self.audit)
+                    .await;
                 Err(AuthError::Unauthorized)
             }
             RefreshOutcome::Reused { session_id, user_id } => {
@@ -732,7 +760,8 @@ impl AuthService {
                     .actor(&user_id)
                     .target(&session_id)
                     .detail("action", "session revoked")
-                    .emit();
+                    .record(&self.audit)
+                    .await;
                 Err(AuthError::Unauthorized)
             }
             RefreshOutcome::Refused => Err(AuthError::Unauthorized),
@@ -846,7 +875,11 @@ impl AuthService {
             .await?;
         self.live_sessions_remove(&[session_id.to_string()]);
         if let Some(user) = user {
-            SecurityEvent::new(EventKind::Logout, Severity::Info, client).actor(user).target(session_id).emit();
+            SecurityEvent::new(EventKind::Logout, Severity::Info, client)
+                .actor(user)
+                .target(session_id)
+                .record(&self.audit)
+                .await;
         }
         Ok(())
     }
@@ -881,7 +914,8 @@ impl AuthService {
             SecurityEvent::new(EventKind::SessionRevoked, Severity::Info, client)
                 .actor(actor)
                 .target(session_id)
-                .emit();
+                .record(&self.audit)
+                .await;
         }
         Ok(found)
     }
@@ -904,7 +938,8 @@ impl AuthService {
                 .actor(actor)
                 .target(user_id)
                 .detail("count", ended.len().to_string())
-                .emit();
+                .record(&self.audit)
+                .await;
         }
         Ok(ended.len())
     }
@@ -951,7 +986,8 @@ impl AuthService {
                 .actor(&user.id)
                 .target(&user.email)
                 .detail("reason", "wrong current password on password change")
-                .emit();
+                .record(&self.audit)
+                .await;
             return Err(AuthError::InvalidCredentials);
         }
         self.validate_new_password(&new, &user.email)?;
@@ -960,7 +996,8 @@ impl AuthService {
             .actor(&user.id)
             .target(&user.id)
             .detail("sessions_revoked", ended.to_string())
-            .emit();
+            .record(&self.audit)
+            .await;
         Ok(ended)
     }
 
@@ -1032,7 +1069,8 @@ impl AuthService {
             .actor(&actor.user_id)
             .target(&user.id)
             .detail("role", role.as_str())
-            .emit();
+            .record(&self.audit)
+            .await;
         Ok(user)
     }
 
@@ -1087,13 +1125,17 @@ impl AuthService {
         self.live_sessions_remove(&ended);
         let ev = |kind| SecurityEvent::new(kind, Severity::Info, client).actor(&actor.user_id).target(&after.id);
         if before.role != after.role {
-            ev(EventKind::RoleChanged).detail("from", before.role.as_str()).detail("to", after.role.as_str()).emit();
+            ev(EventKind::RoleChanged)
+                .detail("from", before.role.as_str())
+                .detail("to", after.role.as_str())
+                .record(&self.audit)
+                .await;
         }
         if before.disabled != after.disabled {
-            ev(EventKind::UserDisabled).detail("disabled", after.disabled.to_string()).emit();
+            ev(EventKind::UserDisabled).detail("disabled", after.disabled.to_string()).record(&self.audit).await;
         }
         if before.display_name != after.display_name {
-            ev(EventKind::UserUpdated).detail("field", "display_name").emit();
+            ev(EventKind::UserUpdated).detail("field", "display_name").record(&self.audit).await;
         }
         Ok(UserView::from(&after))
     }
@@ -1122,7 +1164,11 @@ impl AuthService {
         if let Ok(mut live) = self.live.write() {
             live.users.remove(id);
         }
-        SecurityEvent::new(EventKind::UserDeleted, Severity::Info, client).actor(&actor.user_id).target(id).emit();
+        SecurityEvent::new(EventKind::UserDeleted, Severity::Info, client)
+            .actor(&actor.user_id)
+            .target(id)
+            .record(&self.audit)
+            .await;
         Ok(())
     }
 
@@ -1141,20 +1187,32 @@ impl AuthService {
             .actor(&actor.user_id)
             .target(id)
             .detail("sessions_revoked", ended.to_string())
-            .emit();
+            .record(&self.audit)
+            .await;
         Ok(ended)
     }
 
     /// Lifts a lockout on a user's email (admin action). Returns whether one was in force.
-    pub fn unlock_user(&self, actor: &Principal, id: &str, client: &ClientInfo) -> Result<bool, AuthError> {
+    pub async fn unlock_user(&self, actor: &Principal, id: &str, client: &ClientInfo) -> Result<bool, AuthError> {
         let user = self.read_user(id)?.ok_or(AuthError::NotFound)?;
         let was = self.lockout.unlock(&user.email, now());
         SecurityEvent::new(EventKind::AccountUnlocked, Severity::Info, client)
             .actor(&actor.user_id)
             .target(&user.id)
             .detail("was_locked", was.to_string())
-            .emit();
+            .record(&self.audit)
+            .await;
         Ok(was)
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &crate::audit::Audit {
+        &self.audit
+    }
+
+    /// Sessions currently live (for the `auth_active_sessions` gauge).
+    pub fn active_sessions(&self) -> usize {
+        self.live.read().map(|l| l.sessions.len()).unwrap_or(0)
     }
 
     /// The keyring (for key rotation tooling).

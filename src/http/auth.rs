@@ -176,8 +176,9 @@ pub fn client_info(req: &Request) -> ClientInfo {
     let user_agent = req
         .headers()
         .get(poem::http::header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .map(|s| s.chars().take(256).collect())
+        // Kept even when not ASCII: the audit log escapes what it must, and a UA that hides
+        // in obs-text should not vanish from the record.
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).chars().take(256).collect())
         .unwrap_or_default();
     let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
     ClientInfo { ip, user_agent, request_id }

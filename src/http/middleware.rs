@@ -103,6 +103,18 @@ impl EdgePolicy {
         Some(hops.into_iter().rev().find(|ip| !self.trusted(*ip)).unwrap_or(peer))
     }
 
+    /// The `route_class` label of a request: `upstream` for proxied routes, else the rate
+    /// class of the gate's own API, else `system` (health, metrics, docs, pages).
+    fn route_class(&self, method: &Method, path: &str) -> &'static str {
+        if self.state.proxy.route_for(path).is_some() {
+            return "upstream";
+        }
+        match rate_class(method, path) {
+            Some(c) => c.as_str(),
+            None => "system",
+        }
+    }
+
     fn origin_allowed_for_cors(&self, origin: &str) -> bool {
         self.cors_origins.iter().any(|o| o == origin)
     }
@@ -213,7 +225,8 @@ impl<E: Endpoint> RequestContextEndpoint<E> {
                 SecurityEvent::new(EventKind::CsrfRejected, Severity::Warning, client)
                     .target(&path)
                     .detail("origin", claimed.unwrap_or_else(|| "none".into()))
-                    .emit();
+                    .record(p.state.auth.audit())
+                    .await;
                 return Err(ApiError::new(
                     StatusCode::FORBIDDEN,
                     "csrf-rejected",
@@ -270,11 +283,13 @@ impl<E: Endpoint> RequestContextEndpoint<E> {
                     }
                 }
                 Err(denied) => {
+                    metrics::counter!("rate_limited_total", "class" => denied.class.as_str()).increment(1);
                     if denied.first_in_window {
                         SecurityEvent::new(EventKind::RateLimited, Severity::Warning, client)
                             .target(&path)
                             .detail("class", denied.class.as_str())
-                            .emit();
+                            .record(p.state.auth.audit())
+                            .await;
                     }
                     let secs = denied.retry_after.as_secs_f64().ceil().max(1.0) as u64;
                     let e = ApiError::new(
@@ -301,12 +316,36 @@ impl<E: Endpoint> RequestContextEndpoint<E> {
 
         if let Some(route) = route {
             let principal = auth.unwrap_or(Ok(None)).map_err(crate::http::auth::fail)?.map(|a| a.0);
-            return self.proxied(req, &route, principal, client).await;
+            let actor = principal.as_ref().map(|p| p.user_id.clone());
+            let result = self.proxied(req, &route, principal, client).await;
+            return self.note_denied(result, actor, &path, client).await;
         }
         if path.starts_with("/api/") {
             limit_body(&mut req, p.max_body).await?;
         }
-        self.inner.call(req).await.map(IntoResponse::into_response)
+        let actor = user_key.as_deref().and_then(|k| k.strip_prefix("user:")).map(str::to_string);
+        let result = self.inner.call(req).await.map(IntoResponse::into_response);
+        self.note_denied(result, actor, &path, client).await
+    }
+
+    /// Records `permission_denied` when the gate itself refused a signed-in caller (403).
+    async fn note_denied(
+        &self,
+        result: poem::Result<Response>,
+        actor: Option<String>,
+        path: &str,
+        client: &ClientInfo,
+    ) -> poem::Result<Response> {
+        if let (Err(e), Some(actor)) = (&result, actor)
+            && e.status() == StatusCode::FORBIDDEN
+        {
+            SecurityEvent::new(EventKind::PermissionDenied, Severity::Warning, client)
+                .actor(actor)
+                .target(path)
+                .record(self.policy.state.auth.audit())
+                .await;
+        }
+        result
     }
 
     /// A request for a configured upstream: route policy, then the proxy.
@@ -339,6 +378,7 @@ impl<E: Endpoint> Endpoint for RequestContextEndpoint<E> {
     type Output = Response;
 
     async fn call(&self, mut req: Request) -> poem::Result<Response> {
+        let started = std::time::Instant::now();
         let id = RequestId::new();
         req.extensions_mut().insert(id.clone());
         if let Some(ip) = self.policy.client_addr(&req) {
@@ -347,6 +387,7 @@ impl<E: Endpoint> Endpoint for RequestContextEndpoint<E> {
         let client = crate::http::auth::client_info(&req);
         let origin = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok()).map(str::to_string);
         let path = req.uri().path().to_string();
+        let class = self.policy.route_class(req.method(), &path);
         let mut rate = Vec::new();
         let mut resp = match self.guarded(req, &client, &mut rate).await {
             Ok(resp) => resp,
@@ -373,6 +414,7 @@ impl<E: Endpoint> Endpoint for RequestContextEndpoint<E> {
             );
             h.append(header::VARY, HeaderValue::from_static("Origin"));
         }
+        self.policy.state.auth.audit().monitor().request(class, resp.status().as_u16(), started.elapsed());
         Ok(resp)
     }
 }

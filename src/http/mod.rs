@@ -31,6 +31,8 @@ pub struct AppState {
     pub started: Instant,
     /// What the main listener serves, for status pages (e.g. "self-signed").
     pub tls_source: String,
+    /// Bearer token a Prometheus scraper may present at `/metrics`.
+    pub metrics_token: Option<zeroize::Zeroizing<String>>,
 }
 
 /// The OpenAPI service with every documented endpoint.

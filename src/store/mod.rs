@@ -14,7 +14,7 @@ use redb::{Database, ReadTransaction, ReadableDatabase, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
 /// The schema this binary writes.
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
 const SCHEMA_KEY: &str = "schema_version";
 /// Most closures committed together.
 const MAX_BATCH: usize = 512;
@@ -259,10 +259,16 @@ fn classify_open_error(path: &Path, e: redb::DatabaseError) -> StoreError {
 type Migration = fn(&WriteTransaction) -> Result<(), StoreError>;
 
 /// Migrations by target version; index 0 brings an empty file to version 1.
-const MIGRATIONS: &[Migration] = &[|txn| {
-    tables::create_all(txn)?;
-    Ok(())
-}];
+const MIGRATIONS: &[Migration] = &[
+    |txn| {
+        tables::create_all(txn)?;
+        Ok(())
+    },
+    |txn| {
+        tables::create_audit(txn)?;
+        Ok(())
+    },
+];
 
 fn migrate(db: &Database, path: &Path) -> Result<(), StoreError> {
     let current = {

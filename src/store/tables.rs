@@ -21,6 +21,12 @@ pub const USER_SESSIONS: TableDefinition<&str, ()> = TableDefinition::new("user_
 pub const REFRESH_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("refresh_tokens");
 /// `session_id/hash` → (), to delete a session's refresh tokens.
 pub const SESSION_REFRESH: TableDefinition<&str, ()> = TableDefinition::new("session_refresh");
+/// Audit records by sequence number (JSON with the record's chain hash).
+pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+/// Chain head and anchor of the audit log.
+pub const AUDIT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("audit_meta");
+/// (user id or email, sequence) → (), to find the records about one user.
+pub const AUDIT_BY_SUBJECT: TableDefinition<(&str, u64), ()> = TableDefinition::new("audit_by_subject");
 
 /// Creates every table, so readers never meet a missing one.
 pub(crate) fn create_all(txn: &redb::WriteTransaction) -> Result<(), redb::TableError> {
@@ -33,5 +39,13 @@ pub(crate) fn create_all(txn: &redb::WriteTransaction) -> Result<(), redb::Table
     txn.open_table(USER_SESSIONS)?;
     txn.open_table(REFRESH_TOKENS)?;
     txn.open_table(SESSION_REFRESH)?;
+    Ok(())
+}
+
+/// Schema 2: the audit log.
+pub(crate) fn create_audit(txn: &redb::WriteTransaction) -> Result<(), redb::TableError> {
+    txn.open_table(AUDIT)?;
+    txn.open_table(AUDIT_META)?;
+    txn.open_table(AUDIT_BY_SUBJECT)?;
     Ok(())
 }

@@ -221,10 +221,39 @@ pub async fn https_request_from(
     let (_, conn) = tls.get_ref();
     let alpn = conn.alpn_protocol().map(|p| p.to_vec());
     let tls_version = conn.protocol_version();
+    let mut reply = send_http1(tls, server_name, method, path, body, headers).await?;
+    reply.alpn = alpn;
+    reply.tls_version = tls_version;
+    Ok(reply)
+}
+
+/// One plain HTTP/1.1 request (for gates with `tls = off`).
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    headers: &[(&str, String)],
+) -> Result<Reply, String> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    send_http1(tcp, "gate.test", method, path, body, headers).await
+}
+
+async fn send_http1<S>(
+    io: S,
+    host: &str,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    headers: &[(&str, String)],
+) -> Result<Reply, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
+        hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|e| e.to_string())?;
     tokio::spawn(connection);
-    let mut builder = hyper::Request::builder().method(method).uri(path).header("host", server_name);
+    let mut builder = hyper::Request::builder().method(method).uri(path).header("host", host);
     if body.is_some() {
         builder = builder.header("content-type", "application/json");
     }
@@ -240,5 +269,5 @@ pub async fn https_request_from(
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes().to_vec();
-    Ok(Reply { status, headers, body, alpn, tls_version })
+    Ok(Reply { status, headers, body, alpn: None, tls_version: None })
 }

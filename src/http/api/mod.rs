@@ -1,6 +1,7 @@
 //! poem-openapi endpoints, one file per area; every one is in the OpenAPI document.
 
 pub mod account;
+pub mod audit;
 pub mod auth;
 pub mod dto;
 pub mod edge;
@@ -13,7 +14,15 @@ use std::sync::Arc;
 use super::AppState;
 
 /// Every API area, combined for the OpenAPI service.
-pub type Apis = (system::SystemApi, auth::AuthApi, account::AccountApi, users::UsersApi, keys::KeysApi, edge::EdgeApi);
+pub type Apis = (
+    system::SystemApi,
+    auth::AuthApi,
+    account::AccountApi,
+    users::UsersApi,
+    keys::KeysApi,
+    edge::EdgeApi,
+    audit::AuditApi,
+);
 
 pub fn apis(state: Arc<AppState>) -> Apis {
     (
@@ -22,7 +31,8 @@ pub fn apis(state: Arc<AppState>) -> Apis {
         account::AccountApi { state: state.clone() },
         users::UsersApi { state: state.clone() },
         keys::KeysApi { state: state.clone() },
-        edge::EdgeApi { state },
+        edge::EdgeApi { state: state.clone() },
+        audit::AuditApi { state },
     )
 }
 
@@ -37,4 +47,6 @@ pub enum ApiTags {
     Account,
     /// User administration (admin).
     Users,
+    /// The tamper-evident audit log (admin).
+    Audit,
 }

@@ -1,8 +1,10 @@
-//! `/healthz` and `/readyz`.
+//! `/healthz`, `/readyz`, `/metrics` and `/api/system/status`.
 
 use std::sync::Arc;
 
-use poem_openapi::payload::Json;
+use poem::Request;
+use poem::http::StatusCode;
+use poem_openapi::payload::{Json, PlainText};
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::ApiTags;
@@ -28,6 +30,8 @@ pub struct Readiness {
     pub status: String,
     /// Whether the data file answers reads.
     pub store: bool,
+    /// Whether a write commits within two seconds (the writer is not stalled).
+    pub store_writable: bool,
     /// What the main listener serves: `self-signed`, `acme`, `manual` or `off`.
     pub tls: String,
     /// Seconds since the gate started.
@@ -44,6 +48,64 @@ pub enum ReadyResponse {
     NotReady(Json<Readiness>),
 }
 
+/// Audit chain state for the dashboard.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+pub struct ChainStatus {
+    pub length: u64,
+    pub first: u64,
+    pub last: u64,
+    /// Result of the last full verification (at startup or via `/api/audit/verify`).
+    pub last_verified_ok: Option<bool>,
+    pub last_verified_at: Option<String>,
+    pub first_bad: Option<u64>,
+}
+
+/// One summary for the dashboard.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+pub struct SystemStatus {
+    pub version: String,
+    pub uptime_secs: u64,
+    /// What the main listener serves: `self-signed`, `acme`, `manual` or `off`.
+    pub tls: String,
+    /// VPN supervisor state.
+    pub vpn: String,
+    pub logins_succeeded_1h: u64,
+    pub logins_failed_1h: u64,
+    pub lockouts_1h: u64,
+    /// Share of sign-ins that succeeded in the last hour (absent without any).
+    pub login_success_rate_1h: Option<f64>,
+    pub requests_5m: u64,
+    pub requests_per_sec_5m: f64,
+    /// Share of 5xx answers in the last five minutes.
+    pub error_rate_5m: Option<f64>,
+    /// 95th percentile time to the response head, bucket upper bound, last five minutes.
+    pub p95_latency_ms_5m: Option<f64>,
+    pub active_sessions: u64,
+    /// Size of the data file in bytes.
+    pub store_bytes: u64,
+    pub resident_memory_bytes: Option<u64>,
+    pub audit_chain: ChainStatus,
+}
+
+#[derive(ApiResponse)]
+pub enum MetricsResponse {
+    /// Prometheus text exposition format.
+    #[oai(status = 200, content_type = "text/plain; version=0.0.4; charset=utf-8")]
+    Ok(PlainText<String>),
+}
+
+/// Whether `req` carries the configured scraper token.
+fn has_metrics_token(state: &AppState, req: &Request) -> bool {
+    let Some(expected) = state.metrics_token.as_ref() else { return false };
+    req.headers()
+        .get(poem::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| crate::crypto::constant_time_eq(t.trim().as_bytes(), expected.as_bytes()))
+}
+
 #[OpenApi(tag = "ApiTags::System")]
 impl SystemApi {
     /// Liveness: the process is up.
@@ -56,12 +118,76 @@ impl SystemApi {
     #[oai(path = "/readyz", method = "get")]
     async fn readyz(&self) -> ReadyResponse {
         let store = self.state.store.ping();
+        let store_writable =
+            tokio::time::timeout(std::time::Duration::from_secs(2), self.state.store.write(|_| Ok(())))
+                .await
+                .is_ok_and(|r| r.is_ok());
+        let ready = store && store_writable;
         let body = Readiness {
-            status: if store { "ready" } else { "not-ready" }.into(),
+            status: if ready { "ready" } else { "not-ready" }.into(),
             store,
+            store_writable,
             tls: self.state.tls_source.clone(),
             uptime_secs: self.state.started.elapsed().as_secs(),
         };
-        if store { ReadyResponse::Ready(Json(body)) } else { ReadyResponse::NotReady(Json(body)) }
+        if ready { ReadyResponse::Ready(Json(body)) } else { ReadyResponse::NotReady(Json(body)) }
+    }
+
+    /// Prometheus metrics: for admins, or for a scraper presenting the token from
+    /// `metrics.token_file` as a bearer token. Never public.
+    #[oai(path = "/metrics", method = "get")]
+    async fn metrics(&self, req: &Request) -> poem::Result<MetricsResponse> {
+        if !has_metrics_token(&self.state, req) {
+            let principal = match crate::http::auth::authenticate_request(&self.state, req, None) {
+                Ok(Some(a)) => a.0,
+                Ok(None) => return Err(crate::http::auth::fail(crate::auth::AuthError::Unauthorized)),
+                Err(e) => return Err(crate::http::auth::fail(e)),
+            };
+            principal.require(crate::auth::Role::Admin).map_err(crate::http::auth::fail)?;
+        }
+        Ok(MetricsResponse::Ok(PlainText(crate::monitor::render(self.state.auth.active_sessions()))))
+    }
+
+    /// Dashboard summary: uptime, sign-in and request figures, store and audit chain.
+    #[oai(path = "/api/system/status", method = "get")]
+    async fn status(&self, auth: crate::http::auth::Auth) -> poem::Result<Json<SystemStatus>> {
+        auth.require(crate::auth::Role::Admin)?;
+        let audit = self.state.auth.audit();
+        let m = audit.monitor().summary();
+        let info = audit.info().map_err(|e| {
+            tracing::error!(error = %e, "reading the audit chain failed");
+            poem::Error::from(crate::error::ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+                "The audit log could not be read.",
+            ))
+        })?;
+        let last = audit.last_verify();
+        Ok(Json(SystemStatus {
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_secs: self.state.started.elapsed().as_secs(),
+            tls: self.state.tls_source.clone(),
+            vpn: self.state.vpn.state().into(),
+            logins_succeeded_1h: m.logins_succeeded_1h,
+            logins_failed_1h: m.logins_failed_1h,
+            lockouts_1h: m.lockouts_1h,
+            login_success_rate_1h: m.login_success_rate_1h,
+            requests_5m: m.requests_5m,
+            requests_per_sec_5m: m.requests_per_sec_5m,
+            error_rate_5m: m.error_rate_5m,
+            p95_latency_ms_5m: m.p95_latency_ms_5m,
+            active_sessions: self.state.auth.active_sessions() as u64,
+            store_bytes: std::fs::metadata(self.state.store.path()).map(|m| m.len()).unwrap_or(0),
+            resident_memory_bytes: crate::monitor::resident_memory_bytes(),
+            audit_chain: ChainStatus {
+                length: info.length,
+                first: info.first,
+                last: info.last,
+                last_verified_ok: last.as_ref().map(|(_, r)| r.ok),
+                last_verified_at: last.as_ref().map(|(t, _)| super::audit::rfc3339_ms(*t)),
+                first_bad: last.as_ref().and_then(|(_, r)| r.first_bad),
+            },
+        }))
     }
 }

@@ -122,7 +122,7 @@ impl UsersApi {
     #[oai(path = "/api/users/:id/unlock", method = "post")]
     async fn unlock(&self, req: &Request, auth: Auth, id: Path<String>) -> poem::Result<Json<MessageDto>> {
         let actor = auth.require(Role::Admin)?;
-        let was = self.state.auth.unlock_user(actor, user_id(&id.0)?, &client_info(req)).map_err(fail)?;
+        let was = self.state.auth.unlock_user(actor, user_id(&id.0)?, &client_info(req)).await.map_err(fail)?;
         Ok(Json(MessageDto { message: if was { "Account unlocked".into() } else { "Account was not locked".into() } }))
     }
 
