@@ -160,6 +160,7 @@ pub const RESERVED_PREFIXES: &[&str] = &[
     "/api/docs",
     "/api/audit",
     "/api/system",
+    "/api/tls",
     "/api/vpn",
     "/healthz",
     "/readyz",
@@ -223,6 +224,74 @@ pub struct TlsConfig {
     pub names: Vec<String>,
     /// A TLS handshake that takes longer than this is dropped.
     pub handshake_timeout_secs: u64,
+    pub acme: AcmeConfig,
+    pub manual: ManualTlsConfig,
+}
+
+/// ACME challenge type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum AcmeChallenge {
+    /// Answered on the main TLS listener (port 443 as seen from the CA).
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+    /// Answered on the plain-HTTP listener (`http_listen`, port 80 as seen from the CA).
+    #[serde(rename = "http-01")]
+    Http01,
+}
+
+/// Let's Encrypt production directory.
+pub const LETS_ENCRYPT_PRODUCTION: &str = "https://acme-v02.api.letsencrypt.org/directory";
+/// Let's Encrypt staging directory.
+pub const LETS_ENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+
+/// `[tls.acme]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AcmeConfig {
+    /// Names on the certificate; each must resolve to this gate.
+    pub domains: Vec<String>,
+    /// `mailto:` address for the CA (optional for Let's Encrypt).
+    pub contact: Option<String>,
+    /// ACME directory URL; Let's Encrypt production (or staging with `staging = true`) when unset.
+    pub directory: Option<String>,
+    pub staging: bool,
+    pub challenge: AcmeChallenge,
+    /// Extra PEM root certificates to trust for the ACME server itself.
+    pub ca_roots: Vec<PathBuf>,
+}
+
+impl Default for AcmeConfig {
+    fn default() -> Self {
+        AcmeConfig {
+            domains: Vec::new(),
+            contact: None,
+            directory: None,
+            staging: false,
+            challenge: AcmeChallenge::TlsAlpn01,
+            ca_roots: Vec::new(),
+        }
+    }
+}
+
+impl AcmeConfig {
+    /// The directory URL in effect.
+    pub fn directory_url(&self) -> &str {
+        match &self.directory {
+            Some(d) => d,
+            None if self.staging => LETS_ENCRYPT_STAGING,
+            None => LETS_ENCRYPT_PRODUCTION,
+        }
+    }
+}
+
+/// `[tls.manual]`
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ManualTlsConfig {
+    /// PEM certificate chain, leaf first; watched for changes.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1); watched for changes.
+    pub key_file: Option<PathBuf>,
 }
 
 /// `[log]`
@@ -286,7 +355,13 @@ impl Default for Config {
 
 impl Default for TlsConfig {
     fn default() -> Self {
-        TlsConfig { mode: TlsMode::SelfSigned, names: Vec::new(), handshake_timeout_secs: 10 }
+        TlsConfig {
+            mode: TlsMode::SelfSigned,
+            names: Vec::new(),
+            handshake_timeout_secs: 10,
+            acme: AcmeConfig::default(),
+            manual: ManualTlsConfig::default(),
+        }
     }
 }
 
@@ -390,11 +465,42 @@ impl Config {
                 format!("TLS can only be off on a loopback listener, but listen is {}", self.listen),
             );
         }
-        if matches!(self.tls.mode, TlsMode::Acme | TlsMode::Manual) {
-            return err(
-                "tls.mode",
-                format!("`{}` is not available in this build yet; use self-signed or off", self.tls.mode.as_str()),
-            );
+        if self.tls.mode == TlsMode::Acme {
+            let a = &self.tls.acme;
+            if a.domains.is_empty() {
+                return err("tls.acme.domains", "name at least one domain for the certificate".into());
+            }
+            for d in &a.domains {
+                if d.parse::<std::net::IpAddr>().is_ok() || !is_dns_name(d) || !d.contains('.') {
+                    return err("tls.acme.domains", format!("`{d}` is not a public DNS name"));
+                }
+            }
+            if let Some(c) = &a.contact
+                && (!c.starts_with("mailto:") || !c.contains('@'))
+            {
+                return err("tls.acme.contact", format!("`{c}` must look like mailto:you@example.org"));
+            }
+            if !a.directory_url().starts_with("https://") {
+                return err("tls.acme.directory", "must be an https:// URL".into());
+            }
+            if a.challenge == AcmeChallenge::Http01 && self.http_listen.is_none() {
+                return err("tls.acme.challenge", "http-01 needs http_listen (e.g. 0.0.0.0:80)".into());
+            }
+            for root in &a.ca_roots {
+                if !root.is_file() {
+                    return err("tls.acme.ca_roots", format!("{} is not a readable file", root.display()));
+                }
+            }
+        }
+        if self.tls.mode == TlsMode::Manual {
+            let m = &self.tls.manual;
+            for (key, file) in [("tls.manual.cert_file", &m.cert_file), ("tls.manual.key_file", &m.key_file)] {
+                match file {
+                    None => return err(key, "required when tls.mode is manual".into()),
+                    Some(f) if !f.is_file() => return err(key, format!("{} is not a readable file", f.display())),
+                    Some(_) => {}
+                }
+            }
         }
         if let Some(http) = self.http_listen
             && http == self.listen

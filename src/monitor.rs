@@ -37,13 +37,17 @@ fn describe() {
     describe_counter!("account_lockouts_total", "Accounts locked after failed sign-ins");
     describe_counter!("audit_events_total", "Audit records written, by type");
     describe_gauge!("audit_chain_length", "Records currently in the audit chain");
+    describe_gauge!("tls_certificate_expiry_seconds", metrics::Unit::Seconds, "Time left on the served certificate");
     describe_gauge!("process_resident_memory_bytes", metrics::Unit::Bytes, "Resident set size");
 }
 
 /// Renders every metric in the Prometheus text format, refreshing the sampled gauges first.
-pub fn render(active_sessions: usize) -> String {
+pub fn render(active_sessions: usize, tls_expires_in: Option<i64>) -> String {
     let handle = prometheus();
     metrics::gauge!("auth_active_sessions").set(active_sessions as f64);
+    if let Some(secs) = tls_expires_in {
+        metrics::gauge!("tls_certificate_expiry_seconds").set(secs as f64);
+    }
     if let Some(rss) = resident_memory_bytes() {
         metrics::gauge!("process_resident_memory_bytes").set(rss as f64);
     }

@@ -10,17 +10,74 @@ use anyhow::Context;
 use poem::Server;
 use poem::listener::TcpAcceptor;
 
+use crate::audit::Audit;
 use crate::auth::setup::{SetupState, ensure_setup_token};
 use crate::config::{Config, TlsMode};
 use crate::crypto::{Keyring, MasterKey, PasswordHasher};
 use crate::http::{AppState, build_app};
 use crate::store::Store;
 use crate::tls::self_signed::{self, CertSlot};
+use crate::tls::status::TlsStatus;
 
 /// Everything opened before the listeners start.
 pub struct Opened {
     pub state: Arc<AppState>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// With ACME: the HTTP-01 answers and the TLS-ALPN-01 configuration.
+    pub acme: Option<crate::tls::acme::AcmeParts>,
+}
+
+type TlsOpened = (Option<Arc<rustls::ServerConfig>>, Arc<TlsStatus>, Option<crate::tls::acme::AcmeParts>);
+
+/// The main listener's TLS: the certificate source for the mode, its status, and (for
+/// ACME and manual) the background tasks that renew, reload and warn.
+async fn open_tls(config: &Config, store: &Store, keyring: &Arc<Keyring>, audit: &Audit) -> anyhow::Result<TlsOpened> {
+    let mode = config.tls.mode;
+    if mode == TlsMode::Off {
+        return Ok((None, Arc::new(TlsStatus::new("off", "off", None)), None));
+    }
+    if mode == TlsMode::Manual {
+        let (cert_file, key_file) = match (&config.tls.manual.cert_file, &config.tls.manual.key_file) {
+            (Some(c), Some(k)) => (c.clone(), k.clone()),
+            _ => anyhow::bail!("tls.manual.cert_file and tls.manual.key_file are required"),
+        };
+        let (certified, facts) = crate::tls::manual::load_pair(&cert_file, &key_file).map_err(anyhow::Error::msg)?;
+        tracing::info!(serial = %facts.serial, names = %facts.names.join(","), sha256 = %facts.fingerprint, "serving the manual certificate");
+        let status = Arc::new(TlsStatus::new("manual", "manual", Some(facts)));
+        let slot = CertSlot::new(certified);
+        crate::tls::manual::watch(cert_file, key_file, slot.clone(), status.clone(), audit.clone());
+        crate::tls::manual::expiry_watch(status.clone(), audit.clone());
+        let tls = crate::tls::server_config(slot).context("building the TLS configuration")?;
+        return Ok((Some(Arc::new(tls)), status, None));
+    }
+    // Self-signed, and ACME's stand-in until its first certificate arrives.
+    let mut extra = config.tls.names.clone();
+    if mode == TlsMode::Acme {
+        extra.extend(config.tls.acme.domains.iter().cloned());
+    }
+    let names = self_signed::default_names(config.listen.ip(), &extra);
+    let cert = self_signed::load_or_create(store, keyring, names).await?;
+    let fp = crate::tls::fingerprint(&cert.cert_der);
+    let pem_path = config.data_dir.join("self-signed.pem");
+    std::fs::write(&pem_path, cert.cert_pem()).with_context(|| format!("cannot write {}", pem_path.display()))?;
+    let facts = crate::tls::status::CertFacts::from_der(&cert.cert_der).ok();
+    let slot = CertSlot::new(cert.certified.clone());
+    let tls = Arc::new(crate::tls::server_config(slot.clone()).context("building the TLS configuration")?);
+    if mode == TlsMode::SelfSigned {
+        tracing::info!(
+            sha256 = %fp,
+            names = %cert.names.join(","),
+            new = cert.created,
+            pem = %pem_path.display(),
+            "serving a self-signed certificate; browsers will warn until you trust it or switch to acme"
+        );
+        return Ok((Some(tls), Arc::new(TlsStatus::new("self-signed", "self-signed", facts)), None));
+    }
+    let status = Arc::new(TlsStatus::new("acme", "acme-pending", facts));
+    let parts =
+        crate::tls::acme::start(&config.tls.acme, store.clone(), keyring.clone(), slot, status.clone(), audit.clone())?;
+    crate::tls::manual::expiry_watch(status.clone(), audit.clone());
+    Ok((Some(tls), status, Some(parts)))
 }
 
 /// Creates the data directory with mode 0700 (or warns when an existing one is looser).
@@ -61,32 +118,10 @@ pub async fn open(config: Config) -> anyhow::Result<Opened> {
     drop(master);
     let hasher = PasswordHasher::new(&config.password)?;
 
-    let (tls, tls_source) = match config.tls.mode {
-        TlsMode::Off => (None, "off".to_string()),
-        TlsMode::SelfSigned => {
-            let names = self_signed::default_names(config.listen.ip(), &config.tls.names);
-            let cert = self_signed::load_or_create(&store, &keyring, names).await?;
-            let fp = crate::tls::fingerprint(&cert.cert_der);
-            let pem_path = config.data_dir.join("self-signed.pem");
-            std::fs::write(&pem_path, cert.cert_pem())
-                .with_context(|| format!("cannot write {}", pem_path.display()))?;
-            tracing::info!(
-                sha256 = %fp,
-                names = %cert.names.join(","),
-                new = cert.created,
-                pem = %pem_path.display(),
-                "serving a self-signed certificate; browsers will warn until you trust it or switch to acme"
-            );
-            let slot = CertSlot::new(cert.certified.clone());
-            let config = crate::tls::server_config(slot).context("building the TLS configuration")?;
-            (Some(Arc::new(config)), "self-signed".to_string())
-        }
-        mode => anyhow::bail!("TLS mode {} is not available in this build", mode.as_str()),
-    };
-
     let audit = crate::audit::Audit::new(store.clone(), Arc::new(crate::monitor::Monitor::new()));
     crate::monitor::prometheus();
     audit.publish_length();
+    let (tls, tls_status, acme) = open_tls(&config, &store, &keyring, &audit).await?;
     note_config_change(&store, &audit, &config).await?;
     let auth = crate::auth::AuthService::open(
         store.clone(),
@@ -127,7 +162,7 @@ pub async fn open(config: Config) -> anyhow::Result<Opened> {
         proxy: Arc::new(crate::http::proxy::Proxy::new(&config_routes)),
         vpn: Arc::new(crate::vpn::NotConfigured),
         started: Instant::now(),
-        tls_source,
+        tls: tls_status,
         metrics_token,
     });
     // A full chain check in the background, so the dashboard has a status from the start.
@@ -137,7 +172,7 @@ pub async fn open(config: Config) -> anyhow::Result<Opened> {
             tracing::info!(ok = r.ok, records = r.checked, "audit chain verified");
         }
     });
-    Ok(Opened { state, tls })
+    Ok(Opened { state, tls, acme })
 }
 
 /// Reads the Prometheus scraper token; it must be a long random string in a private file.
@@ -215,7 +250,7 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let started = Instant::now();
     let signal = shutdown_signal()?;
-    let Opened { state, tls } = open(config).await?;
+    let Opened { state, tls, acme } = open(config).await?;
     let config = state.config.clone();
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -263,7 +298,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             let http_bound = listener.local_addr().context("reading the bound address")?;
             let acceptor = TcpAcceptor::from_tokio(listener).context("preparing the listener")?;
             tracing::info!(addr = %http_bound, "plain HTTP listener redirects to https");
-            let app = crate::http::redirect::app(bound.port());
+            let app = crate::http::redirect::app(bound.port(), acme.as_ref().map(|a| a.resolver.clone()));
             let stop = wait_stop(stop_rx.clone());
             Some(tokio::spawn(async move {
                 Server::new_with_acceptor(acceptor)
@@ -280,7 +315,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         match tls {
             Some(tls) => {
                 let acceptor =
-                    crate::tls::TlsAcceptor::new(tcp, tls, Duration::from_secs(config.tls.handshake_timeout_secs));
+                    crate::tls::TlsAcceptor::new(tcp, tls, Duration::from_secs(config.tls.handshake_timeout_secs))
+                        .with_acme_challenge(acme.as_ref().map(|a| a.challenge_config.clone()));
                 log_listening("https", bound, started);
                 tokio::spawn(async move {
                     Server::new_with_acceptor(acceptor)

@@ -109,3 +109,25 @@ fn missing_config_file_is_a_clear_error() {
     let e = Config::load(Some(Path::new("/nonexistent/gate.toml")), env(&[]), &Overrides::default()).unwrap_err();
     assert!(e.0.contains("/nonexistent/gate.toml"), "{}", e.0);
 }
+
+#[test]
+fn acme_and_manual_settings_are_checked_with_the_key_named() {
+    let e = load_str("[tls]\nmode = \"acme\"\n", &[]).unwrap_err();
+    assert!(e.contains("tls.acme.domains"), "{e}");
+    let e = load_str("[tls]\nmode = \"acme\"\n[tls.acme]\ndomains = [\"10.0.0.1\"]\n", &[]).unwrap_err();
+    assert!(e.contains("not a public DNS name"), "{e}");
+    let e =
+        load_str("[tls]\nmode = \"acme\"\n[tls.acme]\ndomains = [\"a.example.org\"]\nchallenge = \"http-01\"\n", &[])
+            .unwrap_err();
+    assert!(e.contains("http_listen"), "{e}");
+    let e = load_str("[tls]\nmode = \"acme\"\n[tls.acme]\ndomains = [\"a.example.org\"]\ncontact = \"me@x\"\n", &[])
+        .unwrap_err();
+    assert!(e.contains("tls.acme.contact"), "{e}");
+    let c =
+        load_str("[tls]\nmode = \"acme\"\n[tls.acme]\ndomains = [\"a.example.org\"]\nstaging = true\n", &[]).unwrap();
+    assert_eq!(c.tls.acme.directory_url(), miauflix_gate::config::LETS_ENCRYPT_STAGING);
+    let c = load_str("[tls]\nmode = \"acme\"\n[tls.acme]\ndomains = [\"a.example.org\"]\n", &[]).unwrap();
+    assert_eq!(c.tls.acme.directory_url(), "https://acme-v02.api.letsencrypt.org/directory");
+    let e = load_str("[tls]\nmode = \"manual\"\n", &[]).unwrap_err();
+    assert!(e.contains("tls.manual.cert_file"), "{e}");
+}

@@ -29,8 +29,8 @@ pub struct AppState {
     pub proxy: Arc<proxy::Proxy>,
     pub vpn: Arc<dyn crate::vpn::VpnStatus>,
     pub started: Instant,
-    /// What the main listener serves, for status pages (e.g. "self-signed").
-    pub tls_source: String,
+    /// What the main listener serves (mode, certificate, renewal state).
+    pub tls: Arc<crate::tls::status::TlsStatus>,
     /// Bearer token a Prometheus scraper may present at `/metrics`.
     pub metrics_token: Option<zeroize::Zeroizing<String>>,
 }

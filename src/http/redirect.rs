@@ -1,7 +1,11 @@
-//! The plain-HTTP listener: every request is redirected to https with 308.
+//! The plain-HTTP listener: answers ACME HTTP-01 challenges, and redirects every other
+//! request to https with 308. Nothing else is served over plain HTTP.
 
 use poem::http::{StatusCode, header};
+use std::sync::Arc;
+
 use poem::{Endpoint, Request, Response, handler};
+use rustls_acme::ResolvesServerCertAcme;
 
 /// Host of the request without its port.
 fn host_only(req: &Request) -> Option<String> {
@@ -15,10 +19,24 @@ fn host_only(req: &Request) -> Option<String> {
     valid.then_some(host)
 }
 
-/// The redirect app for a main listener on `https_port`.
-pub fn app(https_port: u16) -> impl Endpoint {
+/// Path prefix of ACME HTTP-01 challenges.
+const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+
+/// The plain-HTTP app for a main listener on `https_port`, answering HTTP-01 challenges
+/// from `acme` when given.
+pub fn app(https_port: u16, acme: Option<Arc<ResolvesServerCertAcme>>) -> impl Endpoint {
     #[handler]
-    fn redirect(req: &Request, port: poem::web::Data<&u16>) -> Response {
+    fn plain(req: &Request, port: poem::web::Data<&u16>, acme: poem::web::Data<&Challenges>) -> Response {
+        let path = req.uri().path();
+        if let Some(token) = path.strip_prefix(CHALLENGE_PREFIX) {
+            let answer = acme.0.0.as_ref().and_then(|r| r.get_http_01_key_auth(token));
+            return match answer {
+                Some(key_auth) => {
+                    Response::builder().status(StatusCode::OK).header(header::CONTENT_TYPE, "text/plain").body(key_auth)
+                }
+                None => Response::builder().status(StatusCode::NOT_FOUND).finish(),
+            };
+        }
         let Some(host) = host_only(req) else {
             return Response::builder().status(StatusCode::BAD_REQUEST).body("missing or invalid Host header");
         };
@@ -29,5 +47,8 @@ pub fn app(https_port: u16) -> impl Endpoint {
             .header(header::LOCATION, format!("https://{authority}{path}"))
             .finish()
     }
-    poem::EndpointExt::data(redirect, https_port)
+    poem::EndpointExt::data(poem::EndpointExt::data(plain, https_port), Challenges(acme))
 }
+
+#[derive(Clone)]
+struct Challenges(Option<Arc<ResolvesServerCertAcme>>);

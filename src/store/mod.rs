@@ -196,10 +196,11 @@ impl Store {
     }
 
     /// Writes a named record of the `secrets` table (durably, through the writer).
-    pub async fn put_secret(&self, name: &'static str, bytes: Vec<u8>) -> Result<(), StoreError> {
+    pub async fn put_secret(&self, name: impl Into<String>, bytes: Vec<u8>) -> Result<(), StoreError> {
+        let name = name.into();
         self.write(move |txn| {
             let mut t = txn.open_table(tables::SECRETS)?;
-            t.insert(name, bytes.as_slice())?;
+            t.insert(name.as_str(), bytes.as_slice())?;
             Ok(())
         })
         .await

@@ -1,7 +1,10 @@
 //! The main listener's TLS: the rustls configuration the gate owns, a lazy-handshake
 //! poem `Acceptor`, and the self-signed certificate.
 
+pub mod acme;
+pub mod manual;
 pub mod self_signed;
+pub mod status;
 
 use std::future::Future;
 use std::io;
@@ -52,13 +55,29 @@ pub fn server_config(resolver: Arc<dyn ResolvesServerCert>) -> Result<ServerConf
 /// connection's own task, so a slow client never holds up `accept`.
 pub struct TlsAcceptor<A> {
     inner: A,
+    config: Arc<ServerConfig>,
     tls: tokio_rustls::TlsAcceptor,
+    /// The configuration for ACME TLS-ALPN-01 validation connections (ALPN `acme-tls/1`).
+    challenge: Option<Arc<ServerConfig>>,
     handshake_timeout: Duration,
 }
 
 impl<A> TlsAcceptor<A> {
     pub fn new(inner: A, config: Arc<ServerConfig>, handshake_timeout: Duration) -> Self {
-        TlsAcceptor { inner, tls: tokio_rustls::TlsAcceptor::from(config), handshake_timeout }
+        TlsAcceptor {
+            inner,
+            tls: tokio_rustls::TlsAcceptor::from(config.clone()),
+            config,
+            challenge: None,
+            handshake_timeout,
+        }
+    }
+
+    /// Answers TLS-ALPN-01 validation connections with `challenge`; every other client gets
+    /// the main configuration (whose ALPN list never offers `acme-tls/1`).
+    pub fn with_acme_challenge(mut self, challenge: Option<Arc<ServerConfig>>) -> Self {
+        self.challenge = challenge;
+        self
     }
 }
 
@@ -74,15 +93,30 @@ where
 
     async fn accept(&mut self) -> io::Result<(Self::Io, LocalAddr, RemoteAddr, Scheme)> {
         let (stream, local, remote, _) = self.inner.accept().await?;
-        let accept = self.tls.accept(stream);
         let timeout = self.handshake_timeout;
-        let handshake = async move {
-            match tokio::time::timeout(timeout, accept).await {
-                Ok(result) => result,
-                Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")),
+        let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out");
+        let handshake: Handshake = match &self.challenge {
+            None => {
+                let accept = self.tls.accept(stream);
+                Box::pin(
+                    async move { tokio::time::timeout(timeout, accept).await.unwrap_or_else(|_| Err(timed_out())) },
+                )
+            }
+            Some(challenge) => {
+                let (main, challenge) = (self.config.clone(), challenge.clone());
+                Box::pin(async move {
+                    let handshake = async move {
+                        let start =
+                            tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
+                        let config =
+                            if rustls_acme::is_tls_alpn_challenge(&start.client_hello()) { challenge } else { main };
+                        start.into_stream(config).await
+                    };
+                    tokio::time::timeout(timeout, handshake).await.unwrap_or_else(|_| Err(timed_out()))
+                })
             }
         };
-        Ok((LazyTls::Handshaking(Box::pin(handshake)), local, remote, Scheme::HTTPS))
+        Ok((LazyTls::Handshaking(handshake), local, remote, Scheme::HTTPS))
     }
 }
 

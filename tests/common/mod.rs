@@ -44,7 +44,7 @@ impl Gate {
         let log2 = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("listening") && line.contains("addr=") {
+                if line.contains("miauflix-gate") && line.contains("listening") && line.contains("addr=") {
                     let addr = line.split("addr=").nth(1).and_then(|s| s.split_whitespace().next()).map(str::to_string);
                     let _ = tx.send(addr);
                 }
@@ -53,7 +53,7 @@ impl Gate {
             let _ = tx.send(None);
         });
         let addr = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(Some(a)) => a.parse().expect("listen address"),
+            Ok(Some(a)) => a.parse().unwrap_or_else(|_| panic!("bad listen address {a:?}")),
             _ => {
                 let _ = child.kill();
                 panic!("gate did not start; log:\n{}", log.lock().unwrap().join("\n"));

@@ -7,6 +7,7 @@ pub mod dto;
 pub mod edge;
 pub mod keys;
 pub mod system;
+pub mod tls;
 pub mod users;
 
 use std::sync::Arc;
@@ -22,6 +23,7 @@ pub type Apis = (
     keys::KeysApi,
     edge::EdgeApi,
     audit::AuditApi,
+    tls::TlsApi,
 );
 
 pub fn apis(state: Arc<AppState>) -> Apis {
@@ -32,7 +34,8 @@ pub fn apis(state: Arc<AppState>) -> Apis {
         users::UsersApi { state: state.clone() },
         keys::KeysApi { state: state.clone() },
         edge::EdgeApi { state: state.clone() },
-        audit::AuditApi { state },
+        audit::AuditApi { state: state.clone() },
+        tls::TlsApi { state },
     )
 }
 

@@ -32,7 +32,8 @@ pub struct Readiness {
     pub store: bool,
     /// Whether a write commits within two seconds (the writer is not stalled).
     pub store_writable: bool,
-    /// What the main listener serves: `self-signed`, `acme`, `manual` or `off`.
+    /// What the main listener serves: `self-signed`, `acme`, `acme-pending` (self-signed
+    /// until the first ACME certificate arrives), `manual` or `off`.
     pub tls: String,
     /// Seconds since the gate started.
     pub uptime_secs: u64,
@@ -127,7 +128,7 @@ impl SystemApi {
             status: if ready { "ready" } else { "not-ready" }.into(),
             store,
             store_writable,
-            tls: self.state.tls_source.clone(),
+            tls: self.state.tls.get().source,
             uptime_secs: self.state.started.elapsed().as_secs(),
         };
         if ready { ReadyResponse::Ready(Json(body)) } else { ReadyResponse::NotReady(Json(body)) }
@@ -145,7 +146,10 @@ impl SystemApi {
             };
             principal.require(crate::auth::Role::Admin).map_err(crate::http::auth::fail)?;
         }
-        Ok(MetricsResponse::Ok(PlainText(crate::monitor::render(self.state.auth.active_sessions()))))
+        Ok(MetricsResponse::Ok(PlainText(crate::monitor::render(
+            self.state.auth.active_sessions(),
+            self.state.tls.expires_in(),
+        ))))
     }
 
     /// Dashboard summary: uptime, sign-in and request figures, store and audit chain.
@@ -167,7 +171,7 @@ impl SystemApi {
         Ok(Json(SystemStatus {
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_secs: self.state.started.elapsed().as_secs(),
-            tls: self.state.tls_source.clone(),
+            tls: self.state.tls.get().source,
             vpn: self.state.vpn.state().into(),
             logins_succeeded_1h: m.logins_succeeded_1h,
             logins_failed_1h: m.logins_failed_1h,

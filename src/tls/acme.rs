@@ -1,0 +1,255 @@
+//! ACME certificates with rustls-acme, cached in the store (private keys sealed by the
+//! keyring). The gate serves its self-signed certificate until the first ACME certificate
+//! arrives; renewal starts when a third of the lifetime remains (rustls-acme's schedule),
+//! with exponential backoff on failure (1 s doubling, capped at 2^16 s ≈ 18 h).
+
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use futures_util::StreamExt;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
+use rustls_acme::{AccountCache, CertCache};
+use rustls_acme::{EventError, EventOk, ResolvesServerCertAcme, UseChallenge};
+use serde::{Deserialize, Serialize};
+
+use super::self_signed::CertSlot;
+use super::status::{CertFacts, TlsStatus};
+use crate::audit::Audit;
+use crate::auth::{ClientInfo, EventKind, SecurityEvent, Severity};
+use crate::config::{AcmeChallenge, AcmeConfig};
+use crate::crypto::{FieldContext, Keyring};
+use crate::store::Store;
+
+/// What the listeners need from ACME: the challenge-aware resolver (for HTTP-01 answers)
+/// and the TLS configuration for TLS-ALPN-01 validation connections.
+pub struct AcmeParts {
+    pub resolver: Arc<ResolvesServerCertAcme>,
+    pub challenge_config: Arc<rustls::ServerConfig>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredCert {
+    /// PEM chain, leaf first.
+    chain_pem: String,
+    /// The PEM private key, sealed.
+    key_sealed: String,
+}
+
+fn record_name(kind: &str, parts: &[String], directory: &str) -> String {
+    let id = crate::crypto::sha256(format!("{}|{directory}", parts.join(",")).as_bytes());
+    format!("acme.{kind}.{}", hex::encode(&id[..12]))
+}
+
+/// Parses rustls-acme's PEM (private key first, then the chain) into a served certificate.
+pub fn parse_bundle(pem: &[u8]) -> Result<(Arc<CertifiedKey>, CertFacts), String> {
+    let key = PrivateKeyDer::from_pem_slice(pem).map_err(|e| format!("no private key in the bundle: {e}"))?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("bad certificate PEM: {e}"))?;
+    let leaf = chain.first().ok_or("no certificate in the bundle")?;
+    let facts = CertFacts::from_der(leaf)?;
+    let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key).map_err(|e| e.to_string())?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified.keys_match().map_err(|e| format!("key does not match the certificate: {e}"))?;
+    Ok((Arc::new(certified), facts))
+}
+
+/// The rustls-acme cache: certificates and the account key live in the `secrets` table.
+struct StoreCache {
+    store: Store,
+    keyring: Arc<Keyring>,
+    slot: Arc<CertSlot>,
+    status: Arc<TlsStatus>,
+}
+
+impl StoreCache {
+    /// Serves `pem` from now on and records its facts.
+    fn install(&self, pem: &[u8]) -> Result<CertFacts, String> {
+        let (certified, facts) = parse_bundle(pem)?;
+        self.slot.replace(certified);
+        let renew_at = facts.not_after - (facts.not_after - facts.not_before) / 3;
+        let f = facts.clone();
+        self.status.update(|s| {
+            s.source = "acme".into();
+            s.cert = Some(f);
+            s.renew_at = Some(renew_at);
+        });
+        Ok(facts)
+    }
+}
+
+#[async_trait::async_trait]
+impl CertCache for StoreCache {
+    type EC = String;
+
+    async fn load_cert(&self, domains: &[String], directory_url: &str) -> Result<Option<Vec<u8>>, String> {
+        let name = record_name("cert", domains, directory_url);
+        let Some(bytes) = self.store.get_secret(&name).map_err(|e| e.to_string())? else { return Ok(None) };
+        let rec: StoredCert = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+        let sealed = B64.decode(&rec.key_sealed).map_err(|e| e.to_string())?;
+        let key = self
+            .keyring
+            .decrypt(&FieldContext::new("secrets", "private_key", &name), &sealed)
+            .map_err(|e| e.to_string())?;
+        let mut pem = key.to_vec();
+        pem.extend_from_slice(b"\n");
+        pem.extend_from_slice(rec.chain_pem.as_bytes());
+        match self.install(&pem) {
+            Ok(facts) => {
+                tracing::info!(serial = %facts.serial, not_after = facts.not_after, "serving the cached ACME certificate");
+                Ok(Some(pem))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the cached ACME certificate is unusable; ordering a new one");
+                Ok(None)
+            }
+        }
+    }
+
+    async fn store_cert(&self, domains: &[String], directory_url: &str, cert: &[u8]) -> Result<(), String> {
+        // Serve it first: a failure to cache must not keep the new certificate off the wire.
+        self.install(cert)?;
+        let name = record_name("cert", domains, directory_url);
+        let text = std::str::from_utf8(cert).map_err(|e| e.to_string())?;
+        let chain_start = text.find("-----BEGIN CERTIFICATE-----").ok_or("no certificate in the bundle")?;
+        let (key_pem, chain_pem) = text.split_at(chain_start);
+        let sealed = self
+            .keyring
+            .encrypt(&FieldContext::new("secrets", "private_key", &name), key_pem.as_bytes())
+            .map_err(|e| e.to_string())?;
+        let rec = StoredCert { chain_pem: chain_pem.to_string(), key_sealed: B64.encode(sealed) };
+        let bytes = serde_json::to_vec(&rec).map_err(|e| e.to_string())?;
+        self.store.put_secret(name, bytes).await.map_err(|e| e.to_string())
+    }
+}
+
+#[async_trait::async_trait]
+impl AccountCache for StoreCache {
+    type EA = String;
+
+    async fn load_account(&self, contact: &[String], directory_url: &str) -> Result<Option<Vec<u8>>, String> {
+        let name = record_name("account", contact, directory_url);
+        let Some(sealed) = self.store.get_secret(&name).map_err(|e| e.to_string())? else { return Ok(None) };
+        let key = self
+            .keyring
+            .decrypt(&FieldContext::new("secrets", "private_key", &name), &sealed)
+            .map_err(|e| e.to_string())?;
+        Ok(Some(key.to_vec()))
+    }
+
+    async fn store_account(&self, contact: &[String], directory_url: &str, account: &[u8]) -> Result<(), String> {
+        let name = record_name("account", contact, directory_url);
+        let sealed = self
+            .keyring
+            .encrypt(&FieldContext::new("secrets", "private_key", &name), account)
+            .map_err(|e| e.to_string())?;
+        self.store.put_secret(name, sealed).await.map_err(|e| e.to_string())
+    }
+}
+
+/// The client configuration for talking to the ACME server: the public web roots plus
+/// `ca_roots` (a private CA, or Pebble in tests).
+fn client_config(cfg: &AcmeConfig) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for path in &cfg.ca_roots {
+        let pem = std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        let mut n = 0;
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| anyhow::anyhow!("{} is not PEM: {e}", path.display()))?;
+            roots.add(cert).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            n += 1;
+        }
+        if n == 0 {
+            anyhow::bail!("{} holds no certificate", path.display());
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(super::crypto_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Starts the ACME driver: loads the cached certificate and account, orders when needed,
+/// renews on schedule, and reports every outcome as an audit event.
+pub fn start(
+    cfg: &AcmeConfig,
+    store: Store,
+    keyring: Arc<Keyring>,
+    slot: Arc<CertSlot>,
+    status: Arc<TlsStatus>,
+    audit: Audit,
+) -> anyhow::Result<AcmeParts> {
+    let client = client_config(cfg)?;
+    let cache = StoreCache { store, keyring, slot, status: status.clone() };
+    let mut acme = rustls_acme::AcmeConfig::new_with_client_config(&cfg.domains, client)
+        .directory(cfg.directory_url())
+        .challenge_type(match cfg.challenge {
+            AcmeChallenge::TlsAlpn01 => UseChallenge::TlsAlpn01,
+            AcmeChallenge::Http01 => UseChallenge::Http01,
+        })
+        .cache(cache);
+    if let Some(contact) = &cfg.contact {
+        acme = acme.contact_push(contact);
+    }
+    let mut state = acme.state();
+    let resolver = state.resolver();
+    let challenge_config = state.challenge_rustls_config_with_provider(Arc::new(super::crypto_provider()));
+    let domains = cfg.domains.join(",");
+    tracing::info!(
+        domains = %domains,
+        directory = %cfg.directory_url(),
+        "ACME enabled; serving the self-signed certificate until the first ACME certificate arrives"
+    );
+    tokio::spawn(async move {
+        let client = ClientInfo { ip: "local".into(), ..Default::default() };
+        let mut have_acme_cert = false;
+        while let Some(event) = state.next().await {
+            let now = crate::auth::now();
+            match event {
+                Ok(EventOk::DeployedCachedCert) => have_acme_cert = true,
+                Ok(EventOk::DeployedNewCert) => {
+                    status.update(|s| {
+                        s.last_attempt = Some(now);
+                        s.last_error = None;
+                    });
+                    let info = status.get();
+                    let kind =
+                        if have_acme_cert { EventKind::CertificateRenewed } else { EventKind::CertificateIssued };
+                    have_acme_cert = true;
+                    let mut ev = SecurityEvent::new(kind, Severity::Info, &client).actor("system").target(&domains);
+                    if let Some(c) = &info.cert {
+                        ev = ev.detail("serial", &c.serial).detail("not_after", c.not_after.to_string());
+                        tracing::info!(serial = %c.serial, not_after = c.not_after, "new ACME certificate deployed");
+                    }
+                    audit.record_background(ev);
+                }
+                Ok(EventOk::CertCacheStore) | Ok(EventOk::AccountCacheStore) => {}
+                Err(EventError::Order(e)) => {
+                    let msg = crate::auth::events::sanitize(&e.to_string(), 300);
+                    tracing::warn!(error = %msg, "ACME order failed; retrying with backoff");
+                    status.update(|s| {
+                        s.last_attempt = Some(now);
+                        s.last_error = Some(msg.clone());
+                    });
+                    audit.record_background(
+                        SecurityEvent::new(EventKind::CertificateRenewalFailed, Severity::Warning, &client)
+                            .actor("system")
+                            .target(&domains)
+                            .detail("error", msg),
+                    );
+                }
+                Err(e) => {
+                    let msg = crate::auth::events::sanitize(&e.to_string(), 300);
+                    tracing::error!(error = %msg, "ACME certificate cache failed");
+                    status.update(|s| s.last_error = Some(msg));
+                }
+            }
+        }
+    });
+    Ok(AcmeParts { resolver, challenge_config })
+}
