@@ -30,7 +30,7 @@ lint:
     cargo clippy --all-targets --features e2e -- -D warnings
 
 # Benchmarks (print figures)
-bench: bench-auth bench-proxy bench-audit
+bench: bench-auth bench-proxy bench-audit bench-tls
 
 # Logins/s, refreshes/s, authenticated GET latency, and latency under a login flood
 bench-auth:
@@ -45,3 +45,8 @@ bench-proxy:
 # Audit log: events/s with group commit vs one commit per event; newest-100 query over 1,000,000 events.
 bench-audit:
     cargo bench --bench audit
+
+# Full TLS handshakes/s: the gate vs nginx (Mozilla intermediate) with the same certificate.
+bench-tls:
+    command -v nginx >/dev/null && command -v curl >/dev/null || (apt-get update -qq && apt-get install -y -qq nginx curl openssl)
+    bash benches/tls.sh
