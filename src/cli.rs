@@ -1,4 +1,6 @@
-//! The command line: `serve` (default), `config check`, `healthcheck`.
+//! The command line: `serve` (default), `config check`, `healthcheck`, and the admin
+//! commands (`user`, `sessions`, `keys`, `audit`, `backup`, `restore`, `vpn`), which go to the
+//! running gate over its admin socket, or open the store directly when no gate runs.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,11 +8,23 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use crate::admin::Request;
 use crate::config::{Config, ConfigError, LogFormat, Overrides};
 
+/// `--version`: the crate version and the git commit it was built from
+/// (`MIAUFLIX_GIT_COMMIT` at build time, set by `just release`).
+pub static VERSION: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| match option_env!("MIAUFLIX_GIT_COMMIT") {
+        Some(c) if !c.is_empty() => format!("{} (commit {c})", env!("CARGO_PKG_VERSION")),
+        _ => format!("{} (commit unknown)", env!("CARGO_PKG_VERSION")),
+    });
+
 #[derive(Debug, Parser)]
-#[command(name = "miauflix-gate", version, about = "The security gate in front of a Miauflix media server")]
+#[command(name = "miauflix-gate", version = VERSION.as_str(), about = "The security gate in front of a Miauflix media server")]
 pub struct Cli {
+    /// Machine-readable output (JSON) for admin commands.
+    #[arg(long, global = true)]
+    pub json: bool,
     /// TOML configuration file.
     #[arg(long, global = true, env = "MIAUFLIX_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -36,12 +50,37 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    /// Key management (run while the gate is stopped).
+    /// Users, by email (through the running gate, or the data file when it is stopped).
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Sessions of a user.
+    Sessions {
+        #[command(subcommand)]
+        command: SessionsCommand,
+    },
+    /// A consistent snapshot of the data file, written 0600 (the master key is not in it).
+    Backup {
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Replace the data file with a backup (gate stopped; the replaced file is kept aside).
+    Restore {
+        #[arg(long, value_name = "FILE")]
+        from: PathBuf,
+    },
+    /// The WireGuard supervisor.
+    Vpn {
+        #[command(subcommand)]
+        command: VpnCommand,
+    },
+    /// Key management.
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
     },
-    /// The audit log (run while the gate is stopped; use the API while it runs).
+    /// The audit log.
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
@@ -58,6 +97,77 @@ pub enum Command {
 pub enum KeysCommand {
     /// New field-encryption key and JWT signing key; re-encrypts every encrypted field.
     Rotate,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user; the password is read from standard input.
+    Add {
+        #[arg(long)]
+        email: String,
+        /// admin | user | guest
+        #[arg(long, default_value = "user")]
+        role: String,
+        #[arg(long)]
+        display_name: Option<String>,
+    },
+    /// Every user.
+    List,
+    /// Change a user's role.
+    SetRole {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        role: String,
+    },
+    /// Disable a user (their sessions end at once).
+    Disable {
+        #[arg(long)]
+        email: String,
+    },
+    /// Enable a disabled user.
+    Enable {
+        #[arg(long)]
+        email: String,
+    },
+    /// Set a new password (read from standard input); signs the user out everywhere.
+    ResetPassword {
+        #[arg(long)]
+        email: String,
+    },
+    /// Lift a sign-in lockout.
+    Unlock {
+        #[arg(long)]
+        email: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionsCommand {
+    /// A user's live sessions.
+    List {
+        #[arg(long)]
+        email: String,
+    },
+    /// End one session (`--session ID`) or all of a user's sessions.
+    Revoke {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        session: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VpnCommand {
+    /// Tunnel state.
+    Status,
+    /// Store the WireGuard private key (read from standard input).
+    SetKey,
+    /// Reconnect now.
+    Reconnect,
+    /// Stop supervising the tunnel.
+    Disable,
 }
 
 #[derive(Debug, Subcommand)]
@@ -108,8 +218,7 @@ pub fn run() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::Keys { command: KeysCommand::Rotate } => {
-            init_logging(&config);
+        Command::Restore { from } => {
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(r) => r,
                 Err(e) => {
@@ -117,11 +226,13 @@ pub fn run() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(crate::maintenance::rotate_keys(&config)) {
-                Ok(r) => {
+            match runtime.block_on(crate::maintenance::restore(&config, &from)) {
+                Ok(aside) => {
                     println!(
-                        "rotated: data key {} is active, signing key {} signs, {} encrypted field(s) re-encrypted",
-                        r.data_key_id, r.signing_kid, r.reencrypted_fields
+                        "restored {} into {}; the replaced data file is kept at {}",
+                        from.display(),
+                        config.store_path().display(),
+                        aside.map(|p| p.display().to_string()).unwrap_or_else(|| "(there was none)".into())
                     );
                     ExitCode::SUCCESS
                 }
@@ -131,59 +242,12 @@ pub fn run() -> ExitCode {
                 }
             }
         }
-        Command::Audit { command } => {
-            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("miauflix-gate: cannot start runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            let result = runtime.block_on(async {
-                match command {
-                    AuditCommand::Verify => {
-                        let r = crate::maintenance::audit_verify(&config).await?;
-                        if r.ok {
-                            println!("audit chain verifies: records {}..{} ({} checked)", r.first, r.last, r.checked);
-                        } else {
-                            anyhow::bail!(
-                                "audit chain broken at record {} ({}); records {}..{} before it verify",
-                                r.first_bad.unwrap_or(0),
-                                r.reason.unwrap_or_default(),
-                                r.first,
-                                r.first_bad.unwrap_or(1).saturating_sub(1)
-                            );
-                        }
-                        Ok(())
-                    }
-                    AuditCommand::Export { since, until, out } => {
-                        let n = match out {
-                            Some(path) => {
-                                let file = std::fs::File::create(&path)
-                                    .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
-                                let mut w = std::io::BufWriter::new(file);
-                                crate::maintenance::audit_export(&config, since.as_deref(), until.as_deref(), &mut w)
-                                    .await?
-                            }
-                            None => {
-                                let mut w = std::io::BufWriter::new(std::io::stdout().lock());
-                                crate::maintenance::audit_export(&config, since.as_deref(), until.as_deref(), &mut w)
-                                    .await?
-                            }
-                        };
-                        eprintln!("exported {n} record(s)");
-                        Ok(())
-                    }
-                }
-            });
-            match result {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("miauflix-gate: {}", format!("{e:#}").replace('\n', " "));
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        cmd @ (Command::User { .. }
+        | Command::Sessions { .. }
+        | Command::Backup { .. }
+        | Command::Vpn { .. }
+        | Command::Keys { .. }
+        | Command::Audit { .. }) => admin_command(&config, cmd, cli.json),
         Command::Healthcheck { timeout } => {
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(r) => r,
@@ -233,4 +297,275 @@ fn init_logging(config: &Config) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.with_ansi(false).try_init(),
     };
+}
+
+/// Reads a password from standard input (one line; the trailing newline is dropped).
+fn read_secret(what: &str) -> anyhow::Result<String> {
+    use std::io::{IsTerminal, Read};
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("{what} (input is visible; pipe it in to avoid that): ");
+    }
+    let mut text = String::new();
+    stdin.lock().take(4096).read_to_string(&mut text)?;
+    let line = text.lines().next().unwrap_or("").to_string();
+    zeroize::Zeroize::zeroize(&mut text);
+    if line.is_empty() {
+        anyhow::bail!("no {what} on standard input");
+    }
+    Ok(line)
+}
+
+/// Builds the admin request (and where its payload goes) from a CLI command.
+fn admin_request(cmd: Command) -> anyhow::Result<(Request, Option<PathBuf>)> {
+    let mut req = Request::default();
+    let mut out = None;
+    let mut set = |k: &str, v: String| {
+        req.args.insert(k.to_string(), v);
+    };
+    let cmd_name = match cmd {
+        Command::User { command } => match command {
+            UserCommand::Add { email, role, display_name } => {
+                set("email", email);
+                set("role", role);
+                if let Some(d) = display_name {
+                    set("display_name", d);
+                }
+                req.secret = Some(read_secret("password")?);
+                "user.add"
+            }
+            UserCommand::List => "user.list",
+            UserCommand::SetRole { email, role } => {
+                set("email", email);
+                set("role", role);
+                "user.set-role"
+            }
+            UserCommand::Disable { email } => {
+                set("email", email);
+                "user.disable"
+            }
+            UserCommand::Enable { email } => {
+                set("email", email);
+                "user.enable"
+            }
+            UserCommand::ResetPassword { email } => {
+                set("email", email);
+                req.secret = Some(read_secret("new password")?);
+                "user.reset-password"
+            }
+            UserCommand::Unlock { email } => {
+                set("email", email);
+                "user.unlock"
+            }
+        },
+        Command::Sessions { command } => match command {
+            SessionsCommand::List { email } => {
+                set("email", email);
+                "sessions.list"
+            }
+            SessionsCommand::Revoke { email, session } => {
+                set("email", email);
+                if let Some(s) = session {
+                    set("session", s);
+                }
+                "sessions.revoke"
+            }
+        },
+        Command::Backup { out: path } => {
+            out = Some(path);
+            "backup"
+        }
+        Command::Vpn { command } => match command {
+            VpnCommand::Status => "vpn.status",
+            VpnCommand::SetKey => {
+                req.secret = Some(read_secret("WireGuard private key")?);
+                "vpn.set-key"
+            }
+            VpnCommand::Reconnect => "vpn.reconnect",
+            VpnCommand::Disable => "vpn.disable",
+        },
+        Command::Keys { command: KeysCommand::Rotate } => "keys.rotate",
+        Command::Audit { command: AuditCommand::Verify } => "audit.verify",
+        Command::Audit { command: AuditCommand::Export { since, until, out: path } } => {
+            if let Some(s) = since {
+                set("since", s);
+            }
+            if let Some(u) = until {
+                set("until", u);
+            }
+            out = path;
+            "audit.export"
+        }
+        _ => anyhow::bail!("not an admin command"),
+    };
+    req.cmd = cmd_name.to_string();
+    Ok((req, out))
+}
+
+/// Where a payload goes: a new 0600 file, or standard output.
+fn payload_sink(out: Option<&PathBuf>) -> anyhow::Result<Box<dyn std::io::Write>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    Ok(match out {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout())),
+    })
+}
+
+async fn run_admin(config: &Config, req: &Request, out: Option<&PathBuf>) -> anyhow::Result<(serde_json::Value, bool)> {
+    use tokio::io::AsyncReadExt;
+    let sock = config.data_dir.join(crate::admin::SOCKET);
+    if let Some((resp, mut reader)) = crate::admin::socket::send(&sock, req).await? {
+        if !resp.ok {
+            anyhow::bail!("{}", resp.error.unwrap_or_else(|| "the command failed".into()));
+        }
+        if resp.payload_bytes > 0 {
+            let mut sink = payload_sink(out)?;
+            let mut left = resp.payload_bytes;
+            let mut buf = vec![0u8; 64 * 1024];
+            while left > 0 {
+                let want = buf.len().min(left as usize);
+                let n = reader.read(&mut buf[..want]).await?;
+                if n == 0 {
+                    anyhow::bail!("the gate ended the transfer early");
+                }
+                sink.write_all(&buf[..n])?;
+                left -= n as u64;
+            }
+            sink.flush()?;
+        }
+        return Ok((resp.data, true));
+    }
+    // No gate answers: open the data file directly and run the same command.
+    let core = crate::admin::AdminCore::open_offline(config.clone()).await?;
+    let result = crate::admin::execute(&core, req, crate::admin::socket::own_uid()).await;
+    let outcome = match result {
+        Err(e) => Err(anyhow::anyhow!("{e}")),
+        Ok((data, payload)) => {
+            let written = match payload {
+                None => Ok(()),
+                Some(crate::admin::Payload::Bytes(bytes)) => {
+                    payload_sink(out).and_then(|mut s| s.write_all(&bytes).and_then(|_| s.flush()).map_err(Into::into))
+                }
+                Some(crate::admin::Payload::TempFile(path)) => {
+                    let r = payload_sink(out).and_then(|mut s| {
+                        let mut f = std::fs::File::open(&path)?;
+                        std::io::copy(&mut f, &mut s)?;
+                        s.flush().map_err(Into::into)
+                    });
+                    let _ = std::fs::remove_file(&path);
+                    r
+                }
+            };
+            written.map(|_| (data, false))
+        }
+    };
+    core.store.close().await;
+    outcome
+}
+
+fn admin_command(config: &Config, cmd: Command, json: bool) -> ExitCode {
+    let fail = |e: anyhow::Error| {
+        eprintln!("miauflix-gate: {}", format!("{e:#}").replace('\n', " "));
+        ExitCode::FAILURE
+    };
+    let (req, out) = match admin_request(cmd) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return fail(e.into()),
+    };
+    let (data, online) = match runtime.block_on(run_admin(config, &req, out.as_ref())) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    if json {
+        println!("{data}");
+    } else {
+        print_human(&req.cmd, &data, out.as_ref(), config, online);
+    }
+    if req.cmd == "audit.verify" && data["ok"] != true {
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+fn print_human(cmd: &str, d: &serde_json::Value, out: Option<&PathBuf>, config: &Config, online: bool) {
+    let user_line = |u: &serde_json::Value| {
+        format!(
+            "{:<32} {:<6} {:<9} {}",
+            u["email"].as_str().unwrap_or(""),
+            u["role"].as_str().unwrap_or(""),
+            if u["disabled"] == true { "disabled" } else { "enabled" },
+            u["id"].as_str().unwrap_or("")
+        )
+    };
+    match cmd {
+        "user.list" => {
+            println!("{:<32} {:<6} {:<9} id", "email", "role", "state");
+            for u in d.as_array().into_iter().flatten() {
+                println!("{}", user_line(u));
+            }
+        }
+        "user.add" | "user.set-role" | "user.disable" | "user.enable" => println!("{}", user_line(d)),
+        "user.reset-password" => println!(
+            "password set for {}; {} session(s) ended",
+            d["email"].as_str().unwrap_or(""),
+            d["sessionsRevoked"]
+        ),
+        "user.unlock" => println!(
+            "{}: {}",
+            d["email"].as_str().unwrap_or(""),
+            if d["wasLocked"] == true { "unlocked" } else { "was not locked" }
+        ),
+        "sessions.list" => {
+            for s in d.as_array().into_iter().flatten() {
+                println!(
+                    "{}  last used {}  from {}",
+                    s["id"].as_str().unwrap_or(""),
+                    s["lastUsedAt"],
+                    s["ip"].as_str().unwrap_or("")
+                );
+            }
+        }
+        "sessions.revoke" => println!("{} session(s) of {} ended", d["revoked"], d["email"].as_str().unwrap_or("")),
+        "keys.rotate" => println!(
+            "rotated: data key {} is active, signing key {} signs, {} encrypted field(s) re-encrypted{}",
+            d["dataKey"],
+            d["signingKid"].as_str().unwrap_or(""),
+            d["reencrypted"],
+            if online { " (live in the running gate)" } else { "" }
+        ),
+        "audit.verify" => {
+            if d["ok"] == true {
+                println!("audit chain verifies: records {}..{} ({} checked)", d["first"], d["last"], d["checked"]);
+            } else {
+                eprintln!(
+                    "miauflix-gate: audit chain broken at record {} ({}); records {}..{} before it verify",
+                    d["firstBad"],
+                    d["reason"].as_str().unwrap_or(""),
+                    d["first"],
+                    d["firstBad"].as_u64().unwrap_or(1).saturating_sub(1)
+                );
+            }
+        }
+        "audit.export" => eprintln!("exported {} record(s)", d["records"]),
+        "backup" => println!(
+            "backup written to {} ({} bytes, 0600). The master key is NOT in it: keep {} safe; restore needs it.",
+            out.map(|p| p.display().to_string()).unwrap_or_default(),
+            d["bytes"],
+            config.master_key_path().display()
+        ),
+        "vpn.status" => println!("vpn: {}", d["state"].as_str().unwrap_or("unknown")),
+        _ => println!("{d}"),
+    }
 }

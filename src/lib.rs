@@ -1,6 +1,7 @@
 //! miauflix-gate: one binary that owns every security layer in front of a Miauflix
 //! media server. See ARCHITECTURE.md for the code map.
 
+pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod cli;

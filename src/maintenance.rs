@@ -1,7 +1,5 @@
-//! Offline maintenance commands that open the data file directly (the gate must be stopped:
-//! redb allows one process at a time, and the lock error says so).
-
-use std::sync::Arc;
+//! Maintenance on the data file: key rotation (run by the admin commands, online or
+//! offline) and restore from a backup (gate stopped).
 
 use anyhow::Context;
 
@@ -19,94 +17,107 @@ pub struct RotationReport {
     pub reencrypted_fields: usize,
 }
 
-fn open_existing(config: &Config) -> anyhow::Result<(Store, MasterKey)> {
-    let key_path = config.master_key_path();
-    let store_path = config.store_path();
-    if !store_path.exists() {
-        anyhow::bail!("no data file at {}; start the gate once first", store_path.display());
+/// The rotation itself, on an open store (the running gate calls it through the admin
+/// socket, then reloads its signing keys).
+pub async fn rotate_with(
+    store: &Store,
+    keyring: &Keyring,
+    master: &MasterKey,
+    access_ttl: i64,
+) -> anyhow::Result<RotationReport> {
+    let data_key_id = keyring.add_key(store, master).await?;
+    let signing_kid = SigningKeys::rotate(store, keyring, access_ttl).await.context("rotating the signing key")?;
+    let mut n = SigningKeys::reencrypt(store, keyring).await.context("re-encrypting signing keys")?;
+    if crate::tls::self_signed::reencrypt(store, keyring).await.context("re-encrypting the TLS key")? {
+        n += 1;
     }
-    if !key_path.exists() {
-        anyhow::bail!("master key file {} is missing", key_path.display());
-    }
-    let master = MasterKey::load_or_create(&key_path)?;
-    let store = Store::open(&store_path).map_err(|e| match e {
-        StoreError::Locked(p) => anyhow::anyhow!("data file {} is in use; stop the gate first", p.display()),
-        other => other.into(),
-    })?;
-    Ok((store, master))
+    SecurityEvent::new(
+        EventKind::KeysRotated,
+        Severity::Info,
+        &ClientInfo { ip: "local".into(), ..Default::default() },
+    )
+    .actor("cli")
+    .detail("data_key", data_key_id.to_string())
+    .detail("signing_kid", signing_kid.clone())
+    .record(&crate::audit::Audit::new(store.clone(), Default::default()))
+    .await;
+    Ok(RotationReport { data_key_id, signing_kid, reencrypted_fields: n })
 }
 
-/// Makes a new field-encryption key and a new JWT signing key, and re-encrypts every
-/// encrypted field with the new data key. Old keys stay in the rings: the old data key
-/// still decrypts, the old signing key verifies until its tokens expire.
-pub async fn rotate_keys(config: &Config) -> anyhow::Result<RotationReport> {
-    let (store, master) = open_existing(config)?;
-    let result = async {
-        let keyring = Arc::new(Keyring::load_or_init(&store, &master).await?);
-        let data_key_id = keyring.add_key(&store, &master).await?;
-        let signing_kid = SigningKeys::rotate(&store, &keyring, config.auth.access_ttl_secs)
-            .await
-            .context("rotating the signing key")?;
-        let mut n = SigningKeys::reencrypt(&store, &keyring).await.context("re-encrypting signing keys")?;
-        if crate::tls::self_signed::reencrypt(&store, &keyring).await.context("re-encrypting the TLS key")? {
-            n += 1;
+/// Replaces the data file with `from` after checking it: redb integrity, schema version
+/// (newer is refused), a keyring the current master key unwraps, and an audit chain that
+/// verifies. The gate must be stopped. Returns where the replaced file was kept.
+pub async fn restore(config: &Config, from: &std::path::Path) -> anyhow::Result<Option<std::path::PathBuf>> {
+    let store_path = config.store_path();
+    let sock = config.data_dir.join(crate::admin::SOCKET);
+    if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
+        anyhow::bail!("the gate is running; stop it first (restore replaces its data file)");
+    }
+    if store_path.exists() {
+        match Store::open(&store_path) {
+            Err(StoreError::Locked(_)) => {
+                anyhow::bail!("data file {} is in use; stop the gate first", store_path.display())
+            }
+            Ok(s) => s.close().await,
+            Err(_) => {} // a broken current file may well be why we restore
         }
-        SecurityEvent::new(
-            EventKind::KeysRotated,
-            Severity::Info,
-            &ClientInfo { ip: "local".into(), ..Default::default() },
-        )
-        .actor("cli")
-        .detail("data_key", data_key_id.to_string())
-        .detail("signing_kid", signing_kid.clone())
-        .record(&crate::audit::Audit::new(store.clone(), Default::default()))
+    }
+    if !from.is_file() {
+        anyhow::bail!("{} is not a file", from.display());
+    }
+    let key_path = config.master_key_path();
+    if !key_path.exists() {
+        anyhow::bail!(
+            "master key file {} is missing; restore needs the key that belongs to the backup",
+            key_path.display()
+        );
+    }
+    crate::server::prepare_data_dir(config)?;
+    let staging = config.data_dir.join(".restore-check.redb");
+    let _ = std::fs::remove_file(&staging);
+    std::fs::copy(from, &staging).with_context(|| format!("cannot copy {}", from.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600))?;
+    let checked = async {
+        let store = Store::open(&staging).map_err(|e| anyhow::anyhow!("the backup is not usable: {e}"))?;
+        let result = async {
+            let has_keys = store.read(|txn| {
+                use redb::ReadableTableMetadata;
+                Ok(txn.open_table(crate::store::tables::KEYRING)?.len()? > 0)
+            })?;
+            if !has_keys {
+                anyhow::bail!("the backup holds no keyring; it is not a miauflix-gate backup");
+            }
+            let master = MasterKey::load_or_create(&key_path)?;
+            Keyring::load_or_init(&store, &master).await.map_err(|_| {
+                anyhow::anyhow!(
+                    "the current master key ({}) cannot decrypt this backup; put the key that belongs to it in place first",
+                    key_path.display()
+                )
+            })?;
+            let report = crate::audit::Audit::new(store.clone(), Default::default()).verify()?;
+            if !report.ok {
+                anyhow::bail!("the backup's audit chain does not verify (record {:?})", report.first_bad);
+            }
+            Ok(())
+        }
         .await;
-        Ok::<_, anyhow::Error>(RotationReport { data_key_id, signing_kid, reencrypted_fields: n })
+        store.close().await;
+        result
     }
     .await;
-    store.close().await;
-    result
-}
-
-fn open_store_only(config: &Config) -> anyhow::Result<Store> {
-    let store_path = config.store_path();
-    if !store_path.exists() {
-        anyhow::bail!("no data file at {}; start the gate once first", store_path.display());
+    if let Err(e) = checked {
+        let _ = std::fs::remove_file(&staging);
+        return Err(e);
     }
-    Store::open(&store_path).map_err(|e| match e {
-        StoreError::Locked(p) => anyhow::anyhow!("data file {} is in use; stop the gate first", p.display()),
-        other => other.into(),
-    })
-}
-
-/// `audit verify`: recomputes the hash chain of the stopped gate's data file.
-pub async fn audit_verify(config: &Config) -> anyhow::Result<crate::audit::VerifyReport> {
-    let store = open_store_only(config)?;
-    let audit = crate::audit::Audit::new(store.clone(), Default::default());
-    let report = audit.verify();
-    store.close().await;
-    Ok(report?)
-}
-
-/// `audit export`: writes records in `[since, until]` as JSON Lines.
-pub async fn audit_export(
-    config: &Config,
-    since: Option<&str>,
-    until: Option<&str>,
-    out: &mut impl std::io::Write,
-) -> anyhow::Result<u64> {
-    let parse = |name: &str, v: Option<&str>| -> anyhow::Result<Option<i64>> {
-        v.map(|v| {
-            time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
-                .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
-                .map_err(|_| anyhow::anyhow!("--{name} must be an RFC 3339 time such as 2026-11-29T08:00:00Z"))
-        })
-        .transpose()
+    let aside = if store_path.exists() {
+        let aside = config.data_dir.join(format!("gate.redb.before-restore-{}", crate::auth::now()));
+        std::fs::rename(&store_path, &aside).with_context(|| format!("cannot move {} aside", store_path.display()))?;
+        Some(aside)
+    } else {
+        None
     };
-    let (since, until) = (parse("since", since)?, parse("until", until)?);
-    let store = open_store_only(config)?;
-    let audit = crate::audit::Audit::new(store.clone(), Default::default());
-    let n = crate::http::api::audit::export_lines(&audit, since, until, out);
-    store.close().await;
-    n
+    std::fs::rename(&staging, &store_path)
+        .with_context(|| format!("cannot put the backup at {}", store_path.display()))?;
+    Ok(aside)
 }

@@ -287,6 +287,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             }
         })
     };
+    // Admin commands from the CLI (root and the service user only).
+    let admin_path = config.data_dir.join(crate::admin::SOCKET);
+    let admin = crate::admin::socket::serve(crate::admin::AdminCore::from_state(&state), admin_path.clone())?;
     let grace = Some(Duration::from_secs(config.http.shutdown_grace_secs));
     let idle = Duration::from_secs(config.http.idle_timeout_secs);
     let app = build_app(state.clone());
@@ -343,6 +346,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     evictor.abort();
     pruner.abort();
+    admin.abort();
+    let _ = std::fs::remove_file(&admin_path);
     state.store.close().await;
     tracing::info!("stopped cleanly");
     match main_result {

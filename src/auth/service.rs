@@ -465,6 +465,12 @@ impl AuthService {
         Ok(UserView::from(&rec))
     }
 
+    /// The user with this email (normalised), for the admin CLI.
+    pub fn user_by_email(&self, email: &str) -> Result<UserView, AuthError> {
+        let email = normalize_email(email).map_err(|e| AuthError::Invalid(e.into()))?;
+        self.find_user_by_email(&email)?.map(|u| UserView::from(&u)).ok_or(AuthError::NotFound)
+    }
+
     fn find_user_by_email(&self, email: &str) -> Result<Option<UserRecord>, StoreError> {
         self.store.read(|txn| {
             let emails = txn.open_table(tables::USER_EMAILS)?;

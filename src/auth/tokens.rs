@@ -174,6 +174,16 @@ impl SigningKeys {
         Ok(kid)
     }
 
+    /// Re-reads the keys from the store (after a rotation by the running gate).
+    pub fn reload(&self, store: &Store, keyring: &Keyring) -> Result<(), KeyError> {
+        let stored = read_stored(store)?;
+        let keys = stored.iter().map(|k| load_key(k, keyring)).collect::<Result<Vec<_>, _>>()?;
+        if let Ok(mut k) = self.keys.write() {
+            *k = keys;
+        }
+        Ok(())
+    }
+
     /// Re-encrypts every private key with the keyring's active key.
     pub async fn reencrypt(store: &Store, keyring: &Keyring) -> Result<usize, KeyError> {
         let mut stored = read_stored(store)?;

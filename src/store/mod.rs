@@ -206,6 +206,47 @@ impl Store {
         .await
     }
 
+    /// Writes a consistent snapshot of every table to a new redb file at `dest` (created
+    /// 0600): one read transaction copied out, so concurrent writes neither block nor tear it.
+    pub fn backup_to(&self, dest: &Path) -> Result<u64, StoreError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let open_err = |e: std::io::Error| StoreError::Open { path: dest.to_path_buf(), reason: e.to_string() };
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(dest).map_err(open_err)?;
+        let out =
+            Database::create(dest).map_err(|e| StoreError::Open { path: dest.to_path_buf(), reason: e.to_string() })?;
+        let src = self.inner.db.begin_read()?;
+        let dst = out.begin_write()?;
+        let mut rows = 0u64;
+        macro_rules! copy {
+            ($($t:expr),* $(,)?) => {$({
+                let s = src.open_table($t)?;
+                let mut d = dst.open_table($t)?;
+                for row in s.iter()? {
+                    let (k, v) = row?;
+                    d.insert(k.value(), v.value())?;
+                    rows += 1;
+                }
+            })*};
+        }
+        use redb::ReadableTable;
+        copy!(
+            tables::META,
+            tables::KEYRING,
+            tables::SECRETS,
+            tables::USERS,
+            tables::USER_EMAILS,
+            tables::SESSIONS,
+            tables::USER_SESSIONS,
+            tables::REFRESH_TOKENS,
+            tables::SESSION_REFRESH,
+            tables::AUDIT,
+            tables::AUDIT_META,
+            tables::AUDIT_BY_SUBJECT,
+        );
+        dst.commit()?;
+        Ok(rows)
+    }
+
     /// Whether the store answers a read.
     pub fn ping(&self) -> bool {
         self.read(|txn| {

@@ -1,0 +1,292 @@
+//! Admin commands against a running gate. redb admits one process at a time, so the CLI
+//! sends each command over the Unix socket `<data>/admin.sock` to the gate, which runs it on
+//! its own store; when no gate runs, the CLI opens the store itself and runs the very same
+//! code ([`execute`]).
+//!
+//! Wire format: one JSON [`Request`] line from the client, one JSON [`Response`] line back,
+//! then `payload_bytes` raw bytes (a backup file, an audit export) when the command has any.
+
+pub mod socket;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use zeroize::Zeroizing;
+
+use crate::auth::service::UserPatch;
+use crate::auth::{AuthError, AuthService, ClientInfo, Principal, Role, UserView};
+use crate::config::Config;
+use crate::crypto::{Keyring, MasterKey, PasswordHasher};
+use crate::store::{Store, StoreError};
+
+/// Socket file name in the data directory.
+pub const SOCKET: &str = "admin.sock";
+/// Largest request line accepted.
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+/// One command.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Request {
+    /// `user.add`, `user.list`, `sessions.revoke`, `backup`, …
+    pub cmd: String,
+    #[serde(default)]
+    pub args: BTreeMap<String, String>,
+    /// A password read from the CLI's standard input; never in `args`, never logged.
+    #[serde(default)]
+    pub secret: Option<String>,
+}
+
+impl Drop for Request {
+    fn drop(&mut self) {
+        if let Some(s) = self.secret.as_mut() {
+            zeroize::Zeroize::zeroize(s);
+        }
+    }
+}
+
+/// The answer: `ok` with `data`, or one line of `error`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default)]
+    pub data: Value,
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Raw bytes that follow the response line.
+    #[serde(default)]
+    pub payload_bytes: u64,
+}
+
+/// Bytes a command hands back besides its JSON.
+pub enum Payload {
+    Bytes(Vec<u8>),
+    /// A file to stream and then delete.
+    TempFile(PathBuf),
+}
+
+/// What the commands need: the gate's own state, or the same opened by the CLI.
+#[derive(Clone)]
+pub struct AdminCore {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub keyring: Arc<Keyring>,
+    pub auth: Arc<AuthService>,
+}
+
+impl AdminCore {
+    pub fn from_state(state: &crate::http::AppState) -> AdminCore {
+        AdminCore {
+            config: state.config.clone(),
+            store: state.store.clone(),
+            keyring: state.keyring.clone(),
+            auth: state.auth.clone(),
+        }
+    }
+
+    /// Opens the store directly (no gate running): store, keyring, audit log, auth.
+    pub async fn open_offline(config: Config) -> anyhow::Result<AdminCore> {
+        let store_path = config.store_path();
+        if !store_path.exists() {
+            anyhow::bail!("no data file at {}; start the gate once first", store_path.display());
+        }
+        let master = MasterKey::load_or_create(&config.master_key_path())?;
+        let store = Store::open(&store_path).map_err(|e| match e {
+            StoreError::Locked(p) => anyhow::anyhow!(
+                "data file {} is in use but the admin socket does not answer; is the gate starting or stopping?",
+                p.display()
+            ),
+            other => other.into(),
+        })?;
+        let keyring = Arc::new(Keyring::load_or_init(&store, &master).await?);
+        drop(master);
+        let hasher = PasswordHasher::new(&config.password)?;
+        let audit = crate::audit::Audit::new(store.clone(), Default::default());
+        let auth = AuthService::open(
+            store.clone(),
+            keyring.clone(),
+            hasher,
+            config.auth.clone(),
+            config.lockout.clone(),
+            config.setup_token_path(),
+            audit,
+        )
+        .await?;
+        Ok(AdminCore { config: Arc::new(config), store, keyring, auth: Arc::new(auth) })
+    }
+}
+
+fn cli_principal() -> Principal {
+    Principal {
+        user_id: "cli".into(),
+        session_id: String::new(),
+        role: Role::Admin,
+        email: String::new(),
+        display_name: "command line".into(),
+    }
+}
+
+fn user_json(u: &UserView) -> Value {
+    json!({
+        "id": u.id,
+        "email": u.email,
+        "displayName": u.display_name,
+        "role": u.role.as_str(),
+        "disabled": u.disabled,
+        "createdAt": u.created_at,
+    })
+}
+
+fn auth_err(e: AuthError) -> String {
+    match e {
+        AuthError::NotFound => "no such user".into(),
+        AuthError::Invalid(m) | AuthError::Conflict(m) => m,
+        AuthError::Forbidden => "not allowed".into(),
+        AuthError::Internal(cause) => {
+            tracing::error!(error = %cause, "admin command failed");
+            "internal error; see the gate's log".into()
+        }
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+fn arg<'a>(req: &'a Request, name: &str) -> Result<&'a str, String> {
+    req.args
+        .get(name)
+        .map(String::as_str)
+        .filter(|v| !v.trim().is_empty())
+        .ok_or_else(|| format!("--{name} is required"))
+}
+
+fn role_arg(req: &Request) -> Result<Role, String> {
+    let r = arg(req, "role")?;
+    Role::parse(r).ok_or_else(|| format!("role must be admin, user or guest, not {r:?}"))
+}
+
+fn secret(req: &Request, what: &str) -> Result<Zeroizing<String>, String> {
+    match req.secret.as_deref() {
+        Some(s) if !s.is_empty() => Ok(Zeroizing::new(s.to_string())),
+        _ => Err(format!("{what} must be given on standard input")),
+    }
+}
+
+/// Runs one command. `uid` is the caller's (for the audit trail).
+pub async fn execute(core: &AdminCore, req: &Request, uid: u32) -> Result<(Value, Option<Payload>), String> {
+    let client = ClientInfo {
+        ip: "local".into(),
+        user_agent: format!("miauflix-gate cli (uid {uid})"),
+        request_id: hex::encode(crate::crypto::random_bytes::<8>()),
+    };
+    let actor = cli_principal();
+    let auth = &core.auth;
+    let by_email =
+        |req: &Request| -> Result<UserView, String> { auth.user_by_email(arg(req, "email")?).map_err(auth_err) };
+    let patch = |p: UserPatch, req: &Request| {
+        let user = by_email(req);
+        let client = client.clone();
+        let actor = actor.clone();
+        async move {
+            let user = user?;
+            auth.update_user(&actor, &user.id, p, &client).await.map(|u| user_json(&u)).map_err(auth_err)
+        }
+    };
+    let out = match req.cmd.as_str() {
+        "user.add" => {
+            let pw = secret(req, "the password")?;
+            let role = if req.args.contains_key("role") { role_arg(req)? } else { Role::User };
+            let name = req.args.get("display_name").cloned();
+            let u = auth.create_user(&actor, arg(req, "email")?, pw, name, role, &client).await.map_err(auth_err)?;
+            user_json(&u)
+        }
+        "user.list" => Value::Array(auth.list_users().map_err(auth_err)?.iter().map(user_json).collect()),
+        "user.set-role" => patch(UserPatch { role: Some(role_arg(req)?), ..Default::default() }, req).await?,
+        "user.disable" => patch(UserPatch { disabled: Some(true), ..Default::default() }, req).await?,
+        "user.enable" => patch(UserPatch { disabled: Some(false), ..Default::default() }, req).await?,
+        "user.reset-password" => {
+            let pw = secret(req, "the new password")?;
+            let user = by_email(req)?;
+            let ended = auth.reset_password(&actor, &user.id, pw, &client).await.map_err(auth_err)?;
+            json!({"email": user.email, "sessionsRevoked": ended})
+        }
+        "user.unlock" => {
+            let user = by_email(req)?;
+            let was = auth.unlock_user(&actor, &user.id, &client).await.map_err(auth_err)?;
+            json!({"email": user.email, "wasLocked": was})
+        }
+        "sessions.list" => {
+            let user = by_email(req)?;
+            let sessions = auth.list_sessions(&user.id).map_err(auth_err)?;
+            Value::Array(
+                sessions
+                    .iter()
+                    .map(|s| {
+                        json!({"id": s.id, "createdAt": s.created_at, "lastUsedAt": s.last_used_at,
+                               "expiresAt": s.expires_at, "ip": s.ip})
+                    })
+                    .collect(),
+            )
+        }
+        "sessions.revoke" => {
+            let user = by_email(req)?;
+            let n = match req.args.get("session") {
+                Some(sid) => {
+                    usize::from(auth.revoke_session(sid, Some(&user.id), "cli", &client).await.map_err(auth_err)?)
+                }
+                None => auth.revoke_user_sessions(&user.id, None, "cli", &client).await.map_err(auth_err)?,
+            };
+            json!({"email": user.email, "revoked": n})
+        }
+        "keys.rotate" => {
+            let master = MasterKey::load_or_create(&core.config.master_key_path()).map_err(|e| e.to_string())?;
+            let r =
+                crate::maintenance::rotate_with(&core.store, &core.keyring, &master, core.config.auth.access_ttl_secs)
+                    .await
+                    .map_err(|e| format!("{e:#}"))?;
+            auth.keys().reload(&core.store, &core.keyring).map_err(|e| e.to_string())?;
+            json!({"dataKey": r.data_key_id, "signingKid": r.signing_kid, "reencrypted": r.reencrypted_fields})
+        }
+        "audit.verify" => {
+            let r = auth.audit().verify().map_err(|e| e.to_string())?;
+            json!({"ok": r.ok, "first": r.first, "last": r.last, "checked": r.checked,
+                   "firstBad": r.first_bad, "reason": r.reason})
+        }
+        "audit.export" => {
+            let parse = |name: &str| -> Result<Option<i64>, String> {
+                req.args
+                    .get(name)
+                    .map(|v| {
+                        time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
+                            .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+                            .map_err(|_| format!("--{name} must be an RFC 3339 time such as 2026-11-29T08:00:00Z"))
+                    })
+                    .transpose()
+            };
+            let (since, until) = (parse("since")?, parse("until")?);
+            let mut buf = Vec::new();
+            let n = crate::http::api::audit::export_lines(auth.audit(), since, until, &mut buf)
+                .map_err(|e| e.to_string())?;
+            return Ok((json!({"records": n}), Some(Payload::Bytes(buf))));
+        }
+        "backup" => {
+            let dir = &core.config.data_dir;
+            let tmp = dir.join(format!(".backup-{}.redb", hex::encode(crate::crypto::random_bytes::<6>())));
+            let store = core.store.clone();
+            let path = tmp.clone();
+            let rows = tokio::task::spawn_blocking(move || store.backup_to(&path))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| {
+                    let _ = std::fs::remove_file(&tmp);
+                    e.to_string()
+                })?;
+            let bytes = std::fs::metadata(&tmp).map(|m| m.len()).unwrap_or(0);
+            return Ok((json!({"rows": rows, "bytes": bytes}), Some(Payload::TempFile(tmp))));
+        }
+        "vpn.status" => json!({"state": "not-configured"}),
+        c if c.starts_with("vpn.") => return Err("the VPN supervisor is not part of this build yet".into()),
+        other => return Err(format!("unknown command {other:?}")),
+    };
+    Ok((out, None))
+}

@@ -1,0 +1,130 @@
+//! The admin socket: server side (in the gate) and client side (in the CLI).
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use super::{AdminCore, MAX_REQUEST, Payload, Request, Response, execute};
+use crate::auth::{ClientInfo, EventKind, SecurityEvent, Severity};
+
+/// The effective uid of this process (the owner of `/proc/self`).
+pub fn own_uid() -> u32 {
+    std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX)
+}
+
+/// Who may use the socket: root and the user the gate runs as.
+pub fn authorized(peer_uid: u32, gate_uid: u32) -> bool {
+    peer_uid == 0 || peer_uid == gate_uid
+}
+
+/// Binds `<data>/admin.sock` (0600) and serves commands until the task is aborted.
+pub fn serve(core: AdminCore, path: PathBuf) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+            anyhow::bail!("another gate already answers on {}", path.display());
+        }
+        std::fs::remove_file(&path).map_err(|e| anyhow::anyhow!("cannot remove stale {}: {e}", path.display()))?;
+    }
+    let listener = UnixListener::bind(&path)
+        .map_err(|e| anyhow::anyhow!("cannot bind the admin socket {}: {e}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let gate_uid = own_uid();
+    tracing::info!(path = %path.display(), "admin socket ready (root and the service user only)");
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let core = core.clone();
+            tokio::spawn(async move {
+                if let Err(e) = handle(core, stream, gate_uid).await {
+                    tracing::debug!(error = %e, "admin connection ended");
+                }
+            });
+        }
+    }))
+}
+
+async fn respond(stream: &mut UnixStream, resp: &Response) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(resp).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    stream.write_all(&line).await
+}
+
+async fn handle(core: AdminCore, mut stream: UnixStream, gate_uid: u32) -> std::io::Result<()> {
+    let uid = stream.peer_cred()?.uid();
+    if !authorized(uid, gate_uid) {
+        let client =
+            ClientInfo { ip: "local".into(), user_agent: format!("admin socket (uid {uid})"), ..Default::default() };
+        SecurityEvent::new(EventKind::PermissionDenied, Severity::Warning, &client)
+            .actor(format!("uid:{uid}"))
+            .target("admin.sock")
+            .record(core.auth.audit())
+            .await;
+        let error = "permission denied: only root and the gate's service user may use the admin socket".to_string();
+        return respond(&mut stream, &Response { ok: false, error: Some(error), ..Default::default() }).await;
+    }
+    let mut line = Vec::new();
+    let n = {
+        let mut reader = BufReader::new(&mut stream).take(MAX_REQUEST as u64);
+        reader.read_until(b'\n', &mut line).await?
+    };
+    if n == 0 {
+        return Ok(());
+    }
+    let req: Request = match serde_json::from_slice(&line) {
+        Ok(r) => r,
+        Err(_) => {
+            let error = Some("malformed request".to_string());
+            return respond(&mut stream, &Response { ok: false, error, ..Default::default() }).await;
+        }
+    };
+    zeroize::Zeroize::zeroize(&mut line);
+    match execute(&core, &req, uid).await {
+        Err(error) => respond(&mut stream, &Response { ok: false, error: Some(error), ..Default::default() }).await,
+        Ok((data, None)) => respond(&mut stream, &Response { ok: true, data, ..Default::default() }).await,
+        Ok((data, Some(Payload::Bytes(bytes)))) => {
+            respond(&mut stream, &Response { ok: true, data, payload_bytes: bytes.len() as u64, error: None }).await?;
+            stream.write_all(&bytes).await
+        }
+        Ok((data, Some(Payload::TempFile(path)))) => {
+            let result = async {
+                let mut file = tokio::fs::File::open(&path).await?;
+                let len = file.metadata().await?.len();
+                respond(&mut stream, &Response { ok: true, data, payload_bytes: len, error: None }).await?;
+                tokio::io::copy(&mut file, &mut stream).await.map(|_| ())
+            }
+            .await;
+            let _ = std::fs::remove_file(&path);
+            result
+        }
+    }
+}
+
+/// Client side: sends `req`, returns the response and the stream positioned at the payload.
+/// `Ok(None)` when no gate answers on `path` (the CLI then opens the store itself).
+pub async fn send(path: &Path, req: &Request) -> anyhow::Result<Option<(Response, BufReader<UnixStream>)>> {
+    let mut stream = match UnixStream::connect(path).await {
+        Ok(s) => s,
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
+            return Ok(None);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            anyhow::bail!("permission denied on {}: run as root or as the gate's service user", path.display())
+        }
+        Err(e) => anyhow::bail!("cannot reach the gate on {}: {e}", path.display()),
+    };
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    stream.write_all(&line).await?;
+    zeroize::Zeroize::zeroize(&mut line);
+    let mut reader = BufReader::new(stream);
+    let mut resp_line = String::new();
+    reader.read_line(&mut resp_line).await?;
+    if resp_line.is_empty() {
+        anyhow::bail!("the gate closed the admin connection without answering");
+    }
+    let resp: Response =
+        serde_json::from_str(&resp_line).map_err(|_| anyhow::anyhow!("the gate sent a malformed answer"))?;
+    Ok(Some((resp, reader)))
+}
