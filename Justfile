@@ -6,8 +6,11 @@ run:
 
 # A static-pie release binary (glibc, crt-static), stripped
 release:
-    RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --target x86_64-unknown-linux-gnu
+    MIAUFLIX_GIT_COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown) RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --target x86_64-unknown-linux-gnu
     file target/x86_64-unknown-linux-gnu/release/miauflix-gate
+    ldd target/x86_64-unknown-linux-gnu/release/miauflix-gate || true
+    ls -l target/x86_64-unknown-linux-gnu/release/miauflix-gate
+    target/x86_64-unknown-linux-gnu/release/miauflix-gate --version
 
 # The tests that need only the Rust toolchain
 test:

@@ -74,6 +74,37 @@ fn install_sh_stages_a_hardened_layout_idempotently() {
     ] {
         assert!(unit_text.contains(needle), "unit lacks {needle}");
     }
+    // systemd accepts the unit (ExecStart pointed at the staged binary) and rates its
+    // sandbox "OK" or better (exposure <= 2.5).
+    let has_analyze = Command::new("sh")
+        .arg("-c")
+        .arg("command -v systemd-analyze")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(has_analyze, "e2e install test needs systemd-analyze (package systemd)");
+    let probe = root.join("unit-check/miauflix-gate.service");
+    std::fs::create_dir_all(probe.parent().unwrap()).unwrap();
+    std::fs::write(&probe, unit_text.replace("/usr/local/bin/miauflix-gate", bin_path.to_str().unwrap())).unwrap();
+    let verify = Command::new("systemd-analyze").arg("verify").arg(&probe).output().unwrap();
+    assert!(verify.status.success(), "systemd-analyze verify: {}", String::from_utf8_lossy(&verify.stderr));
+    let security = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", &format!("--root={destdir}")])
+        .arg(&unit)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&security.stdout).into_owned();
+    let exposure: f64 = report
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .and_then(|l| l.split(": ").nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in: {report}"));
+    assert!(exposure <= 2.5, "systemd-analyze security exposure {exposure} > 2.5");
+    eprintln!("systemd-analyze security: exposure {exposure}");
+    std::fs::remove_dir_all(probe.parent().unwrap()).unwrap();
+
     // The generated config validates.
     let check = Command::new(bin).args(["config", "check", "--config", config.to_str().unwrap()]).output().unwrap();
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));

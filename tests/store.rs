@@ -127,3 +127,33 @@ async fn a_second_opener_is_refused_while_the_first_holds_the_file() {
     assert!(matches!(err, StoreError::Locked(_)), "{err}");
     store.close().await;
 }
+
+#[tokio::test]
+async fn a_backup_holds_every_table_of_the_store() {
+    use redb::{ReadableDatabase, TableHandle};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("gate.redb")).unwrap();
+    store
+        .write(|txn| {
+            txn.open_table(tables::USERS)?.insert("u1", b"{}".as_slice())?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let backup = dir.path().join("backup.redb");
+    let rows = store.backup_to(&backup).unwrap();
+    assert!(rows >= 2, "schema version and the user at least");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&backup).unwrap().permissions().mode() & 0o777, 0o600);
+    let names = |db: &redb::Database| -> Vec<String> {
+        let txn = db.begin_read().unwrap();
+        let mut v: Vec<String> = txn.list_tables().unwrap().map(|t| t.name().to_string()).collect();
+        v.sort();
+        v
+    };
+    store.close().await;
+    drop(store);
+    let src = redb::Database::open(dir.path().join("gate.redb")).unwrap();
+    let dst = redb::Database::open(&backup).unwrap();
+    assert_eq!(names(&src), names(&dst), "Store::backup_to must copy every table");
+}

@@ -1,5 +1,5 @@
 //! Every redb table of the gate, in one place. Values are bytes; each domain module
-//! owns the encoding of its records.
+//! owns the encoding of its records. A new table must also be added to `Store::backup_to`.
 
 use redb::TableDefinition;
 
