@@ -167,6 +167,23 @@ impl Monitor {
         total
     }
 
+    /// Per-minute counts for the last hour, oldest first: (minutes ago, requests, 5xx,
+    /// sign-ins succeeded, sign-ins failed). Minutes without traffic are zeros.
+    pub fn series(&self) -> Vec<(u64, u64, u64, u64, u64)> {
+        let now = self.minute();
+        let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        (0..60u64)
+            .rev()
+            .map(|ago| {
+                let want = now.saturating_sub(ago);
+                match ring.iter().find(|b| b.minute == want && want != 0) {
+                    Some(b) => (ago, b.requests, b.errors, b.logins_ok, b.logins_failed),
+                    None => (ago, 0, 0, 0, 0),
+                }
+            })
+            .collect()
+    }
+
     pub fn summary(&self) -> Summary {
         let hour = self.sum(60);
         let five = self.sum(5);

@@ -53,3 +53,23 @@ async fn the_schema_2_fixture_opens_and_keeps_users_sessions_and_audit() {
     assert_eq!(version, SCHEMA_VERSION);
     store.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schema_1_fixture_migrates_and_gains_an_audit_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    copy_fixture("schema-v1", &data);
+    let env = [("MIAUFLIX_DATA_DIR", data.to_str().unwrap())];
+    let gate = Gate::start(&data, &[("MIAUFLIX_TLS", "off")]);
+    assert!(gate.wait_for_line(&["migrated data file schema", "to=2"]).is_some(), "{}", gate.log_text());
+    let body = br#"{"email":"admin@example.com","password":"fixture-admin-password"}"#;
+    let r = http_request(gate.addr, "POST", "/api/auth/token", Some(body), &[]).await.unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(gate.terminate().success());
+    let (code, out, _) = run_cli(&["sessions", "list", "--email", "admin@example.com", "--json"], &env);
+    assert_eq!(code, 0);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(out.trim()).unwrap().as_array().unwrap().len(), 2);
+    let (code, out, err) = run_cli(&["audit", "verify"], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("verifies"), "{out}");
+}

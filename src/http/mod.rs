@@ -6,6 +6,7 @@ pub mod auth;
 pub mod middleware;
 pub mod proxy;
 pub mod redirect;
+pub mod ui;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -49,7 +50,7 @@ pub fn openapi_json(state: Arc<AppState>) -> String {
 
 #[handler]
 fn root() -> Redirect {
-    Redirect::see_other("/api/docs")
+    Redirect::see_other("/admin/")
 }
 
 /// The full application with its middleware stack.
@@ -60,6 +61,8 @@ pub fn build_app(state: Arc<AppState>) -> impl Endpoint<Output = poem::Response>
     let docs = api.swagger_ui();
     Route::new()
         .at("/", get(root))
+        .at("/admin", get(ui::admin))
+        .at("/admin/*path", get(ui::admin))
         .at("/api/openapi.json", get(spec))
         .nest("/api/docs", docs)
         .nest("/", api)

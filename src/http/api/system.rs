@@ -62,6 +62,51 @@ pub struct ChainStatus {
     pub first_bad: Option<u64>,
 }
 
+/// One minute of the dashboard charts.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+pub struct MinutePoint {
+    pub minutes_ago: u64,
+    pub requests: u64,
+    pub errors: u64,
+    pub logins_succeeded: u64,
+    pub logins_failed: u64,
+}
+
+/// A proxied route, as configured.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+pub struct RouteView {
+    pub prefix: String,
+    pub upstream: String,
+    pub min_role: String,
+    pub rate_class: String,
+    pub requires_vpn: bool,
+    pub stream_keys: bool,
+}
+
+/// One rate-limit class.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+pub struct LimitView {
+    pub class: String,
+    pub per_minute: u32,
+    pub burst: u32,
+}
+
+/// Routes, limits and origins in force (read-only).
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+pub struct EdgeConfigView {
+    pub routes: Vec<RouteView>,
+    pub rate_limits: Vec<LimitView>,
+    pub cors_origins: Vec<String>,
+    pub public_origins: Vec<String>,
+    pub trusted_proxies: Vec<String>,
+    pub lockout_max_failures: u32,
+    pub lockout_window_secs: i64,
+}
+
 /// One summary for the dashboard.
 #[derive(Object)]
 #[oai(rename_all = "camelCase")]
@@ -88,6 +133,8 @@ pub struct SystemStatus {
     pub store_bytes: u64,
     pub resident_memory_bytes: Option<u64>,
     pub audit_chain: ChainStatus,
+    /// Per-minute requests, errors and sign-ins over the last hour, oldest first.
+    pub series: Vec<MinutePoint>,
 }
 
 #[derive(ApiResponse)]
@@ -192,6 +239,65 @@ impl SystemApi {
                 last_verified_at: last.as_ref().map(|(t, _)| super::audit::rfc3339_ms(*t)),
                 first_bad: last.as_ref().and_then(|(_, r)| r.first_bad),
             },
+            series: audit
+                .monitor()
+                .series()
+                .into_iter()
+                .map(|(minutes_ago, requests, errors, logins_succeeded, logins_failed)| MinutePoint {
+                    minutes_ago,
+                    requests,
+                    errors,
+                    logins_succeeded,
+                    logins_failed,
+                })
+                .collect(),
+        }))
+    }
+
+    /// Routes, rate limits, CORS origins and lockout settings in force (admin, read-only).
+    #[oai(path = "/api/system/config", method = "get")]
+    async fn edge_config(&self, auth: crate::http::auth::Auth) -> poem::Result<Json<EdgeConfigView>> {
+        auth.require(crate::auth::Role::Admin)?;
+        let c = &self.state.config;
+        let role = |r: crate::config::RouteRole| {
+            match r {
+                crate::config::RouteRole::Public => "public",
+                crate::config::RouteRole::Guest => "guest",
+                crate::config::RouteRole::User => "user",
+                crate::config::RouteRole::Admin => "admin",
+            }
+            .to_string()
+        };
+        let rl = &c.rate_limits;
+        let limit = |class: &str, q: &crate::ratelimit::QuotaConfig| LimitView {
+            class: class.into(),
+            per_minute: q.per_minute,
+            burst: q.burst,
+        };
+        Ok(Json(EdgeConfigView {
+            routes: c
+                .routes
+                .iter()
+                .map(|r| RouteView {
+                    prefix: r.prefix.clone(),
+                    upstream: r.upstream.clone(),
+                    min_role: role(r.min_role),
+                    rate_class: r.rate_class.as_str().into(),
+                    requires_vpn: r.requires_vpn,
+                    stream_keys: r.stream_keys,
+                })
+                .collect(),
+            rate_limits: vec![
+                limit("auth", &rl.auth),
+                limit("api", &rl.api),
+                limit("stream", &rl.stream),
+                limit("global", &rl.global),
+            ],
+            cors_origins: c.http.cors_origins.clone(),
+            public_origins: c.http.public_origins.clone(),
+            trusted_proxies: c.http.trusted_proxies.iter().map(|n| n.to_string()).collect(),
+            lockout_max_failures: c.lockout.max_failures,
+            lockout_window_secs: c.lockout.window_secs,
         }))
     }
 }
