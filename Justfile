@@ -53,3 +53,14 @@ bench-audit:
 bench-tls:
     command -v nginx >/dev/null && command -v curl >/dev/null || (apt-get update -qq && apt-get install -y -qq nginx curl openssl)
     bash benches/tls.sh
+
+# Admin UI in Debian's Chromium via playwright-core, against the real binary
+ui-test:
+    command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+    cargo build
+    cd tests/ui && npm ci --no-audit --no-fund && npm test
+
+# Screenshots of every UI page (light, dark, 360 px) into docs/screenshots/
+ui-screenshots:
+    cargo build
+    cd tests/ui && npm ci --no-audit --no-fund && npm run screenshots

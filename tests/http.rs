@@ -143,3 +143,10 @@ async fn malformed_json_is_a_400_problem() {
     assert_eq!(resp.0.headers().get("content-type").unwrap(), "application/problem+json");
     state.store.close().await;
 }
+
+#[test]
+fn the_embedded_ui_stays_within_its_size_budget() {
+    let total = miauflix_gate::http::ui::total_bytes();
+    assert!(total > 10_000, "the UI is embedded ({total} bytes)");
+    assert!(total <= 400 * 1024, "UI assets are {total} bytes; the budget is 400 KB");
+}

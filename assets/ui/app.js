@@ -83,11 +83,12 @@ async function route() {
 // ---------------------------------------------------------------- setup and sign-in
 
 function passwordField(name, label, autocomplete) {
-  const input = h("input", { type: "password", name, required: true, autocomplete, minlength: 8, maxlength: 256 });
-  const meter = h("meter", { min: 0, max: 4, low: 2, high: 3, optimum: 4, value: 0, "aria-label": "Password strength" });
-  const hint = h("span", { class: "muted" }, "At least 12 characters; not a common password and not your email.");
+  const hintId = `${name}-hint`;
+  const input = h("input", { type: "password", name, required: true, autocomplete, minlength: 8, maxlength: 256, "aria-describedby": hintId });
+  const meter = h("meter", { min: 0, max: 4, low: 2, high: 3, optimum: 4, value: 0, "aria-label": `${label} strength` });
+  const hint = h("span", { class: "muted", id: hintId }, "At least 12 characters; not a common password and not your email address.");
   input.addEventListener("input", () => meter.setAttribute("value", strength(input.value)));
-  return { input, el: h("label", {}, label, input, meter, hint) };
+  return { input, el: h("div", { class: "field" }, h("label", {}, label, input), meter, hint) };
 }
 
 async function setup() {
@@ -95,12 +96,12 @@ async function setup() {
   const status = await api("GET", "/api/auth/setup");
   if (!status.required) return go("/admin/login", true);
   const err = errorBox();
-  const token = h("input", { name: "token", required: true, autocomplete: "off", spellcheck: "false" });
+  const token = h("input", { name: "token", required: true, autocomplete: "off", spellcheck: "false", "aria-describedby": "token-hint" });
   const email = h("input", { name: "email", type: "email", required: true, autocomplete: "username" });
   const pw = passwordField("password", "Password", "new-password");
   const submit = h("button", { type: "submit" }, "Create the admin account");
-  const form = h("form", {}, h("label", {}, "Setup token", token,
-      h("span", { class: "muted" }, "It is in the file setup-token in the data directory, and the gate's log names that file.")),
+  const form = h("form", {}, h("label", {}, "Setup token", token),
+    h("span", { class: "muted", id: "token-hint" }, "It is in the file setup-token in the data directory; the gate's log names that file."),
     h("label", {}, "Email", email), pw.el, err, submit);
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
@@ -197,11 +198,12 @@ async function dashboard() {
   const chainText = chain.lastVerifiedOk === undefined || chain.lastVerifiedOk === null ? "not verified yet"
     : chain.lastVerifiedOk ? "verified" : `broken at ${chain.firstBad}`;
   const vpnCls = s.vpn === "up" ? "ok" : s.vpn === "not-configured" ? "" : "bad";
-  const expiry = t && t.expiresInSecs !== undefined ? duration(t.expiresInSecs) : "—";
-  const expiryCls = t && t.expiresInSecs < 7 * 86400 ? "bad" : "ok";
+  const hasCert = t && t.expiresInSecs !== undefined && t.expiresInSecs !== null;
+  const expiry = hasCert ? duration(t.expiresInSecs) : t && t.mode === "off" ? "TLS off" : "—";
+  const expiryCls = !hasCert ? "" : t.expiresInSecs < 7 * 86400 ? "bad" : "ok";
   const grid = h("div", { class: "grid" },
     card("VPN", s.vpn, s.vpn === "not-configured" ? "supervisor not available in this build" : "", vpnCls),
-    card("Certificate", expiry, t ? `${t.source} · ${(t.names || []).join(", ")}` : "", expiryCls),
+    card("Certificate", expiry, hasCert ? `${t.source} · ${(t.names || []).join(", ")}` : t ? t.source : "", expiryCls),
     card("Sign-in success (1 h)", pct(s.loginSuccessRate1h), `${s.loginsSucceeded1h} ok · ${s.loginsFailed1h} failed`),
     card("Lockouts (1 h)", String(s.lockouts1h), "", s.lockouts1h ? "warn" : ""),
     card("Requests (5 min)", `${s.requestsPerSec5m.toFixed(2)}/s`, `${s.requests5m} requests`),
@@ -212,7 +214,7 @@ async function dashboard() {
     card("Uptime", duration(s.uptimeSecs), `version ${s.version}`),
   );
   const series = s.series || [];
-  const charts = h("div", { class: "grid" },
+  const charts = h("div", { class: "grid charts" },
     h("div", { class: "panel" }, h("h2", {}, "Requests per minute (last hour)"),
       barChart(series, "requests", "errors", "Requests and errors per minute"),
       h("div", { class: "legend" }, h("span", { class: "a" }, "requests"), h("span", { class: "b" }, "5xx errors"))),
@@ -334,6 +336,12 @@ async function account() {
 
 // ---------------------------------------------------------------- audit
 
+/** Long hex ids and session ids shortened for tables; the full value stays in the tooltip. */
+function short(v) {
+  if (!v) return "—";
+  return /^[0-9a-f]{32}$/.test(v) || /^[A-Za-z0-9_-]{22}$/.test(v) ? h("span", { title: v }, `${v.slice(0, 8)}…`) : v;
+}
+
 function eventsTable(events, withDetail) {
   if (!events.length) return h("p", { class: "muted" }, "No events.");
   return h("div", { class: "table-wrap" }, h("table", {},
@@ -341,7 +349,7 @@ function eventsTable(events, withDetail) {
     h("tbody", {}, ...events.map((e) => h("tr", { "data-type": e.type },
       h("td", {}, String(e.seq)), h("td", {}, whenIso(e.time)), h("td", {}, e.type),
       h("td", {}, h("span", { class: `chip ${e.severity === "critical" ? "bad" : e.severity === "warning" ? "warn" : ""}` }, e.severity)),
-      h("td", {}, e.actor), h("td", {}, e.target || "—"), h("td", {}, e.ip),
+      h("td", {}, short(e.actor)), h("td", {}, short(e.target)), h("td", {}, e.ip),
       withDetail ? h("td", {}, h("button", { type: "button", class: "secondary", onclick: () => detailDialog(e) }, "Details")) : null)))));
 }
 
