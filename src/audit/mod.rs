@@ -252,7 +252,10 @@ impl Audit {
         ev.log();
         let rec = to_record(&ev);
         match self.store.write(move |txn| append(txn, rec.clone())).await {
-            Ok(r) => Some(r.seq),
+            Ok(r) => {
+                metrics::gauge!("audit_chain_length").increment(1.0);
+                Some(r.seq)
+            }
             Err(e) => {
                 metrics::counter!("audit_write_failures_total").increment(1);
                 tracing::error!(error = %e, event = ev.kind.as_str(), "audit record could not be committed");

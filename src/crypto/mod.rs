@@ -38,6 +38,14 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
     buf
 }
 
+/// `n` unpredictable bytes from a per-thread generator seeded by the OS (no system call per
+/// use). For identifiers such as request ids, never for keys or tokens.
+pub fn id_bytes<const N: usize>() -> [u8; N] {
+    let mut buf = [0u8; N];
+    rand::thread_rng().fill_bytes(&mut buf);
+    buf
+}
+
 /// A random token of `N` bytes, base64url without padding.
 pub fn random_token<const N: usize>() -> String {
     use base64::Engine;

@@ -24,7 +24,7 @@ pub struct RequestId(pub String);
 
 impl RequestId {
     fn new() -> Self {
-        RequestId(hex::encode(crate::crypto::random_bytes::<12>()))
+        RequestId(hex::encode(crate::crypto::id_bytes::<12>()))
     }
 }
 

@@ -207,7 +207,7 @@ impl AuthApi {
             return Err(fail(AuthError::Unauthorized));
         }
         let token = cookie(req, &format!("{REFRESH_COOKIE}{sid}")).ok_or_else(|| fail(AuthError::Unauthorized))?;
-        let issued = self.state.auth.refresh(&token, Some(&sid), &client_info(req)).await.map_err(fail)?;
+        let issued = self.state.auth.refresh(&token, Some(&sid), &client_info(req)).await.map_err(refresh_failed)?;
         let body = RefreshResponse { user: UserDto::from(&issued.user) };
         Ok(self.with_session_cookies(Response::new(Json(body)), &issued))
     }
@@ -279,7 +279,8 @@ impl AuthApi {
         req: &Request,
         body: Json<RefreshTokenRequest>,
     ) -> poem::Result<Response<Json<TokenResponse>>> {
-        let issued = self.state.auth.refresh(&body.0.refresh_token, None, &client_info(req)).await.map_err(fail)?;
+        let issued =
+            self.state.auth.refresh(&body.0.refresh_token, None, &client_info(req)).await.map_err(refresh_failed)?;
         Ok(token_response(issued))
     }
 
@@ -312,4 +313,12 @@ fn token_response(issued: IssuedSession) -> Response<Json<TokenResponse>> {
         expires_in: issued.expires_in,
     }))
     .header("Cache-Control", "no-store")
+}
+
+/// A refused refresh, counted for `auth_refresh_total{result="failure"}`.
+fn refresh_failed(e: crate::auth::AuthError) -> poem::Error {
+    if matches!(e, crate::auth::AuthError::Unauthorized) {
+        metrics::counter!("auth_refresh_total", "result" => "failure").increment(1);
+    }
+    fail(e)
 }
