@@ -200,8 +200,9 @@ if [ "$HAVE_SYSTEMD" -eq 1 ]; then
             i=$((i + 1)); [ "$i" -lt 30 ] || die "the service did not become healthy; see: journalctl -u $NAME"
             sleep 1
         done
-        echo "$NAME is running: open https://$(hostname):8443/ (self-signed certificate)."
+        echo "$NAME is running: open https://$(hostname):8443/admin/ (self-signed certificate)."
         [ -f "/var/lib/$NAME/setup-token" ] && echo "Setup token for the first admin: /var/lib/$NAME/setup-token (read it as root)."
+        echo "Admin commands (as root): MIAUFLIX_CONFIG=/etc/$NAME/config.toml $NAME user list"
     fi
 else
     echo "installed under ${DESTDIR:-/}."
