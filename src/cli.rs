@@ -219,13 +219,7 @@ pub fn run() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Restore { from } => {
-            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("miauflix-gate: cannot start runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
+            let Some(runtime) = runtime(false) else { return ExitCode::FAILURE };
             match runtime.block_on(crate::maintenance::restore(&config, &from)) {
                 Ok(aside) => {
                     println!(
@@ -249,13 +243,7 @@ pub fn run() -> ExitCode {
         | Command::Keys { .. }
         | Command::Audit { .. }) => admin_command(&config, cmd, cli.json),
         Command::Healthcheck { timeout } => {
-            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("miauflix-gate: cannot start runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
+            let Some(runtime) = runtime(false) else { return ExitCode::FAILURE };
             match runtime.block_on(crate::healthcheck::check(&config, Duration::from_secs(timeout))) {
                 Ok(()) => {
                     println!("healthy");
@@ -269,13 +257,7 @@ pub fn run() -> ExitCode {
         }
         Command::Serve => {
             init_logging(&config);
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("miauflix-gate: cannot start runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
+            let Some(runtime) = runtime(true) else { return ExitCode::FAILURE };
             match runtime.block_on(crate::server::serve(config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -285,6 +267,23 @@ pub fn run() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// A tokio runtime (multi-threaded for `serve`, one thread for the short commands); on
+/// failure the one-line error is already printed.
+fn runtime(multi_thread: bool) -> Option<tokio::runtime::Runtime> {
+    let mut builder = if multi_thread {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    match builder.enable_all().build() {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("miauflix-gate: cannot start runtime: {e}");
+            None
         }
     }
 }
@@ -451,9 +450,6 @@ async fn run_admin(config: &Config, req: &Request, out: Option<&PathBuf>) -> any
         Ok((data, payload)) => {
             let written = match payload {
                 None => Ok(()),
-                Some(crate::admin::Payload::Bytes(bytes)) => {
-                    payload_sink(out).and_then(|mut s| s.write_all(&bytes).and_then(|_| s.flush()).map_err(Into::into))
-                }
                 Some(crate::admin::Payload::TempFile(path)) => {
                     let r = payload_sink(out).and_then(|mut s| {
                         let mut f = std::fs::File::open(&path)?;
@@ -480,10 +476,7 @@ fn admin_command(config: &Config, cmd: Command, json: bool) -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => return fail(e.into()),
-    };
+    let Some(runtime) = runtime(false) else { return ExitCode::FAILURE };
     let (data, online) = match runtime.block_on(run_admin(config, &req, out.as_ref())) {
         Ok(r) => r,
         Err(e) => return fail(e),

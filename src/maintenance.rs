@@ -24,6 +24,8 @@ pub async fn rotate_with(
     keyring: &Keyring,
     master: &MasterKey,
     access_ttl: i64,
+    audit: &crate::audit::Audit,
+    client: &ClientInfo,
 ) -> anyhow::Result<RotationReport> {
     let data_key_id = keyring.add_key(store, master).await?;
     let signing_kid = SigningKeys::rotate(store, keyring, access_ttl).await.context("rotating the signing key")?;
@@ -31,16 +33,12 @@ pub async fn rotate_with(
     if crate::tls::self_signed::reencrypt(store, keyring).await.context("re-encrypting the TLS key")? {
         n += 1;
     }
-    SecurityEvent::new(
-        EventKind::KeysRotated,
-        Severity::Info,
-        &ClientInfo { ip: "local".into(), ..Default::default() },
-    )
-    .actor("cli")
-    .detail("data_key", data_key_id.to_string())
-    .detail("signing_kid", signing_kid.clone())
-    .record(&crate::audit::Audit::new(store.clone(), Default::default()))
-    .await;
+    SecurityEvent::new(EventKind::KeysRotated, Severity::Info, client)
+        .actor("cli")
+        .detail("data_key", data_key_id.to_string())
+        .detail("signing_kid", signing_kid.clone())
+        .record(audit)
+        .await;
     Ok(RotationReport { data_key_id, signing_kid, reencrypted_fields: n })
 }
 
@@ -88,7 +86,7 @@ pub async fn restore(config: &Config, from: &std::path::Path) -> anyhow::Result<
             if !has_keys {
                 anyhow::bail!("the backup holds no keyring; it is not a miauflix-gate backup");
             }
-            let master = MasterKey::load_or_create(&key_path)?;
+            let master = MasterKey::load(&key_path)?;
             Keyring::load_or_init(&store, &master).await.map_err(|_| {
                 anyhow::anyhow!(
                     "the current master key ({}) cannot decrypt this backup; put the key that belongs to it in place first",

@@ -60,10 +60,9 @@ pub struct Response {
     pub payload_bytes: u64,
 }
 
-/// Bytes a command hands back besides its JSON.
+/// Bytes a command hands back besides its JSON: a file in the data directory, streamed to
+/// the caller and then deleted.
 pub enum Payload {
-    Bytes(Vec<u8>),
-    /// A file to stream and then delete.
     TempFile(PathBuf),
 }
 
@@ -92,7 +91,7 @@ impl AdminCore {
         if !store_path.exists() {
             anyhow::bail!("no data file at {}; start the gate once first", store_path.display());
         }
-        let master = MasterKey::load_or_create(&config.master_key_path())?;
+        let master = MasterKey::load(&config.master_key_path())?;
         let store = Store::open(&store_path).map_err(|e| match e {
             StoreError::Locked(p) => anyhow::anyhow!(
                 "data file {} is in use but the admin socket does not answer; is the gate starting or stopping?",
@@ -172,6 +171,11 @@ fn secret(req: &Request, what: &str) -> Result<Zeroizing<String>, String> {
     }
 }
 
+/// A fresh file name in the data directory for a payload that is streamed, then deleted.
+fn temp_path(core: &AdminCore, what: &str, ext: &str) -> PathBuf {
+    core.config.data_dir.join(format!(".{what}-{}.{ext}", hex::encode(crate::crypto::id_bytes::<6>())))
+}
+
 /// Runs one command. `uid` is the caller's (for the audit trail).
 pub async fn execute(core: &AdminCore, req: &Request, uid: u32) -> Result<(Value, Option<Payload>), String> {
     let client = ClientInfo {
@@ -239,11 +243,11 @@ pub async fn execute(core: &AdminCore, req: &Request, uid: u32) -> Result<(Value
             json!({"email": user.email, "revoked": n})
         }
         "keys.rotate" => {
-            let master = MasterKey::load_or_create(&core.config.master_key_path()).map_err(|e| e.to_string())?;
-            let r =
-                crate::maintenance::rotate_with(&core.store, &core.keyring, &master, core.config.auth.access_ttl_secs)
-                    .await
-                    .map_err(|e| format!("{e:#}"))?;
+            let master = MasterKey::load(&core.config.master_key_path()).map_err(|e| e.to_string())?;
+            let ttl = core.config.auth.access_ttl_secs;
+            let r = crate::maintenance::rotate_with(&core.store, &core.keyring, &master, ttl, auth.audit(), &client)
+                .await
+                .map_err(|e| format!("{e:#}"))?;
             auth.keys().reload(&core.store, &core.keyring).map_err(|e| e.to_string())?;
             json!({"dataKey": r.data_key_id, "signingKid": r.signing_kid, "reencrypted": r.reencrypted_fields})
         }
@@ -257,21 +261,32 @@ pub async fn execute(core: &AdminCore, req: &Request, uid: u32) -> Result<(Value
                 req.args
                     .get(name)
                     .map(|v| {
-                        time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
-                            .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
-                            .map_err(|_| format!("--{name} must be an RFC 3339 time such as 2026-11-29T08:00:00Z"))
+                        crate::audit::parse_rfc3339_ms(v)
+                            .ok_or_else(|| format!("--{name} must be an RFC 3339 time such as 2026-11-29T08:00:00Z"))
                     })
                     .transpose()
             };
             let (since, until) = (parse("since")?, parse("until")?);
-            let mut buf = Vec::new();
-            let n = crate::http::api::audit::export_lines(auth.audit(), since, until, &mut buf)
-                .map_err(|e| e.to_string())?;
-            return Ok((json!({"records": n}), Some(Payload::Bytes(buf))));
+            // Streamed from a temporary file like a backup: a long log never sits in memory.
+            let tmp = temp_path(core, "export", "jsonl");
+            let audit = auth.audit().clone();
+            let path = tmp.clone();
+            let written = tokio::task::spawn_blocking(move || {
+                use std::os::unix::fs::OpenOptionsExt;
+                let file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+                let mut file = std::io::BufWriter::new(file);
+                audit.export_to(since, until, &mut file)
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            let n = written.map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                e.to_string()
+            })?;
+            return Ok((json!({"records": n}), Some(Payload::TempFile(tmp))));
         }
         "backup" => {
-            let dir = &core.config.data_dir;
-            let tmp = dir.join(format!(".backup-{}.redb", hex::encode(crate::crypto::random_bytes::<6>())));
+            let tmp = temp_path(core, "backup", "redb");
             let store = core.store.clone();
             let path = tmp.clone();
             let rows = tokio::task::spawn_blocking(move || store.backup_to(&path))

@@ -83,10 +83,6 @@ async fn handle(core: AdminCore, mut stream: UnixStream, gate_uid: u32) -> std::
     match execute(&core, &req, uid).await {
         Err(error) => respond(&mut stream, &Response { ok: false, error: Some(error), ..Default::default() }).await,
         Ok((data, None)) => respond(&mut stream, &Response { ok: true, data, ..Default::default() }).await,
-        Ok((data, Some(Payload::Bytes(bytes)))) => {
-            respond(&mut stream, &Response { ok: true, data, payload_bytes: bytes.len() as u64, error: None }).await?;
-            stream.write_all(&bytes).await
-        }
         Ok((data, Some(Payload::TempFile(path)))) => {
             let result = async {
                 let mut file = tokio::fs::File::open(&path).await?;

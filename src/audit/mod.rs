@@ -372,9 +372,7 @@ impl Audit {
         if total > 0 {
             tracing::info!(pruned = total, "audit retention pruned old records");
         }
-        if let Ok(info) = self.info() {
-            metrics::gauge!("audit_chain_length").set(info.length as f64);
-        }
+        self.publish_length();
         Ok(total)
     }
 
@@ -554,6 +552,67 @@ fn prune_chunk(txn: &WriteTransaction, cutoff_ms: i64, max_events: u64) -> Resul
         meta.insert(ANCHOR, anchor.encode().as_slice())?;
     }
     Ok(doomed.len() as u64)
+}
+
+/// Formats milliseconds since the epoch as RFC 3339.
+pub fn rfc3339_ms(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+/// Parses an RFC 3339 time into milliseconds since the epoch.
+pub fn parse_rfc3339_ms(v: &str) -> Option<i64> {
+    time::OffsetDateTime::parse(v.trim(), &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+}
+
+/// One exported line: the record with an RFC 3339 time added.
+#[derive(Serialize)]
+struct ExportLine {
+    time: String,
+    #[serde(flatten)]
+    record: AuditRecord,
+}
+
+impl Audit {
+    /// The next chunk of the export after sequence `after`, as JSON Lines: the bytes, the
+    /// number of records and the last sequence; `None` when nothing is left.
+    pub fn export_chunk(
+        &self,
+        since_ms: Option<i64>,
+        until_ms: Option<i64>,
+        after: u64,
+    ) -> Result<Option<(Vec<u8>, u64, u64)>, StoreError> {
+        let chunk = self.range(since_ms, until_ms, after, 1000)?;
+        let Some(last) = chunk.last().map(|r| r.seq) else { return Ok(None) };
+        let n = chunk.len() as u64;
+        let mut out = Vec::with_capacity(chunk.len() * 256);
+        for record in chunk {
+            serde_json::to_writer(&mut out, &ExportLine { time: rfc3339_ms(record.ts_ms), record })?;
+            out.push(b'\n');
+        }
+        Ok(Some((out, n, last)))
+    }
+
+    /// Writes every record in `[since, until]` as JSON Lines, oldest first; returns the count.
+    pub fn export_to(
+        &self,
+        since_ms: Option<i64>,
+        until_ms: Option<i64>,
+        out: &mut impl std::io::Write,
+    ) -> anyhow::Result<u64> {
+        let (mut after, mut total) = (0, 0);
+        while let Some((bytes, n, last)) = self.export_chunk(since_ms, until_ms, after)? {
+            out.write_all(&bytes)?;
+            total += n;
+            after = last;
+        }
+        out.flush()?;
+        Ok(total)
+    }
 }
 
 /// Severity names accepted by filters.

@@ -22,6 +22,15 @@ impl MasterKey {
     /// Reads the key file, or creates it (0600, 32 random bytes) when it does not exist.
     /// Refuses a file that group or others may read, or one of the wrong size.
     pub fn load_or_create(path: &Path) -> Result<MasterKey, CryptoError> {
+        match Self::load(path) {
+            Err(CryptoError::MasterKey(_)) if !path.exists() => Self::create(path),
+            other => other,
+        }
+    }
+
+    /// Reads an existing key file (never creates one: a new key beside existing data would
+    /// only lock that data away). Same checks as [`MasterKey::load_or_create`].
+    pub fn load(path: &Path) -> Result<MasterKey, CryptoError> {
         match std::fs::metadata(path) {
             Ok(meta) => {
                 let mode = meta.permissions().mode() & 0o777;
@@ -42,7 +51,9 @@ impl MasterKey {
                     ))
                 })
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self::create(path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(CryptoError::MasterKey(format!("master key file {} is missing", path.display())))
+            }
             Err(e) => Err(CryptoError::MasterKey(format!("cannot access master key file {}: {e}", path.display()))),
         }
     }

@@ -105,8 +105,8 @@ impl EdgePolicy {
 
     /// The `route_class` label of a request: `upstream` for proxied routes, else the rate
     /// class of the gate's own API, else `system` (health, metrics, docs, pages).
-    fn route_class(&self, method: &Method, path: &str) -> &'static str {
-        if self.state.proxy.route_for(path).is_some() {
+    fn route_class(route: Option<&crate::http::proxy::ProxyRoute>, method: &Method, path: &str) -> &'static str {
+        if route.is_some() {
             return "upstream";
         }
         match rate_class(method, path) {
@@ -186,6 +186,7 @@ impl<E: Endpoint> RequestContextEndpoint<E> {
     async fn guarded(
         &self,
         mut req: Request,
+        route: Option<Arc<crate::http::proxy::ProxyRoute>>,
         client: &ClientInfo,
         rate: &mut Vec<(HeaderName, String)>,
     ) -> poem::Result<Response> {
@@ -239,7 +240,6 @@ impl<E: Endpoint> RequestContextEndpoint<E> {
 
         // Rate limits: the global per-IP ceiling, then the request's class.
         let ip = client.ip.clone();
-        let route = p.state.proxy.route_for(&path);
         let mut classes = vec![RateClass::Global];
         if let Some(r) = &route {
             classes.push(r.cfg.rate_class);
@@ -387,9 +387,11 @@ impl<E: Endpoint> Endpoint for RequestContextEndpoint<E> {
         let client = crate::http::auth::client_info(&req);
         let origin = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok()).map(str::to_string);
         let path = req.uri().path().to_string();
-        let class = self.policy.route_class(req.method(), &path);
+        // The route is looked up once: it decides the policy and labels the metrics.
+        let route = self.policy.state.proxy.route_for(&path);
+        let class = EdgePolicy::route_class(route.as_deref(), req.method(), &path);
         let mut rate = Vec::new();
-        let mut resp = match self.guarded(req, &client, &mut rate).await {
+        let mut resp = match self.guarded(req, route, &client, &mut rate).await {
             Ok(resp) => resp,
             Err(err) => problem_response(err, &id),
         };

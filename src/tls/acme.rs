@@ -8,8 +8,8 @@ use std::sync::Arc;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use futures_util::StreamExt;
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 use rustls_acme::{AccountCache, CertCache};
 use rustls_acme::{EventError, EventOk, ResolvesServerCertAcme, UseChallenge};
@@ -45,16 +45,7 @@ fn record_name(kind: &str, parts: &[String], directory: &str) -> String {
 
 /// Parses rustls-acme's PEM (private key first, then the chain) into a served certificate.
 pub fn parse_bundle(pem: &[u8]) -> Result<(Arc<CertifiedKey>, CertFacts), String> {
-    let key = PrivateKeyDer::from_pem_slice(pem).map_err(|e| format!("no private key in the bundle: {e}"))?;
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("bad certificate PEM: {e}"))?;
-    let leaf = chain.first().ok_or("no certificate in the bundle")?;
-    let facts = CertFacts::from_der(leaf)?;
-    let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key).map_err(|e| e.to_string())?;
-    let certified = CertifiedKey::new(chain, signing);
-    certified.keys_match().map_err(|e| format!("key does not match the certificate: {e}"))?;
-    Ok((Arc::new(certified), facts))
+    super::certified_from_pem(pem, pem, "the bundle", "the bundle")
 }
 
 /// The rustls-acme cache: certificates and the account key live in the `secrets` table.

@@ -10,8 +10,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 
 use super::self_signed::CertSlot;
@@ -28,23 +26,16 @@ pub fn load_pair(cert_file: &Path, key_file: &Path) -> Result<(Arc<CertifiedKey>
     let key_pem = zeroize::Zeroizing::new(
         std::fs::read(key_file).map_err(|e| format!("cannot read {}: {e}", key_file.display()))?,
     );
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{} is not a PEM certificate chain: {e}", cert_file.display()))?;
-    let leaf = chain.first().ok_or_else(|| format!("{} holds no certificate", cert_file.display()))?;
-    let facts = CertFacts::from_der(leaf).map_err(|e| format!("{}: {e}", cert_file.display()))?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| format!("{} holds no usable private key: {e}", key_file.display()))?;
-    let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key)
-        .map_err(|e| format!("{}: unsupported key: {e}", key_file.display()))?;
-    let certified = CertifiedKey::new(chain, signing);
-    certified.keys_match().map_err(|_| {
-        format!("the key in {} does not belong to the certificate in {}", key_file.display(), cert_file.display())
-    })?;
+    let (certified, facts) = super::certified_from_pem(
+        &cert_pem,
+        &key_pem,
+        &cert_file.display().to_string(),
+        &key_file.display().to_string(),
+    )?;
     if facts.not_after < crate::auth::now() {
         return Err(format!("the certificate in {} has expired", cert_file.display()));
     }
-    Ok((Arc::new(certified), facts))
+    Ok((certified, facts))
 }
 
 fn stamp(paths: &[&PathBuf]) -> Vec<Option<(u64, SystemTime)>> {

@@ -193,6 +193,33 @@ impl AsyncWrite for LazyTls {
     }
 }
 
+/// A served certificate from PEM: the chain (leaf first) and its private key (PKCS#8,
+/// PKCS#1 or SEC1), checked to belong together. `chain_name`/`key_name` name the sources in
+/// errors (file names, or "the bundle").
+pub fn certified_from_pem(
+    chain_pem: &[u8],
+    key_pem: &[u8],
+    chain_name: &str,
+    key_name: &str,
+) -> Result<(Arc<rustls::sign::CertifiedKey>, status::CertFacts), String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{chain_name} is not a PEM certificate chain: {e}"))?;
+    let leaf = chain.first().ok_or_else(|| format!("{chain_name} holds no certificate"))?;
+    let facts = status::CertFacts::from_der(leaf).map_err(|e| format!("{chain_name}: {e}"))?;
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("{key_name} holds no usable private key: {e}"))?;
+    let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key)
+        .map_err(|e| format!("{key_name}: unsupported key: {e}"))?;
+    let certified = rustls::sign::CertifiedKey::new(chain, signing);
+    certified
+        .keys_match()
+        .map_err(|_| format!("the key in {key_name} does not belong to the certificate in {chain_name}"))?;
+    Ok((Arc::new(certified), facts))
+}
+
 /// The SHA-256 fingerprint of a DER certificate, as colon-separated hex.
 pub fn fingerprint(der: &[u8]) -> String {
     crate::crypto::sha256(der).iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")

@@ -10,6 +10,7 @@ use poem_openapi::payload::{Binary, Json};
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::ApiTags;
+pub use crate::audit::rfc3339_ms;
 use crate::audit::{AuditFilter, AuditRecord};
 use crate::auth::{EventKind, Role};
 use crate::error::ApiError;
@@ -42,14 +43,6 @@ pub struct AuditEventDto {
     pub user_agent: String,
     pub request_id: String,
     pub detail: BTreeMap<String, String>,
-}
-
-/// Formats milliseconds since the epoch as RFC 3339.
-pub fn rfc3339_ms(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_default()
 }
 
 impl From<AuditRecord> for AuditEventDto {
@@ -92,6 +85,19 @@ pub struct AuditVerifyDto {
     pub reason: Option<String>,
 }
 
+impl From<crate::audit::VerifyReport> for AuditVerifyDto {
+    fn from(r: crate::audit::VerifyReport) -> Self {
+        AuditVerifyDto {
+            ok: r.ok,
+            first: r.first,
+            last: r.last,
+            checked: r.checked,
+            first_bad: r.first_bad,
+            reason: r.reason,
+        }
+    }
+}
+
 #[derive(ApiResponse)]
 pub enum ExportResponse {
     /// JSON Lines, one record per line, oldest first.
@@ -105,10 +111,11 @@ fn bad(msg: String) -> poem::Error {
 
 /// Parses an RFC 3339 time into milliseconds since the epoch.
 fn parse_time(name: &str, v: Option<String>) -> poem::Result<Option<i64>> {
-    let Some(v) = v else { return Ok(None) };
-    let t = time::OffsetDateTime::parse(v.trim(), &time::format_description::well_known::Rfc3339)
-        .map_err(|_| bad(format!("`{name}` must be an RFC 3339 time such as 2026-11-29T08:00:00Z.")))?;
-    Ok(Some((t.unix_timestamp_nanos() / 1_000_000) as i64))
+    v.map(|v| {
+        crate::audit::parse_rfc3339_ms(&v)
+            .ok_or_else(|| bad(format!("`{name}` must be an RFC 3339 time such as 2026-11-29T08:00:00Z.")))
+    })
+    .transpose()
 }
 
 fn parse_cursor(v: Option<String>) -> poem::Result<Option<u64>> {
@@ -194,14 +201,7 @@ impl AuditApi {
             .await
             .map_err(|_| poem::Error::from(ApiError::internal()))?
             .map_err(store_failed)?;
-        Ok(Json(AuditVerifyDto {
-            ok: r.ok,
-            first: r.first,
-            last: r.last,
-            checked: r.checked,
-            first_bad: r.first_bad,
-            reason: r.reason,
-        }))
+        Ok(Json(AuditVerifyDto::from(r)))
     }
 
     /// Every record in a time range as JSON Lines, streamed oldest first.
@@ -253,59 +253,11 @@ pub fn export_stream(
     futures_util::stream::unfold(Some(0u64), move |after| {
         let audit = audit.clone();
         async move {
-            let after = after?;
-            let chunk = match audit.range(since, until, after, 1000) {
-                Ok(c) => c,
-                Err(e) => return Some((Err(std::io::Error::other(e.to_string())), None)),
-            };
-            if chunk.is_empty() {
-                return None;
+            match audit.export_chunk(since, until, after?) {
+                Ok(Some((bytes, _, last))) => Some((Ok(bytes::Bytes::from(bytes)), Some(last))),
+                Ok(None) => None,
+                Err(e) => Some((Err(std::io::Error::other(e.to_string())), None)),
             }
-            let last = chunk.last().map(|r| r.seq).unwrap_or(after);
-            let mut out = Vec::with_capacity(chunk.len() * 256);
-            for r in chunk {
-                if serde_json::to_writer(&mut out, &AuditLine::from(r)).is_ok() {
-                    out.push(b'\n');
-                }
-            }
-            Some((Ok(bytes::Bytes::from(out)), Some(last)))
         }
     })
-}
-
-/// One exported line: the record with an RFC 3339 time added.
-#[derive(serde::Serialize)]
-struct AuditLine {
-    time: String,
-    #[serde(flatten)]
-    record: AuditRecord,
-}
-
-impl From<AuditRecord> for AuditLine {
-    fn from(record: AuditRecord) -> Self {
-        AuditLine { time: rfc3339_ms(record.ts_ms), record }
-    }
-}
-
-/// Writes JSON Lines for the CLI.
-pub fn export_lines(
-    audit: &crate::audit::Audit,
-    since: Option<i64>,
-    until: Option<i64>,
-    out: &mut impl std::io::Write,
-) -> anyhow::Result<u64> {
-    let mut after = 0;
-    let mut n = 0;
-    loop {
-        let chunk = audit.range(since, until, after, 1000)?;
-        let Some(last) = chunk.last().map(|r| r.seq) else { break };
-        for r in chunk {
-            serde_json::to_writer(&mut *out, &AuditLine::from(r))?;
-            out.write_all(b"\n")?;
-            n += 1;
-        }
-        after = last;
-    }
-    out.flush()?;
-    Ok(n)
 }
