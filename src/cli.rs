@@ -558,7 +558,20 @@ fn print_human(cmd: &str, d: &serde_json::Value, out: Option<&PathBuf>, config: 
             d["bytes"],
             config.master_key_path().display()
         ),
-        "vpn.status" => println!("vpn: {}", d["state"].as_str().unwrap_or("unknown")),
+        "vpn.status" => {
+            let state = d["state"].as_str().unwrap_or("unknown");
+            match (d["server"].as_str(), d["reason"].as_str()) {
+                (Some(server), _) if state == "up" || state == "degraded" => println!(
+                    "vpn: {state} via {server} ({}), handshake {} s ago, kill switch {}",
+                    d["endpoint"].as_str().unwrap_or("?"),
+                    d["handshakeAgeSecs"],
+                    if d["killswitch"]["installed"] == true { "on" } else { "off" }
+                ),
+                (_, Some(reason)) => println!("vpn: {state} ({reason})"),
+                _ => println!("vpn: {state}"),
+            }
+        }
+        "vpn.set-key" | "vpn.reconnect" | "vpn.disable" => println!("{}", d["message"].as_str().unwrap_or("done")),
         _ => println!("{d}"),
     }
 }

@@ -33,6 +33,9 @@ pub async fn rotate_with(
     if crate::tls::self_signed::reencrypt(store, keyring).await.context("re-encrypting the TLS key")? {
         n += 1;
     }
+    if crate::vpn::reencrypt(store, keyring).await.context("re-encrypting the VPN key")? {
+        n += 1;
+    }
     SecurityEvent::new(EventKind::KeysRotated, Severity::Info, client)
         .actor("cli")
         .detail("data_key", data_key_id.to_string())

@@ -151,6 +151,7 @@ pub async fn open(config: Config) -> anyhow::Result<Opened> {
         None => None,
     };
     let limits = Arc::new(crate::ratelimit::RateLimits::new(&config.rate_limits));
+    let vpn = crate::vpn::Vpn::start(&config.vpn, store.clone(), keyring.clone(), auth.audit().clone()).await;
     let config_routes = config.routes.clone();
     let state = Arc::new(AppState {
         config: Arc::new(config),
@@ -160,7 +161,7 @@ pub async fn open(config: Config) -> anyhow::Result<Opened> {
         auth: Arc::new(auth),
         limits,
         proxy: Arc::new(crate::http::proxy::Proxy::new(&config_routes)),
-        vpn: Arc::new(crate::vpn::NotConfigured),
+        vpn: Arc::new(vpn),
         started: Instant::now(),
         tls: tls_status,
         metrics_token,

@@ -73,6 +73,8 @@ pub struct AdminCore {
     pub store: Store,
     pub keyring: Arc<Keyring>,
     pub auth: Arc<AuthService>,
+    /// The running supervisor; `None` when the CLI works on the store itself.
+    pub vpn: Option<Arc<dyn crate::vpn::VpnStatus>>,
 }
 
 impl AdminCore {
@@ -82,6 +84,7 @@ impl AdminCore {
             store: state.store.clone(),
             keyring: state.keyring.clone(),
             auth: state.auth.clone(),
+            vpn: Some(state.vpn.clone()),
         }
     }
 
@@ -113,7 +116,7 @@ impl AdminCore {
             audit,
         )
         .await?;
-        Ok(AdminCore { config: Arc::new(config), store, keyring, auth: Arc::new(auth) })
+        Ok(AdminCore { config: Arc::new(config), store, keyring, auth: Arc::new(auth), vpn: None })
     }
 }
 
@@ -299,8 +302,49 @@ pub async fn execute(core: &AdminCore, req: &Request, uid: u32) -> Result<(Value
             let bytes = std::fs::metadata(&tmp).map(|m| m.len()).unwrap_or(0);
             return Ok((json!({"rows": rows, "bytes": bytes}), Some(Payload::TempFile(tmp))));
         }
-        "vpn.status" => json!({"state": "not-configured"}),
-        c if c.starts_with("vpn.") => return Err("the VPN supervisor is not part of this build yet".into()),
+        "vpn.status" => match core.vpn.as_ref().and_then(|v| v.snapshot()) {
+            Some(s) => serde_json::to_value(&s).map_err(|e| e.to_string())?,
+            None => json!({"state": "stopped", "reason": "the gate is not running"}),
+        },
+        "vpn.set-key" => {
+            let key = secret(req, "the private key")?;
+            let msg = match &core.vpn {
+                Some(v) => v.command(crate::vpn::VpnCommand::SetKey(key)).await?,
+                None => {
+                    let public = crate::vpn::store_key(&core.store, &core.keyring, &key).await?;
+                    format!("private key stored; public key {public}")
+                }
+            };
+            json!({"message": msg})
+        }
+        "vpn.reconnect" => match &core.vpn {
+            Some(v) => json!({"message": v.command(crate::vpn::VpnCommand::Reconnect).await?}),
+            None => return Err("the gate is not running; it connects when it starts".into()),
+        },
+        "vpn.disable" => {
+            let msg = match &core.vpn {
+                Some(v) => v.command(crate::vpn::VpnCommand::Disable).await?,
+                None => {
+                    // The gate is stopped (or will not start): remove what a crashed gate left.
+                    let removed = crate::vpn::tear_down(&core.config.vpn).await?;
+                    if removed {
+                        crate::auth::SecurityEvent::new(
+                            crate::auth::EventKind::KillswitchReleased,
+                            crate::auth::Severity::Warning,
+                            &client,
+                        )
+                        .actor("cli")
+                        .detail("reason", "vpn disable")
+                        .record(auth.audit())
+                        .await;
+                        "kill switch and tunnel removed".to_string()
+                    } else {
+                        "no kill switch was installed".to_string()
+                    }
+                }
+            };
+            json!({"message": msg})
+        }
         other => return Err(format!("unknown command {other:?}")),
     };
     Ok((out, None))

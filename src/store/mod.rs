@@ -206,6 +206,32 @@ impl Store {
         .await
     }
 
+    /// A record of the `meta` table (small JSON documents the gate keeps for itself).
+    pub fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read(|txn| {
+            let t = txn.open_table(tables::META)?;
+            Ok(t.get(name)?.map(|v| v.value().to_vec()))
+        })
+    }
+
+    /// Writes (or, with `None`, removes) a record of the `meta` table, durably.
+    pub async fn put_meta(&self, name: impl Into<String>, bytes: Option<Vec<u8>>) -> Result<(), StoreError> {
+        let name = name.into();
+        self.write(move |txn| {
+            let mut t = txn.open_table(tables::META)?;
+            match &bytes {
+                Some(b) => {
+                    t.insert(name.as_str(), b.as_slice())?;
+                }
+                None => {
+                    t.remove(name.as_str())?;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
     /// Writes a consistent snapshot of every table to a new redb file at `dest` (created
     /// 0600): one read transaction copied out, so concurrent writes neither block nor tear it.
     pub fn backup_to(&self, dest: &Path) -> Result<u64, StoreError> {

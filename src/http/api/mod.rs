@@ -9,6 +9,7 @@ pub mod keys;
 pub mod system;
 pub mod tls;
 pub mod users;
+pub mod vpn;
 
 use std::sync::Arc;
 
@@ -24,6 +25,7 @@ pub type Apis = (
     edge::EdgeApi,
     audit::AuditApi,
     tls::TlsApi,
+    vpn::VpnApi,
 );
 
 pub fn apis(state: Arc<AppState>) -> Apis {
@@ -35,7 +37,8 @@ pub fn apis(state: Arc<AppState>) -> Apis {
         keys::KeysApi { state: state.clone() },
         edge::EdgeApi { state: state.clone() },
         audit::AuditApi { state: state.clone() },
-        tls::TlsApi { state },
+        tls::TlsApi { state: state.clone() },
+        vpn::VpnApi { state },
     )
 }
 
@@ -52,4 +55,6 @@ pub enum ApiTags {
     Users,
     /// The tamper-evident audit log (admin).
     Audit,
+    /// The WireGuard tunnel and its kill switch (admin).
+    Vpn,
 }

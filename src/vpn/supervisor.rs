@@ -1,0 +1,794 @@
+//! The supervisor task: one loop that owns the tunnel. It ticks every
+//! `health.interval_secs`, answers admin commands, and notices at once when its
+//! `wireguard-go` child exits.
+//!
+//! State machine: `connecting`/`reconnecting` → `up` after `successes_to_up` good checks;
+//! `up` → `degraded` on a failed check → `down` after `failures_to_down` consecutive failures
+//! (so an outage is seen within `interval × failures_to_down` plus one interval); `down` →
+//! `reconnecting` after an exponential backoff; after `rotate_after_failures` failed
+//! attempts on one server the next server is tried. The rotation position starts at a
+//! random server and is kept in the store.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use zeroize::Zeroizing;
+
+use super::{Request, Shared, VpnCommand, VpnState, killswitch, netcfg, nordvpn, uapi};
+use crate::audit::Audit;
+use crate::auth::{ClientInfo, EventKind, SecurityEvent, Severity};
+use crate::config::{VpnConfig, VpnProvider, VpnServer};
+use crate::crypto::Keyring;
+use crate::store::Store;
+
+const ROTATION_KEY: &str = "vpn_rotation";
+const OVERRIDE_KEY: &str = "vpn_servers";
+const PROVIDER_KEY: &str = "vpn_provider_servers";
+const KEEPALIVE_SECS: u16 = 25;
+/// Checks in a row that saw bytes sent but none received before the link counts as stalled.
+const STALL_CHECKS: u32 = 3;
+
+fn system_client() -> ClientInfo {
+    ClientInfo { ip: "local".into(), ..Default::default() }
+}
+
+/// Finds an executable on `PATH`.
+fn which(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}
+
+/// Whether this process holds CAP_NET_ADMIN (bit 12 of `CapEff`).
+fn has_net_admin() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << 12) != 0)
+}
+
+/// The pid of the `wireguard-go` serving `iface`, ours or adopted.
+fn wireguard_pid(iface: &str) -> Option<u32> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).filter(|a| !a.is_empty()).collect();
+        if args.first().is_some_and(|a| a.ends_with(b"wireguard-go")) && args.last() == Some(&iface.as_bytes()) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// Time up over time observed, per minute, for the last 24 hours.
+#[derive(Default)]
+struct Uptime {
+    minutes: VecDeque<(u64, f64, f64)>,
+    last: Option<Instant>,
+}
+
+impl Uptime {
+    fn add(&mut self, up: bool) -> f64 {
+        let now = Instant::now();
+        let elapsed = self.last.map(|l| now.duration_since(l).as_secs_f64()).unwrap_or(0.0);
+        self.last = Some(now);
+        let minute = (crate::auth::now() / 60) as u64;
+        match self.minutes.back_mut() {
+            Some((m, u, t)) if *m == minute => {
+                *t += elapsed;
+                if up {
+                    *u += elapsed;
+                }
+            }
+            _ => self.minutes.push_back((minute, if up { elapsed } else { 0.0 }, elapsed)),
+        }
+        while self.minutes.front().is_some_and(|(m, _, _)| *m + 1440 <= minute) {
+            self.minutes.pop_front();
+        }
+        let (u, t) = self.minutes.iter().fold((0.0, 0.0), |(u, t), (_, mu, mt)| (u + mu, t + mt));
+        if t > 0.0 { u / t } else { 0.0 }
+    }
+}
+
+pub(super) struct Supervisor {
+    cfg: VpnConfig,
+    store: Store,
+    keyring: Arc<Keyring>,
+    audit: Audit,
+    shared: Arc<Shared>,
+    sock: PathBuf,
+    wireguard_go: Option<PathBuf>,
+    child: Option<Child>,
+    key: Option<Zeroizing<[u8; 32]>>,
+    servers: Vec<VpnServer>,
+    pos: usize,
+    state: VpnState,
+    /// No health checks: `unavailable` or `disabled`.
+    halted: bool,
+    fails: u32,
+    succ: u32,
+    server_failures: u32,
+    total_failures: u32,
+    next_attempt: Option<Instant>,
+    counters: Option<(u64, u64)>,
+    stall: u32,
+    reconnects: u64,
+    uptime: Uptime,
+    down_at: Option<Instant>,
+    provider_fetched: Option<Instant>,
+}
+
+async fn wait_child(child: &mut Option<Child>) -> std::io::Result<std::process::ExitStatus> {
+    match child.as_mut() {
+        Some(c) => c.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// With `vpn.enabled = false`: a kill switch left by an earlier run is removed (with its
+/// policy rules), since only `enabled = false` or `vpn disable` may remove it.
+pub(super) async fn release_leftovers(cfg: &VpnConfig, audit: &Audit) {
+    if which("nft").is_none() || !killswitch::status().await.present {
+        return;
+    }
+    netcfg::remove_rules().await;
+    netcfg::flush_table().await;
+    match killswitch::remove().await {
+        Ok(true) => {
+            tracing::warn!("vpn disabled: kill switch removed; torrent traffic is no longer confined");
+            audit.record_background(
+                SecurityEvent::new(EventKind::KillswitchReleased, Severity::Warning, &system_client())
+                    .actor("system")
+                    .target(&cfg.interface)
+                    .detail("reason", "vpn.enabled is false"),
+            );
+        }
+        Ok(false) => {}
+        Err(e) => tracing::error!(error = %e, "could not remove the kill switch"),
+    }
+}
+
+impl Supervisor {
+    pub(super) fn new(cfg: VpnConfig, store: Store, keyring: Arc<Keyring>, audit: Audit, shared: Arc<Shared>) -> Self {
+        let sock = uapi::socket_path(&cfg.interface);
+        Supervisor {
+            servers: cfg.servers.clone(),
+            cfg,
+            store,
+            keyring,
+            audit,
+            shared,
+            sock,
+            wireguard_go: None,
+            child: None,
+            key: None,
+            pos: 0,
+            state: VpnState::Connecting,
+            halted: false,
+            fails: 0,
+            succ: 0,
+            server_failures: 0,
+            total_failures: 0,
+            next_attempt: None,
+            counters: None,
+            stall: 0,
+            reconnects: 0,
+            uptime: Uptime::default(),
+            down_at: None,
+            provider_fetched: None,
+        }
+    }
+
+    pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+        self.startup().await;
+        let mut tick = tokio::time::interval(Duration::from_secs(self.cfg.health.interval_secs));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.tick().await,
+                Some((cmd, ack)) = rx.recv() => {
+                    let r = self.handle(cmd).await;
+                    let _ = ack.send(r);
+                }
+                status = wait_child(&mut self.child) => {
+                    self.child = None;
+                    let what = match status {
+                        Ok(s) => format!("wireguard-go exited ({s})"),
+                        Err(e) => format!("wireguard-go could not be waited for: {e}"),
+                    };
+                    self.lost(&what).await;
+                }
+            }
+        }
+    }
+
+    fn event(&self, kind: EventKind, severity: Severity) -> SecurityEvent {
+        let server = self.servers.get(self.pos).map(|s| s.name.clone()).unwrap_or_default();
+        SecurityEvent::new(kind, severity, &system_client()).actor("system").target(server)
+    }
+
+    fn set_state(&mut self, state: VpnState, reason: Option<String>) {
+        if self.state != state {
+            tracing::info!(
+                from = self.state.as_str(),
+                to = state.as_str(),
+                reason = reason.as_deref().unwrap_or(""),
+                "vpn state"
+            );
+        }
+        let changed = self.state != state;
+        self.state = state;
+        self.shared.update(|s| {
+            if changed {
+                s.since = crate::auth::now();
+            }
+            s.state = state;
+            if matches!(state, VpnState::Unavailable | VpnState::Disabled) || reason.is_some() {
+                s.reason = reason;
+            }
+        });
+        metrics::gauge!("vpn_state").set(f64::from(state.code()));
+        metrics::gauge!("vpn_up").set(if state.passes() { 1.0 } else { 0.0 });
+    }
+
+    fn unavailable(&mut self, reason: String) {
+        tracing::error!(reason = %reason, "vpn unavailable; routes that require the VPN stay closed");
+        self.halted = true;
+        self.set_state(VpnState::Unavailable, Some(reason));
+    }
+
+    async fn startup(&mut self) {
+        metrics::describe_gauge!("vpn_up", "1 while the tunnel passes traffic (up or degraded)");
+        metrics::describe_gauge!(
+            "vpn_state",
+            "0 disabled, 1 unavailable, 2 connecting, 3 up, 4 degraded, 5 down, 6 reconnecting"
+        );
+        metrics::describe_gauge!("vpn_handshake_age_seconds", metrics::Unit::Seconds, "Age of the latest handshake");
+        metrics::describe_gauge!("vpn_rx_bytes", metrics::Unit::Bytes, "Bytes received through the tunnel");
+        metrics::describe_gauge!("vpn_tx_bytes", metrics::Unit::Bytes, "Bytes sent through the tunnel");
+        metrics::describe_counter!("vpn_reconnects_total", "Reconnect attempts");
+        metrics::describe_gauge!("vpn_uptime_ratio", "Share of the last 24 hours the tunnel was up");
+        metrics::counter!("vpn_reconnects_total").absolute(0);
+        self.set_state(VpnState::Connecting, None);
+
+        if !has_net_admin() {
+            return self.unavailable(
+                "the gate lacks CAP_NET_ADMIN (run it as the systemd unit installed by install.sh, or as root)".into(),
+            );
+        }
+        if which("ip").is_none() {
+            return self.unavailable("`ip` (iproute2) is not installed".into());
+        }
+        self.wireguard_go = which("wireguard-go");
+        if self.wireguard_go.is_none() {
+            return self.unavailable("no WireGuard: `wireguard-go` is not installed (apt install wireguard-go)".into());
+        }
+        if self.cfg.killswitch.enabled
+            && let Err(e) = killswitch::available().await
+        {
+            return self.unavailable(format!("{e} (apt install nftables)"));
+        }
+        self.load_servers().await;
+        if self.servers.is_empty() {
+            return self
+                .unavailable("no VPN servers: the provider list could not be fetched and none are configured".into());
+        }
+        self.pos = self.rotation_position().await;
+        if let Err(e) = self.engage().await {
+            return self.unavailable(e);
+        }
+        match super::load_key(&self.store, &self.keyring) {
+            Ok(Some(k)) => self.key = Some(k),
+            Ok(None) => {
+                return self.unavailable("no private key: run `miauflix-gate vpn set-key` or PUT /api/vpn/key".into());
+            }
+            Err(e) => return self.unavailable(format!("the stored private key cannot be read: {e}")),
+        }
+        self.attempt(true).await;
+    }
+
+    /// The effective server list: an admin override, else the provider's, else the config's.
+    async fn load_servers(&mut self) {
+        let read = |key: &str| -> Option<Vec<VpnServer>> {
+            self.store.get_meta(key).ok().flatten().and_then(|b| serde_json::from_slice(&b).ok())
+        };
+        if let Some(list) = read(OVERRIDE_KEY).filter(|l| !l.is_empty()) {
+            self.servers = list;
+        } else if self.cfg.provider == Some(VpnProvider::Nordvpn) {
+            if let Some(list) = read(PROVIDER_KEY) {
+                self.servers = list;
+            }
+            self.refresh_provider().await;
+        } else {
+            self.servers = self.cfg.servers.clone();
+        }
+        self.publish_servers();
+    }
+
+    fn publish_servers(&self) {
+        *self.shared.servers.write().unwrap_or_else(|e| e.into_inner()) = self.servers.clone();
+    }
+
+    /// Fetches NordVPN's recommendations; keeps the last list when that fails.
+    async fn refresh_provider(&mut self) {
+        self.provider_fetched = Some(Instant::now());
+        match nordvpn::fetch(&self.cfg.nordvpn).await {
+            Ok(list) if !list.is_empty() => {
+                tracing::info!(servers = list.len(), "NordVPN server list refreshed");
+                if let Ok(bytes) = serde_json::to_vec(&list) {
+                    let _ = self.store.put_meta(PROVIDER_KEY, Some(bytes)).await;
+                }
+                let overridden = self.store.get_meta(OVERRIDE_KEY).ok().flatten().is_some_and(|b| b.len() > 2);
+                if !overridden {
+                    let current = self.servers.get(self.pos).map(|s| s.name.clone());
+                    self.servers = list;
+                    self.pos = current.and_then(|n| self.servers.iter().position(|s| s.name == n)).unwrap_or(0);
+                    self.publish_servers();
+                }
+            }
+            Ok(_) => tracing::warn!("NordVPN returned no WireGuard servers; keeping the last list"),
+            Err(e) => tracing::warn!(error = %e, "NordVPN server list not refreshed; keeping the last list"),
+        }
+    }
+
+    async fn rotation_position(&mut self) -> usize {
+        let n = self.servers.len();
+        let stored = self
+            .store
+            .get_meta(ROTATION_KEY)
+            .ok()
+            .flatten()
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| s.parse::<usize>().ok());
+        match stored {
+            Some(p) => p % n,
+            None => {
+                let p = rand::random::<usize>() % n;
+                self.save_position(p).await;
+                p
+            }
+        }
+    }
+
+    async fn save_position(&self, pos: usize) {
+        if let Err(e) = self.store.put_meta(ROTATION_KEY, Some(pos.to_string().into_bytes())).await {
+            tracing::error!(error = %e, "could not save the VPN rotation position");
+        }
+    }
+
+    /// Resolves every server's endpoint (the kill switch lets the tunnel's UDP reach all of
+    /// them, so rotation needs no rule change).
+    async fn endpoints(&self) -> Vec<SocketAddr> {
+        let mut out = Vec::new();
+        for s in &self.servers {
+            match resolve(&s.endpoint).await {
+                Ok(a) => out.push(a),
+                Err(e) => tracing::warn!(server = %s.name, error = %e, "endpoint does not resolve"),
+            }
+        }
+        out
+    }
+
+    /// Installs (or atomically rebuilds) the kill switch and the policy rules.
+    async fn engage(&mut self) -> Result<(), String> {
+        if self.cfg.killswitch.enabled {
+            let before = killswitch::status().await;
+            let endpoints = self.endpoints().await;
+            killswitch::install(&self.cfg, &endpoints).await?;
+            if before.present {
+                tracing::info!("kill switch already in place; adopted and rebuilt atomically");
+            } else {
+                tracing::warn!(scope = %format!("{:?}", self.cfg.killswitch.scope).to_lowercase(), "kill switch engaged");
+                self.audit.record_background(
+                    self.event(EventKind::KillswitchEngaged, Severity::Info)
+                        .detail("scope", format!("{:?}", self.cfg.killswitch.scope).to_lowercase()),
+                );
+            }
+        } else if killswitch::remove().await? {
+            tracing::warn!("killswitch.enabled is false: kill switch removed");
+            self.audit.record_background(
+                self.event(EventKind::KillswitchReleased, Severity::Warning)
+                    .detail("reason", "vpn.killswitch.enabled is false"),
+            );
+        }
+        netcfg::install_rules(&self.cfg).await?;
+        self.refresh_killswitch_view().await;
+        Ok(())
+    }
+
+    async fn refresh_killswitch_view(&self) {
+        let st = killswitch::status().await;
+        self.shared.update(|s| {
+            s.killswitch.installed = st.present;
+            s.killswitch.rules = st.rules;
+            s.killswitch.dropped_packets = st.dropped_packets;
+        });
+    }
+
+    fn backoff(&self) -> Duration {
+        let r = &self.cfg.reconnect;
+        let exp = self.total_failures.saturating_sub(1).min(20);
+        Duration::from_secs(r.backoff_base_secs.saturating_mul(1 << exp).min(r.backoff_max_secs))
+    }
+
+    /// Brings the tunnel up on the current server. `initial`: the first attempt of this
+    /// run, which adopts a running `wireguard-go` that already has the right peer.
+    async fn attempt(&mut self, initial: bool) {
+        self.next_attempt = None;
+        if !initial {
+            self.reconnects += 1;
+            metrics::counter!("vpn_reconnects_total").increment(1);
+            let n = self.reconnects;
+            self.shared.update(|s| s.reconnects = n);
+            self.set_state(VpnState::Reconnecting, None);
+            self.audit.record_background(
+                self.event(EventKind::VpnReconnecting, Severity::Info)
+                    .detail("attempt", self.total_failures.to_string()),
+            );
+        }
+        self.fails = 0;
+        self.succ = 0;
+        self.counters = None;
+        self.stall = 0;
+        if let Err(e) = self.apply(initial).await {
+            tracing::warn!(error = %e, "vpn connect attempt failed");
+            self.shared.update(|s| s.last_error = Some(e.clone()));
+            self.failed(&e).await;
+        }
+    }
+
+    async fn apply(&mut self, adopt: bool) -> Result<(), String> {
+        let server = self.servers[self.pos].clone();
+        let key = self.key.clone().ok_or("no private key")?;
+        self.ensure_wireguard().await?;
+        let endpoint = resolve(&server.endpoint).await?;
+        let peer_key = super::decode_key(&server.public_key).ok_or("bad server public key")?;
+        let dev = uapi::get(&self.sock).await.map_err(|e| format!("UAPI: {e}"))?;
+        let in_place = dev.has_private_key
+            && dev.fwmark == netcfg::FWMARK
+            && dev.peers.len() == 1
+            && dev.peers[0].public_key == peer_key
+            && dev.peers[0].endpoint.as_deref() == Some(endpoint.to_string().as_str());
+        if adopt && in_place {
+            tracing::info!(server = %server.name, "wireguard-go already runs this server's peer; adopted");
+        } else {
+            let settings = uapi::Settings {
+                private_key: &key,
+                fwmark: netcfg::FWMARK,
+                peer_public_key: peer_key,
+                replace_peers: true,
+                endpoint,
+                allowed_ips: &server.allowed_ips,
+                keepalive_secs: KEEPALIVE_SECS,
+            };
+            uapi::set(&self.sock, &settings).await.map_err(|e| format!("UAPI: {e}"))?;
+        }
+        netcfg::configure_link(&self.cfg, &server.allowed_ips).await?;
+        let pid = wireguard_pid(&self.cfg.interface);
+        self.shared.update(|s| {
+            s.server = Some(server.name.clone());
+            s.endpoint = Some(endpoint.to_string());
+            s.wireguard_pid = pid;
+        });
+        Ok(())
+    }
+
+    /// Makes sure a `wireguard-go` answers on the UAPI socket: the one running (ours or left
+    /// by an earlier run of the gate), else a new child.
+    async fn ensure_wireguard(&mut self) -> Result<(), String> {
+        if uapi::get(&self.sock).await.is_ok() {
+            return Ok(());
+        }
+        if let Some(mut old) = self.child.take() {
+            let _ = old.kill().await;
+        }
+        // A socket or interface left by a killed process would stop the new one.
+        let _ = std::fs::remove_file(&self.sock);
+        netcfg::delete_link(&self.cfg.interface).await;
+        let program = self.wireguard_go.clone().ok_or("wireguard-go is not installed")?;
+        let mut child = Command::new(program)
+            .arg("-f")
+            .arg(&self.cfg.interface)
+            .env("LOG_LEVEL", "error")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(false)
+            .spawn()
+            .map_err(|e| format!("cannot start wireguard-go: {e}"))?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if uapi::get(&self.sock).await.is_ok() {
+                tracing::info!(pid = child.id(), interface = %self.cfg.interface, "wireguard-go started");
+                self.child = Some(child);
+                return Ok(());
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!("wireguard-go exited at start ({status})"));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill().await;
+                return Err("wireguard-go did not open its UAPI socket within 5 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The tunnel process vanished: down now, restart after the backoff.
+    async fn lost(&mut self, what: &str) {
+        if self.halted {
+            return;
+        }
+        tracing::warn!(reason = what, "wireguard-go is gone; restarting it");
+        self.shared.update(|s| {
+            s.last_error = Some(what.to_string());
+            s.wireguard_pid = None;
+        });
+        self.failed(what).await;
+    }
+
+    /// A check sequence or an attempt failed: down, maybe rotate, schedule the next attempt.
+    async fn failed(&mut self, reason: &str) {
+        let was = self.state;
+        self.server_failures += 1;
+        self.total_failures += 1;
+        self.set_state(VpnState::Down, Some(reason.to_string()));
+        if was != VpnState::Reconnecting && was != VpnState::Down {
+            self.down_at = Some(Instant::now());
+            tracing::warn!(reason, "vpn down; routes that require the VPN are closed");
+            self.audit.record_background(self.event(EventKind::VpnDown, Severity::Warning).detail("reason", reason));
+        }
+        if self.servers.len() > 1 && self.server_failures >= self.cfg.reconnect.rotate_after_failures {
+            self.rotate("failures").await;
+        }
+        self.next_attempt = Some(Instant::now() + self.backoff());
+    }
+
+    async fn rotate(&mut self, why: &str) {
+        let from = self.servers[self.pos].name.clone();
+        self.pos = (self.pos + 1) % self.servers.len();
+        self.server_failures = 0;
+        self.save_position(self.pos).await;
+        let to = self.servers[self.pos].name.clone();
+        tracing::warn!(from = %from, to = %to, why, "vpn server rotated");
+        self.audit.record_background(
+            self.event(EventKind::VpnServerRotated, Severity::Info).detail("from", from).detail("reason", why),
+        );
+    }
+
+    async fn probe(&self) -> Result<(), String> {
+        let Some(addr) = self.cfg.health.probe_addr() else { return Ok(()) };
+        let sock = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }
+            .map_err(|e| format!("probe socket: {e}"))?;
+        sock.bind_device(Some(self.cfg.interface.as_bytes())).map_err(|e| format!("probe socket: {e}"))?;
+        let limit = Duration::from_secs(self.cfg.health.interval_secs.clamp(1, 5));
+        match tokio::time::timeout(limit, sock.connect(addr)).await {
+            Ok(Ok(_)) => Ok(()),
+            // A refusal came back through the tunnel: the tunnel works.
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(()),
+            Ok(Err(e)) => Err(format!("probe {addr}: {e}")),
+            Err(_) => Err(format!("probe {addr}: no answer within {} s", limit.as_secs())),
+        }
+    }
+
+    async fn tick(&mut self) {
+        if self.halted {
+            return;
+        }
+        let ratio = self.uptime.add(self.state.passes());
+        metrics::gauge!("vpn_uptime_ratio").set(ratio);
+        self.shared.update(|s| s.uptime_ratio_24h = ratio);
+        if self.cfg.provider == Some(VpnProvider::Nordvpn)
+            && self.provider_fetched.is_none_or(|t| t.elapsed() >= Duration::from_secs(self.cfg.nordvpn.refresh_secs))
+        {
+            let before = self.servers.clone();
+            self.refresh_provider().await;
+            if before != self.servers {
+                let _ = self.engage().await;
+            }
+        }
+        if let Some(at) = self.next_attempt {
+            if Instant::now() >= at {
+                self.attempt(false).await;
+            }
+            return;
+        }
+        let probe = self.probe().await;
+        let dev = match uapi::get(&self.sock).await {
+            Ok(d) => d,
+            Err(e) => return self.lost(&format!("wireguard-go is not answering ({e})")).await,
+        };
+        let health = self.judge(&dev, probe);
+        self.refresh_killswitch_view().await;
+        match health {
+            Ok(()) => {
+                self.succ += 1;
+                self.fails = 0;
+            }
+            Err(e) => {
+                self.fails += 1;
+                self.succ = 0;
+                tracing::debug!(error = %e, fails = self.fails, "vpn health check failed");
+                self.shared.update(|s| s.last_error = Some(e));
+            }
+        }
+        let h = &self.cfg.health;
+        match self.state {
+            VpnState::Connecting | VpnState::Reconnecting => {
+                if self.succ >= h.successes_to_up {
+                    self.became_up();
+                } else if self.fails >= h.failures_to_down {
+                    let reason = self.shared.get().last_error.unwrap_or_default();
+                    self.failed(&reason).await;
+                }
+            }
+            VpnState::Up | VpnState::Degraded => {
+                if self.fails >= h.failures_to_down {
+                    let reason = self.shared.get().last_error.unwrap_or_default();
+                    self.failed(&reason).await;
+                } else if self.fails > 0 {
+                    self.set_state(VpnState::Degraded, None);
+                } else if self.state == VpnState::Degraded && self.succ >= h.successes_to_up {
+                    self.set_state(VpnState::Up, None);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Passive checks on the device counters plus the probe's verdict.
+    fn judge(&mut self, dev: &uapi::Device, probe: Result<(), String>) -> Result<(), String> {
+        let Some(peer) = dev.peers.first() else { return Err("the device has no peer".into()) };
+        let now = crate::auth::now().max(0) as u64;
+        let age = peer.last_handshake.map(|t| now.saturating_sub(t));
+        let (rx, tx) = (peer.rx_bytes, peer.tx_bytes);
+        metrics::gauge!("vpn_rx_bytes").set(rx as f64);
+        metrics::gauge!("vpn_tx_bytes").set(tx as f64);
+        if let Some(a) = age {
+            metrics::gauge!("vpn_handshake_age_seconds").set(a as f64);
+        }
+        self.shared.update(|s| {
+            s.handshake_age_secs = age;
+            s.rx_bytes = rx;
+            s.tx_bytes = tx;
+        });
+        if let Some((rx0, tx0)) = self.counters {
+            self.stall = if tx > tx0 && rx == rx0 { self.stall + 1 } else { 0 };
+        }
+        self.counters = Some((rx, tx));
+        probe?;
+        match age {
+            None => return Err("no handshake with the server yet".into()),
+            Some(a) if a > self.cfg.health.handshake_max_age_secs => {
+                return Err(format!("latest handshake {a} s ago"));
+            }
+            _ => {}
+        }
+        if self.stall >= STALL_CHECKS {
+            return Err(format!("sent but received nothing for {STALL_CHECKS} checks"));
+        }
+        Ok(())
+    }
+
+    fn became_up(&mut self) {
+        let recovered = self.down_at.take().map(|t| t.elapsed());
+        self.total_failures = 0;
+        self.server_failures = 0;
+        self.set_state(VpnState::Up, None);
+        let server = self.servers[self.pos].name.clone();
+        match recovered {
+            Some(d) => tracing::info!(server = %server, recovered_after_ms = d.as_millis() as u64, "vpn up"),
+            None => tracing::info!(server = %server, "vpn up"),
+        }
+        let mut ev = self.event(EventKind::VpnUp, Severity::Info);
+        if let Some(d) = recovered {
+            ev = ev.detail("down_for_ms", d.as_millis().to_string());
+        }
+        self.audit.record_background(ev);
+    }
+
+    async fn handle(&mut self, cmd: VpnCommand) -> Result<String, String> {
+        if self.state == VpnState::Disabled && !matches!(cmd, VpnCommand::SetKey(_)) {
+            return Err("the VPN was disabled by `vpn disable`; restart the gate to enable it".into());
+        }
+        match cmd {
+            VpnCommand::Reconnect => {
+                self.ready()?;
+                self.attempt(false).await;
+                Ok(format!("reconnecting to {}", self.servers[self.pos].name))
+            }
+            VpnCommand::Rotate => {
+                self.ready()?;
+                if self.servers.len() < 2 {
+                    return Err("only one server is configured; nothing to rotate to".into());
+                }
+                self.rotate("admin").await;
+                self.attempt(false).await;
+                Ok(format!("rotated to {}", self.servers[self.pos].name))
+            }
+            VpnCommand::SetKey(b64) => {
+                let public = super::store_key(&self.store, &self.keyring, &b64).await?;
+                drop(b64);
+                self.key = super::load_key(&self.store, &self.keyring).map_err(|e| e.to_string())?;
+                self.shared.update(|s| s.public_key = Some(public.clone()));
+                tracing::info!(public_key = %public, "VPN private key stored");
+                if self.state == VpnState::Unavailable
+                    && self.shared.get().reason.as_deref().is_some_and(|r| r.starts_with("no private key"))
+                {
+                    self.halted = false;
+                    self.set_state(VpnState::Connecting, None);
+                    self.attempt(true).await;
+                } else if !self.halted {
+                    self.attempt(false).await;
+                }
+                Ok(format!("private key stored; public key {public}"))
+            }
+            VpnCommand::SetServers(list) => {
+                let mut names = std::collections::HashSet::new();
+                for (i, s) in list.iter().enumerate() {
+                    s.check().map_err(|m| format!("servers[{i}]: {m}"))?;
+                    if !names.insert(s.name.clone()) {
+                        return Err(format!("servers[{i}]: name `{}` is used twice", s.name));
+                    }
+                }
+                let bytes = serde_json::to_vec(&list).map_err(|e| e.to_string())?;
+                self.store.put_meta(OVERRIDE_KEY, Some(bytes)).await.map_err(|e| e.to_string())?;
+                let current = self.servers.get(self.pos).map(|s| s.name.clone());
+                self.load_servers().await;
+                if self.servers.is_empty() {
+                    return Err("no servers left: configure [[vpn.servers]] or give a list".into());
+                }
+                self.pos = current.and_then(|n| self.servers.iter().position(|s| s.name == n)).unwrap_or(0);
+                self.save_position(self.pos).await;
+                if !self.halted {
+                    self.engage().await?;
+                    self.attempt(false).await;
+                }
+                Ok(format!("{} servers in effect", self.servers.len()))
+            }
+            VpnCommand::Disable => {
+                if let Some(mut c) = self.child.take() {
+                    let _ = c.kill().await;
+                }
+                let removed = super::tear_down(&self.cfg).await?;
+                self.halted = true;
+                self.next_attempt = None;
+                self.set_state(VpnState::Disabled, Some("disabled by an admin until the next start".into()));
+                self.refresh_killswitch_view().await;
+                if removed {
+                    self.audit.record_background(
+                        self.event(EventKind::KillswitchReleased, Severity::Warning).detail("reason", "vpn disable"),
+                    );
+                }
+                Ok("tunnel stopped and kill switch removed until the next start".into())
+            }
+        }
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        if self.state == VpnState::Unavailable {
+            return Err(format!("the VPN is unavailable: {}", self.shared.get().reason.unwrap_or_default()));
+        }
+        Ok(())
+    }
+}
+
+/// `host:port` → a socket address (first answer).
+async fn resolve(endpoint: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = endpoint.parse() {
+        return Ok(a);
+    }
+    tokio::net::lookup_host(endpoint)
+        .await
+        .map_err(|e| format!("cannot resolve {endpoint}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{endpoint} has no address"))
+}
