@@ -171,6 +171,9 @@ impl VpnApi {
     async fn set_key(&self, auth: Auth, req: &Request, body: Json<VpnKeyBody>) -> poem::Result<Json<VpnActionDto>> {
         let actor = auth.require(Role::Admin)?;
         let key = Zeroizing::new(body.0.private_key);
+        if crate::vpn::decode_key(&key).is_none() {
+            return Err(ApiError::bad_request("privateKey must be a base64 WireGuard key (32 bytes)").into());
+        }
         let out = self.run(VpnCommand::SetKey(key)).await?;
         SecurityEvent::new(EventKind::ConfigChanged, Severity::Info, &client_info(req))
             .actor(&actor.user_id)
