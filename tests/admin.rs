@@ -193,7 +193,15 @@ fn admin_commands_work_on_a_stopped_gate_and_bad_input_is_one_line() {
     assert_eq!(code, 0, "{err}");
     let (code, out, _) = cli(&data, &["vpn", "status"]);
     assert_eq!(code, 0);
-    assert!(out.contains("not-configured"));
+    assert!(out.contains("stopped") && out.contains("not running"), "{out}");
+    // The key can be stored while the gate is stopped; bad input is one line and stores nothing.
+    let (code, out, err) = cli_in(&data, &["vpn", "set-key"], "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\n");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("public key"), "{out}");
+    let (code, _, err) = cli_in(&data, &["vpn", "set-key"], "not-a-key\n");
+    assert_ne!(code, 0);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("base64 WireGuard key"), "{err}");
     // A file that is not a backup is refused before anything is replaced.
     std::fs::write(dir.path().join("junk"), b"not a redb file at all").unwrap();
     let (code, _, err) = cli(&data, &["restore", "--from", dir.path().join("junk").to_str().unwrap()]);

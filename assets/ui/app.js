@@ -115,7 +115,7 @@ async function setup() {
         h("p", {}, "Your admin account is ready."),
         h("ol", { class: "steps" },
           h("li", {}, "TLS: set tls.mode = \"acme\" with your domain for a trusted certificate (see ", h("a", { href: "/admin/tls", "data-link": true }, "TLS"), ")."),
-          h("li", {}, "VPN: store the WireGuard private key with miauflix-gate vpn set-key once the supervisor is configured."),
+          h("li", {}, "VPN: configure [vpn] in the config file, then store the WireGuard private key on the VPN page or with miauflix-gate vpn set-key."),
           h("li", {}, "Routes: add [[routes]] for the Miauflix API and the torrent engine (see ", h("a", { href: "/admin/routes", "data-link": true }, "Routes & limits"), ")."),
           h("li", {}, "Users: invite the household from ", h("a", { href: "/admin/users", "data-link": true }, "Users"), ".")),
         h("a", { href: "/admin/", "data-link": true }, "Go to the dashboard")));
@@ -197,12 +197,12 @@ async function dashboard() {
   const chain = s.auditChain;
   const chainText = chain.lastVerifiedOk === undefined || chain.lastVerifiedOk === null ? "not verified yet"
     : chain.lastVerifiedOk ? "verified" : `broken at ${chain.firstBad}`;
-  const vpnCls = s.vpn === "up" ? "ok" : s.vpn === "not-configured" ? "" : "bad";
+  const vpnCls = s.vpn === "up" ? "ok" : s.vpn === "disabled" ? "" : s.vpn === "degraded" ? "warn" : "bad";
   const hasCert = t && t.expiresInSecs !== undefined && t.expiresInSecs !== null;
   const expiry = hasCert ? duration(t.expiresInSecs) : t && t.mode === "off" ? "TLS off" : "—";
   const expiryCls = !hasCert ? "" : t.expiresInSecs < 7 * 86400 ? "bad" : "ok";
   const grid = h("div", { class: "grid" },
-    card("VPN", s.vpn, s.vpn === "not-configured" ? "supervisor not available in this build" : "", vpnCls),
+    card("VPN", s.vpn, s.vpn === "disabled" ? "vpn.enabled is false" : "WireGuard tunnel", vpnCls),
     card("Certificate", expiry, hasCert ? `${t.source} · ${(t.names || []).join(", ")}` : t ? t.source : "", expiryCls),
     card("Sign-in success (1 h)", pct(s.loginSuccessRate1h), `${s.loginsSucceeded1h} ok · ${s.loginsFailed1h} failed`),
     card("Lockouts (1 h)", String(s.lockouts1h), "", s.lockouts1h ? "warn" : ""),
@@ -419,11 +419,42 @@ async function audit() {
 // ---------------------------------------------------------------- VPN, TLS, routes
 
 async function vpn() {
-  const s = await api("GET", "/api/system/status");
-  page("VPN", h("div", { class: "panel" },
-    h("p", {}, "State: ", h("strong", {}, s.vpn)),
-    h("p", { class: "notice" }, "Not available: the WireGuard supervisor (health, reconnect, rotation, kill switch) is not part of this build yet. Routes that require the VPN stay closed until it is."),
-  ));
+  const [v, list] = await Promise.all([api("GET", "/api/vpn"), api("GET", "/api/vpn/servers")]);
+  const box = errorBox();
+  const done = h("p", { class: "muted", role: "status" });
+  const cls = v.state === "up" ? "ok" : v.state === "degraded" || v.state === "connecting" ? "warn" : v.state === "disabled" ? "" : "bad";
+  const row = (k, val) => h("tr", {}, h("th", { scope: "row" }, k), h("td", {}, val ?? "—"));
+  const ks = v.killswitch;
+  const live = v.state !== "disabled" && v.state !== "unavailable";
+  const act = (label, path) => h("button", { type: "button", class: "secondary", disabled: !live, onclick: async () => {
+    box.textContent = "";
+    try { const r = await api("POST", path); done.textContent = r.message; setTimeout(vpn, 1500); } catch (e) { showError(box, e); }
+  } }, label);
+  const key = h("input", { type: "password", autocomplete: "off", spellcheck: "false", required: true, minlength: 40, maxlength: 64 });
+  const keyForm = h("form", { class: "row" }, h("label", {}, "WireGuard private key (write-only)", key), h("button", { type: "submit" }, "Store key"));
+  keyForm.addEventListener("submit", async (ev) => {
+    ev.preventDefault(); box.textContent = "";
+    try { const r = await api("PUT", "/api/vpn/key", { privateKey: key.value.trim() }); key.value = ""; done.textContent = r.message; }
+    catch (e) { showError(box, e); }
+  });
+  page("VPN",
+    h("div", { class: "panel" }, h("div", { class: "table-wrap" }, h("table", {}, h("tbody", {},
+      row("State", h("strong", { class: cls }, v.state)), row("Since", when(v.since)),
+      row(v.state === "unavailable" || v.state === "disabled" ? "Reason" : "Last error", v.reason || v.lastError),
+      row("Server", v.server ? `${v.server} (${v.endpoint})` : null), row("Interface", `${v.interface} · ${v.backend}`),
+      row("Latest handshake", v.handshakeAgeSecs == null ? null : `${duration(v.handshakeAgeSecs)} ago`),
+      row("Traffic", `${bytes(v.rxBytes)} received · ${bytes(v.txBytes)} sent`), row("Reconnects", String(v.reconnects)),
+      row("Up (24 h)", pct(v.uptimeRatio24h)), row("Public key", v.publicKey ? h("code", {}, v.publicKey) : "no private key stored"),
+      row("Kill switch", ks.installed ? h("span", { class: "ok" }, `on (${ks.scope}) · ${ks.rules} rules · ${ks.droppedPackets} packets dropped`)
+        : h("span", { class: ks.enabled ? "bad" : "" }, ks.enabled ? "not installed" : "disabled in the configuration")))))),
+    h("div", { class: "panel" }, h("div", { class: "row" }, act("Reconnect", "/api/vpn/reconnect"), act("Next server", "/api/vpn/rotate")), keyForm, box, done),
+    h("h2", {}, "Servers"),
+    list.servers.length ? h("div", { class: "table-wrap" }, h("table", {},
+      h("thead", {}, h("tr", {}, h("th", {}, "Name"), h("th", {}, "Endpoint"), h("th", {}, "Public key"), h("th", {}, "Allowed IPs"))),
+      h("tbody", {}, list.servers.map((s) => h("tr", {}, h("td", {}, s.name === v.server ? h("strong", {}, s.name) : s.name),
+        h("td", {}, s.endpoint), h("td", {}, h("code", {}, s.publicKey)), h("td", {}, (s.allowedIps || []).join(", "))))))))
+      : h("p", { class: "muted" }, "No servers configured."),
+  );
 }
 
 async function tls() {

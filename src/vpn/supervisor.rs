@@ -259,6 +259,8 @@ impl Supervisor {
         metrics::describe_gauge!("vpn_uptime_ratio", "Share of the last 24 hours the tunnel was up");
         metrics::counter!("vpn_reconnects_total").absolute(0);
         self.set_state(VpnState::Connecting, None);
+        // The list first: it needs no privilege, and the status page shows it either way.
+        self.load_servers().await;
 
         if !has_net_admin() {
             return self.unavailable(
@@ -277,7 +279,6 @@ impl Supervisor {
         {
             return self.unavailable(format!("{e} (apt install nftables)"));
         }
-        self.load_servers().await;
         if self.servers.is_empty() {
             return self
                 .unavailable("no VPN servers: the provider list could not be fetched and none are configured".into());
