@@ -18,7 +18,7 @@ test:
 
 # End-to-end suites that need system tools (installs them; needs root)
 e2e:
-    apt-get install -y -qq openssl passwd shellcheck
+    apt-get install -y -qq openssl passwd shellcheck pebble sslscan testssl.sh util-linux systemd wireguard-go wireguard-tools nftables iproute2
     shellcheck install.sh
     cargo test --features e2e
 

@@ -136,6 +136,26 @@ data_dir = "/var/lib/$NAME"
 # prefix = "/api/lists"
 # upstream = "http://127.0.0.1:3000"
 # min_role = "user"                   # public | guest | user | admin
+# requires_vpn = false                # true: 503 whenever the VPN is not up
+
+# The WireGuard tunnel for torrent traffic (needs wireguard-go, nftables, iproute2).
+# The private key never goes here: miauflix-gate vpn set-key (reads stdin).
+[vpn]
+# enabled = false
+# interface = "wg0"
+# address = ["10.5.0.2/32"]           # the tunnel address your provider gave you
+# dns = ["10.5.0.1"]                  # the only DNS the torrent engine may use
+# provider = "nordvpn"                # fills the servers from NordVPN's API, daily
+# [[vpn.servers]]
+# name = "se-1"
+# endpoint = "198.51.100.1:51820"
+# public_key = "base64..."
+# [vpn.health]
+# probe = "tcp://203.0.113.10:8080"   # optional target reached through the tunnel
+# [vpn.killswitch]
+# scope = "uid"                       # uid | all
+# uids = [1500]                       # the torrent engine's user
+# allow_lan = ["192.168.0.0/16"]
 CONF
     chown root:"$NAME" "$CONFIG"
     chmod 0640 "$CONFIG"
@@ -163,6 +183,11 @@ RestartSec=2
 UMask=0077
 ProtectSystem=strict
 ReadWritePaths=/var/lib/$NAME
+# The userspace WireGuard (wireguard-go) keeps its UAPI socket here; kept across restarts so a
+# restarted gate finds the tunnel's socket (the kill switch itself lives in nftables).
+RuntimeDirectory=wireguard
+RuntimeDirectoryMode=0700
+RuntimeDirectoryPreserve=yes
 ProtectHome=yes
 PrivateTmp=yes
 NoNewPrivileges=yes
