@@ -446,13 +446,14 @@ async function vpn() {
       row("Traffic", `${bytes(v.rxBytes)} received · ${bytes(v.txBytes)} sent`), row("Reconnects", String(v.reconnects)),
       row("Up (24 h)", pct(v.uptimeRatio24h)), row("Public key", v.publicKey ? h("code", {}, v.publicKey) : "no private key stored"),
       row("Kill switch", ks.installed ? h("span", { class: "ok" }, `on (${ks.scope}) · ${ks.rules} rules · ${ks.droppedPackets} packets dropped`)
+        : v.state === "disabled" ? "off (the VPN is disabled)"
         : h("span", { class: ks.enabled ? "bad" : "" }, ks.enabled ? "not installed" : "disabled in the configuration")))))),
     h("div", { class: "panel" }, h("div", { class: "row" }, act("Reconnect", "/api/vpn/reconnect"), act("Next server", "/api/vpn/rotate")), keyForm, box, done),
     h("h2", {}, "Servers"),
     list.servers.length ? h("div", { class: "table-wrap" }, h("table", {},
       h("thead", {}, h("tr", {}, h("th", {}, "Name"), h("th", {}, "Endpoint"), h("th", {}, "Public key"), h("th", {}, "Allowed IPs"))),
       h("tbody", {}, list.servers.map((s) => h("tr", {}, h("td", {}, s.name === v.server ? h("strong", {}, s.name) : s.name),
-        h("td", {}, s.endpoint), h("td", {}, h("code", {}, s.publicKey)), h("td", {}, (s.allowedIps || []).join(", "))))))))
+        h("td", {}, s.endpoint), h("td", {}, h("code", {}, s.publicKey)), h("td", {}, (s.allowedIps || []).join(", ")))))))
       : h("p", { class: "muted" }, "No servers configured."),
   );
 }
