@@ -49,7 +49,8 @@ pub enum VpnState {
     Unavailable,
     Connecting,
     Up,
-    /// Some health checks failed, fewer than `failures_to_down`; traffic still flows.
+    /// Some health checks failed, fewer than `failures_to_down`; the tunnel stays configured,
+    /// `requires_vpn` routes are closed.
     Degraded,
     Down,
     Reconnecting,
@@ -73,9 +74,10 @@ impl VpnState {
         self as u8
     }
 
-    /// Whether traffic that must use the tunnel may flow.
+    /// Whether routes that require the VPN may open: only when `up` (a `degraded` tunnel
+    /// still carries traffic, but the gate fails closed until it is trusted again).
     pub fn passes(self) -> bool {
-        matches!(self, VpnState::Up | VpnState::Degraded)
+        self == VpnState::Up
     }
 }
 

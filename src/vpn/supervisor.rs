@@ -247,7 +247,7 @@ impl Supervisor {
     }
 
     async fn startup(&mut self) {
-        metrics::describe_gauge!("vpn_up", "1 while the tunnel passes traffic (up or degraded)");
+        metrics::describe_gauge!("vpn_up", "1 while the tunnel is up (routes that require it are open)");
         metrics::describe_gauge!(
             "vpn_state",
             "0 disabled, 1 unavailable, 2 connecting, 3 up, 4 degraded, 5 down, 6 reconnecting"
