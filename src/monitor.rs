@@ -39,6 +39,13 @@ fn describe() {
     describe_gauge!("audit_chain_length", "Records currently in the audit chain");
     describe_gauge!("tls_certificate_expiry_seconds", metrics::Unit::Seconds, "Time left on the served certificate");
     describe_gauge!("process_resident_memory_bytes", metrics::Unit::Bytes, "Resident set size");
+    describe_gauge!("vpn_up", "1 while the tunnel is up (routes that require it are open)");
+    describe_gauge!("vpn_state", "0 disabled, 1 unavailable, 2 connecting, 3 up, 4 degraded, 5 down, 6 reconnecting");
+    describe_gauge!("vpn_handshake_age_seconds", metrics::Unit::Seconds, "Age of the latest WireGuard handshake");
+    describe_gauge!("vpn_rx_bytes", metrics::Unit::Bytes, "Bytes received through the tunnel");
+    describe_gauge!("vpn_tx_bytes", metrics::Unit::Bytes, "Bytes sent through the tunnel");
+    describe_counter!("vpn_reconnects_total", "Tunnel reconnect attempts");
+    describe_gauge!("vpn_uptime_ratio", "Share of the last 24 hours the tunnel was up");
 }
 
 /// Renders every metric in the Prometheus text format, refreshing the sampled gauges first.

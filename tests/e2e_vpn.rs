@@ -359,6 +359,14 @@ allow_lan = ["192.168.0.0/16"]
     assert_eq!(api.metric("vpn_up").await, 1.0);
     assert_eq!(api.metric("vpn_state").await, 3.0);
     assert!(api.metric("vpn_rx_bytes").await > 0.0);
+    // DNS may only go to vpn.dns through the tunnel: a query to another resolver is dropped
+    // (and counted) by the kill switch.
+    sh(&format!(
+        "timeout 2 setpriv --reuid {TORRENT_UID} --regid {TORRENT_UID} --clear-groups -- \
+         bash -c 'echo q > /dev/udp/198.51.100.1/53' 2>/dev/null || true"
+    ));
+    let dns_rule = sh("nft list chain inet miauflix_gate guard | grep 'dport 53 counter'");
+    assert!(!dns_rule.contains("packets 0 "), "the DNS leak must hit the DNS drop rule: {dns_rule}");
     let (code, out, _) = run_cli(&["vpn", "status"], &env);
     assert_eq!(code, 0);
     assert!(out.starts_with("vpn: up via"), "{out}");

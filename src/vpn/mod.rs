@@ -244,6 +244,8 @@ impl Vpn {
             shared.update(|s| s.public_key = public);
         }
         if !cfg.enabled {
+            metrics::gauge!("vpn_state").set(f64::from(VpnState::Disabled.code()));
+            metrics::gauge!("vpn_up").set(0.0);
             supervisor::release_leftovers(cfg, &audit).await;
             return Vpn { shared, tx: None, store, keyring };
         }

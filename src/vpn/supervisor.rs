@@ -247,16 +247,6 @@ impl Supervisor {
     }
 
     async fn startup(&mut self) {
-        metrics::describe_gauge!("vpn_up", "1 while the tunnel is up (routes that require it are open)");
-        metrics::describe_gauge!(
-            "vpn_state",
-            "0 disabled, 1 unavailable, 2 connecting, 3 up, 4 degraded, 5 down, 6 reconnecting"
-        );
-        metrics::describe_gauge!("vpn_handshake_age_seconds", metrics::Unit::Seconds, "Age of the latest handshake");
-        metrics::describe_gauge!("vpn_rx_bytes", metrics::Unit::Bytes, "Bytes received through the tunnel");
-        metrics::describe_gauge!("vpn_tx_bytes", metrics::Unit::Bytes, "Bytes sent through the tunnel");
-        metrics::describe_counter!("vpn_reconnects_total", "Reconnect attempts");
-        metrics::describe_gauge!("vpn_uptime_ratio", "Share of the last 24 hours the tunnel was up");
         metrics::counter!("vpn_reconnects_total").absolute(0);
         self.set_state(VpnState::Connecting, None);
         // The list first: it needs no privilege, and the status page shows it either way.
