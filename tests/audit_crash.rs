@@ -43,7 +43,13 @@ async fn acknowledged_events_survive_sigkill_and_the_chain_verifies() {
                 }
             }));
         }
-        tokio::time::sleep(Duration::from_millis(400 + 50 * round)).await;
+        // Kill mid-burst: once some sign-ins have been answered (however slow the machine),
+        // plus a little more so writes are in flight.
+        let t = std::time::Instant::now();
+        while acked.lock().unwrap().is_empty() && t.elapsed() < Duration::from_secs(30) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100 + 30 * round)).await;
         let pid = nix::unistd::Pid::from_raw(gate.child.id() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
         for w in workers {
