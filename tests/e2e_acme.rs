@@ -14,8 +14,11 @@ use common::{Gate, client_config, https_request, run_cli};
 
 const DOMAIN: &str = "gate.example.test";
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// `N` distinct free ports: the listeners are held until all are chosen, so the kernel
+/// cannot hand the same port out twice.
+fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<TcpListener> = (0..N).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
 fn need(tool: &str) {
@@ -96,8 +99,7 @@ impl Pebble {
             "-extfile",
             "ext.cnf",
         ]));
-        let (acme, mgmt, dns, chall_mgmt) = (free_port(), free_port(), free_port(), free_port());
-        let (http_port, tls_port) = (free_port(), free_port());
+        let [acme, mgmt, dns, chall_mgmt, http_port, tls_port] = free_ports::<6>();
         let config = serde_json::json!({"pebble": {
             "listenAddress": format!("127.0.0.1:{acme}"),
             "managementListenAddress": format!("127.0.0.1:{mgmt}"),
