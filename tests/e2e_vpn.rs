@@ -35,9 +35,13 @@ fn have(tool: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
 }
 
-/// Re-runs `inner_vpn_lab` in its own mount and network namespaces.
-#[test]
-fn vpn_supervisor_in_network_namespaces() {
+/// One lab at a time: both use the same addresses inside their own namespaces, but their
+/// health checks have time limits, and two at once on a small machine only adds noise.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Re-runs the ignored test `inner` in its own mount and network namespaces.
+fn run_in_namespaces(inner: &str) {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     for (tool, pkg) in [
         ("unshare", "util-linux"),
         ("setpriv", "util-linux"),
@@ -56,11 +60,21 @@ fn vpn_supervisor_in_network_namespaces() {
     let status = Command::new("unshare")
         .args(["--mount", "--net", "--propagation", "private", "--"])
         .arg(std::env::current_exe().unwrap())
-        .args(["--exact", "inner_vpn_lab", "--ignored", "--nocapture", "--test-threads=1"])
+        .args(["--exact", inner, "--ignored", "--nocapture", "--test-threads=1"])
         .env(INNER, "1")
         .status()
         .expect("run unshare");
-    assert!(status.success(), "the VPN lab failed (see its output above)");
+    assert!(status.success(), "the VPN lab {inner} failed (see its output above)");
+}
+
+#[test]
+fn vpn_supervisor_in_network_namespaces() {
+    run_in_namespaces("inner_vpn_lab");
+}
+
+#[test]
+fn vpn_scope_all_in_network_namespaces() {
+    run_in_namespaces("inner_vpn_lab_scope_all");
 }
 
 fn sh(script: &str) -> String {
@@ -77,6 +91,7 @@ fn sh(script: &str) -> String {
 /// Kills what the lab started, even when an assertion fails half-way.
 struct Lab {
     servers: Vec<Child>,
+    client_if: &'static str,
 }
 
 impl Drop for Lab {
@@ -85,7 +100,7 @@ impl Drop for Lab {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = Command::new("pkill").args(["-KILL", "-f", "wireguard-go -f wgc0"]).status();
+        let _ = Command::new("pkill").args(["-KILL", "-f", &format!("wireguard-go -f {}", self.client_if)]).status();
     }
 }
 
@@ -126,8 +141,17 @@ fn upstream() -> SocketAddr {
 /// A connection from the torrent engine's uid to the public service; the address the
 /// service saw, or `None` when nothing got through.
 fn torrent_connect() -> Option<String> {
-    let out = Command::new("timeout")
-        .args(["3", "setpriv", "--reuid", TORRENT_UID, "--regid", TORRENT_UID, "--clear-groups", "--"])
+    connect_as(Some(TORRENT_UID))
+}
+
+/// The same from `uid`, or from root (the test itself) with `None`.
+fn connect_as(uid: Option<&str>) -> Option<String> {
+    let mut cmd = Command::new("timeout");
+    cmd.arg("3");
+    if let Some(uid) = uid {
+        cmd.args(["setpriv", "--reuid", uid, "--regid", uid, "--clear-groups", "--"]);
+    }
+    let out = cmd
         .args(["bash", "-c", &format!("exec 3<>/dev/tcp/{PUBLIC}/8080 && head -n1 <&3")])
         .stderr(Stdio::null())
         .output()
@@ -228,13 +252,27 @@ fn inner_vpn_lab() {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap().block_on(lab());
 }
 
-async fn lab() {
+#[test]
+#[ignore = "run by vpn_scope_all_in_network_namespaces inside its own namespaces"]
+fn inner_vpn_lab_scope_all() {
+    assert!(std::env::var_os(INNER).is_some(), "run through vpn_scope_all_in_network_namespaces");
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(lab_scope_all());
+}
+
+type Seen = Arc<Mutex<Vec<(&'static str, IpAddr)>>>;
+
+/// The two server namespaces, their WireGuard servers and public services, and the leak
+/// path; returns the lab guard, the servers' public keys and the public services' record.
+fn topology(d: &str, client_if: &'static str) -> (Lab, Vec<String>, Seen) {
     // Private /run: named namespaces and /run/wireguard/*.sock vanish with the test.
     sh("mount -t tmpfs tmpfs /run && mkdir -p /run/netns && ip link set lo up");
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().display().to_string();
     sh(&format!("umask 077; wg genkey > {d}/c.key; wg pubkey < {d}/c.key > {d}/c.pub"));
-    let mut lab = Lab { servers: Vec::new() };
+    let mut lab = Lab { servers: Vec::new(), client_if };
     let mut pubs = Vec::new();
     for n in 1..=2 {
         let net = 99 + n; // 198.51.100.0/24 and 198.51.101.0/24
@@ -277,14 +315,13 @@ async fn lab() {
     public_service("srv2", seen.clone());
     assert_eq!(torrent_connect().as_deref(), Some("198.51.100.2"), "the lab's leak path must work without the gate");
     seen.lock().unwrap().clear();
+    (lab, pubs, seen)
+}
 
-    let up = upstream();
-    let data = dir.path().join("data");
-    let cfg = dir.path().join("gate.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"
+/// The gate's configuration for the lab; `killswitch` is the `[vpn.killswitch]` body.
+fn lab_config(up: SocketAddr, client_if: &str, pubs: &[String], killswitch: &str) -> String {
+    format!(
+        r#"
 [rate_limits.api]
 per_minute = 100000
 burst = 10000
@@ -298,7 +335,7 @@ min_role = "public"
 requires_vpn = true
 [vpn]
 enabled = true
-interface = "wgc0"
+interface = "{client_if}"
 address = ["{TUNNEL_ADDR}/32"]
 dns = ["10.66.0.1"]
 [[vpn.servers]]
@@ -319,14 +356,21 @@ backoff_base_secs = 1
 backoff_max_secs = 8
 rotate_after_failures = 2
 [vpn.killswitch]
-scope = "uid"
-uids = [{TORRENT_UID}]
-allow_lan = ["192.168.0.0/16"]
+{killswitch}
 "#,
-            pubs[0], pubs[1]
-        ),
+        pubs[0], pubs[1]
     )
-    .unwrap();
+}
+
+async fn lab() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let (lab, pubs, seen) = topology(&d, "wgc0");
+    let up = upstream();
+    let data = dir.path().join("data");
+    let cfg = dir.path().join("gate.toml");
+    let ks = format!("scope = \"uid\"\nuids = [{TORRENT_UID}]\nallow_lan = [\"192.168.0.0/16\"]");
+    std::fs::write(&cfg, lab_config(up, "wgc0", &pubs, &ks)).unwrap();
     let env = [("MIAUFLIX_CONFIG", cfg.to_str().unwrap()), ("MIAUFLIX_DATA_DIR", data.to_str().unwrap())];
 
     // 1. No key yet: unavailable, yet the kill switch is in place before any tunnel exists.
@@ -481,6 +525,60 @@ allow_lan = ["192.168.0.0/16"]
     assert!(!contains(&store, raw.as_bytes()), "the store holds the base64 private key");
     assert!(!contains(&store, &bytes), "the store holds the raw private key");
     assert!(!contains(&store, hex::encode(&bytes).as_bytes()), "the store holds the hex private key");
+    drop(lab);
+}
+
+/// `scope = "all"`: every local socket is confined, whoever owns it; answers to inbound
+/// connections (the gate's own listeners) still leave.
+async fn lab_scope_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let (lab, pubs, seen) = topology(&d, "wga0");
+    let up = upstream();
+    let data = dir.path().join("data");
+    let cfg = dir.path().join("gate.toml");
+    std::fs::write(&cfg, lab_config(up, "wga0", &pubs, "scope = \"all\"")).unwrap();
+    let env = [("MIAUFLIX_CONFIG", cfg.to_str().unwrap()), ("MIAUFLIX_DATA_DIR", data.to_str().unwrap())];
+
+    let gate = start_gate(&data, &cfg);
+    let api = sign_in(&gate, &data, true).await;
+    // Before the key: root itself gets nothing out, not even through the leak path.
+    assert_eq!(connect_as(None), None, "scope all: without a tunnel nothing may leave");
+    assert_eq!(leaks(&seen), 0);
+    let key = std::fs::read_to_string(format!("{d}/c.key")).unwrap();
+    let (code, _, err) = run_cli_stdin(&["vpn", "set-key"], &env, &key);
+    assert_eq!(code, 0, "{err}");
+    let (v, took) = api.wait("up", Duration::from_secs(30), |v| v["state"] == "up").await;
+    eprintln!("vpn (scope all): up {took:?} after set-key on {}", v["server"]);
+    assert_eq!(v["killswitch"]["scope"], "all");
+    // Root and any other user now leave through the tunnel; the gate's API still answers.
+    assert_eq!(connect_as(None).as_deref(), Some(TUNNEL_ADDR));
+    assert_eq!(connect_as(Some("1234")).as_deref(), Some(TUNNEL_ADDR));
+    assert_eq!(api.route_status().await, 200);
+    let ip_rules = sh("ip rule");
+    assert!(ip_rules.contains("not from all fwmark 0x4d47 lookup 19783"), "{ip_rules}");
+
+    // Gate SIGKILLed and its wireguard-go killed: everything stays shut.
+    let pid = v["wireguardPid"].as_u64().unwrap();
+    drop(api);
+    drop(gate);
+    kill_pid(pid);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(table_present());
+    assert_eq!(connect_as(None), None, "scope all: gate and tunnel dead, root must get nothing out");
+    assert_eq!(connect_as(Some("1234")), None);
+    assert_eq!(leaks(&seen), 0, "nothing may arrive from the veth address");
+
+    // Restart: up again; then `vpn disable` opens the host again.
+    let gate = start_gate(&data, &cfg);
+    let api = sign_in(&gate, &data, false).await;
+    api.wait("up after restart", Duration::from_secs(30), |v| v["state"] == "up").await;
+    assert_eq!(connect_as(None).as_deref(), Some(TUNNEL_ADDR));
+    let (code, _, err) = run_cli(&["vpn", "disable"], &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(!table_present());
+    assert_eq!(connect_as(None).as_deref(), Some("198.51.100.2"), "after disable the host routes as before");
+    gate.terminate();
     drop(lab);
 }
 
