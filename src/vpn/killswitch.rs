@@ -206,17 +206,20 @@ pub async fn remove() -> Result<bool, String> {
 
 /// Reads the table back: present, rule count, packets dropped by the final rule.
 pub async fn status() -> Installed {
+    // Read as plain JSON: deserializing into the crate's full model would link its whole
+    // (large) Deserialize tree for three numbers.
     let Ok(text) = nft_json(&["list", "table", "inet", TABLE]).await else { return Installed::default() };
-    let Ok(doc) = serde_json::from_str::<Nftables>(&text) else { return Installed::default() };
+    let Ok(doc) = serde_json::from_str::<serde_json::Value>(&text) else { return Installed::default() };
     let mut st = Installed { present: true, ..Default::default() };
-    for obj in doc.objects.iter() {
-        if let nftables::schema::NfObject::ListObject(NfListObject::Rule(rule)) = obj {
-            st.rules += 1;
-            if rule.chain == GUARD
-                && let [Statement::Counter(Counter::Anonymous(Some(c))), Statement::Drop(_)] = rule.expr.as_ref()
-            {
-                st.dropped_packets = st.dropped_packets.max(c.packets.unwrap_or(0) as u64);
-            }
+    for rule in doc["nftables"].as_array().into_iter().flatten().filter_map(|o| o.get("rule")) {
+        st.rules += 1;
+        let expr = rule["expr"].as_array().map(Vec::as_slice).unwrap_or_default();
+        if rule["chain"] == GUARD
+            && let [counter, verdict] = expr
+            && verdict.get("drop").is_some()
+            && let Some(packets) = counter["counter"]["packets"].as_u64()
+        {
+            st.dropped_packets = st.dropped_packets.max(packets);
         }
     }
     st
