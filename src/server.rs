@@ -198,12 +198,8 @@ fn read_metrics_token(path: &std::path::Path) -> anyhow::Result<zeroize::Zeroizi
 async fn note_config_change(store: &Store, audit: &crate::audit::Audit, config: &Config) -> anyhow::Result<()> {
     const KEY: &str = "effective_config";
     let current = serde_json::to_value(config).context("encoding the configuration")?;
-    let previous: Option<serde_json::Value> = store
-        .read(|txn| {
-            let meta = txn.open_table(crate::store::tables::META)?;
-            Ok(meta.get(KEY)?.and_then(|v| serde_json::from_slice(v.value()).ok()))
-        })
-        .context("reading the last configuration")?;
+    let previous: Option<serde_json::Value> =
+        store.get_meta(KEY).context("reading the last configuration")?.and_then(|v| serde_json::from_slice(&v).ok());
     if previous.as_ref() == Some(&current) {
         return Ok(());
     }
@@ -219,13 +215,7 @@ async fn note_config_change(store: &Store, audit: &crate::audit::Audit, config: 
             .await;
     }
     let bytes = serde_json::to_vec(&current).context("encoding the configuration")?;
-    store
-        .write(move |txn| {
-            txn.open_table(crate::store::tables::META)?.insert(KEY, bytes.as_slice())?;
-            Ok(())
-        })
-        .await
-        .context("saving the configuration fingerprint")?;
+    store.put_meta(KEY, Some(bytes)).await.context("saving the configuration fingerprint")?;
     Ok(())
 }
 

@@ -302,7 +302,7 @@ pub async fn execute(core: &AdminCore, req: &Request, uid: u32) -> Result<(Value
             let bytes = std::fs::metadata(&tmp).map(|m| m.len()).unwrap_or(0);
             return Ok((json!({"rows": rows, "bytes": bytes}), Some(Payload::TempFile(tmp))));
         }
-        "vpn.status" => match core.vpn.as_ref().and_then(|v| v.snapshot()) {
+        "vpn.status" => match core.vpn.as_ref().map(|v| v.snapshot()) {
             Some(s) => serde_json::to_value(&s).map_err(|e| e.to_string())?,
             None => json!({"state": "stopped", "reason": "the gate is not running"}),
         },

@@ -8,8 +8,6 @@ use std::sync::Arc;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use futures_util::StreamExt;
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 use rustls::sign::CertifiedKey;
 use rustls_acme::{AccountCache, CertCache};
 use rustls_acme::{EventError, EventOk, ResolvesServerCertAcme, UseChallenge};
@@ -141,30 +139,6 @@ impl AccountCache for StoreCache {
     }
 }
 
-/// The client configuration for talking to the ACME server: the public web roots plus
-/// `ca_roots` (a private CA, or Pebble in tests).
-fn client_config(cfg: &AcmeConfig) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    for path in &cfg.ca_roots {
-        let pem = std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-        let mut n = 0;
-        for cert in CertificateDer::pem_slice_iter(&pem) {
-            let cert = cert.map_err(|e| anyhow::anyhow!("{} is not PEM: {e}", path.display()))?;
-            roots.add(cert).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            n += 1;
-        }
-        if n == 0 {
-            anyhow::bail!("{} holds no certificate", path.display());
-        }
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(super::crypto_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
-}
-
 /// Starts the ACME driver: loads the cached certificate and account, orders when needed,
 /// renews on schedule, and reports every outcome as an audit event.
 pub fn start(
@@ -175,7 +149,7 @@ pub fn start(
     status: Arc<TlsStatus>,
     audit: Audit,
 ) -> anyhow::Result<AcmeParts> {
-    let client = client_config(cfg)?;
+    let client = super::client_config(&cfg.ca_roots)?;
     let cache = StoreCache { store, keyring, slot, status: status.clone() };
     let mut acme = rustls_acme::AcmeConfig::new_with_client_config(&cfg.domains, client)
         .directory(cfg.directory_url())

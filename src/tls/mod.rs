@@ -21,6 +21,31 @@ use rustls::server::ResolvesServerCert;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+/// The gate's TLS client configuration (the ACME server, NordVPN's API): the public web
+/// roots plus `ca_roots` (a private CA, or Pebble in tests), with the gate's crypto provider.
+pub fn client_config(ca_roots: &[std::path::PathBuf]) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for path in ca_roots {
+        let pem = std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        let mut n = 0;
+        use rustls::pki_types::pem::PemObject;
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| anyhow::anyhow!("{} is not PEM: {e}", path.display()))?;
+            roots.add(cert).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            n += 1;
+        }
+        if n == 0 {
+            anyhow::bail!("{} holds no certificate", path.display());
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(crypto_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 /// The one crypto provider: aws-lc-rs, with forward-secret AEAD suites only
 /// (ECDHE key exchange in TLS 1.2; every TLS 1.3 suite is both).
 pub fn crypto_provider() -> rustls::crypto::CryptoProvider {

@@ -168,9 +168,9 @@ pub trait VpnStatus: Send + Sync {
     fn tunnel_up(&self) -> bool;
     /// A short state name for status pages (`up`, `down`, `disabled`, …).
     fn state(&self) -> &'static str;
-    /// The full picture; `None` when there is no supervisor at all.
-    fn snapshot(&self) -> Option<VpnSnapshot> {
-        None
+    /// The full picture.
+    fn snapshot(&self) -> VpnSnapshot {
+        VpnSnapshot::not_configured(&VpnConfig::default())
     }
     /// The servers in effect.
     fn servers(&self) -> Vec<VpnServer> {
@@ -266,8 +266,8 @@ impl VpnStatus for Vpn {
         self.shared.get().state.as_str()
     }
 
-    fn snapshot(&self) -> Option<VpnSnapshot> {
-        Some(self.shared.get())
+    fn snapshot(&self) -> VpnSnapshot {
+        self.shared.get()
     }
 
     fn servers(&self) -> Vec<VpnServer> {

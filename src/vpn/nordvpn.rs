@@ -1,7 +1,7 @@
 //! `provider = "nordvpn"`: the server list from NordVPN's recommendation API
 //! (`/v1/servers/recommendations`, WireGuard servers only): name, station address (UDP port
 //! 51820) and the NordLynx public key from the `wireguard_udp` technology's metadata.
-//! A small hyper + rustls GET (webpki roots): the gate has no general HTTP client crate and
+//! A small hyper + rustls GET (the gate's TLS client configuration): the gate has no general HTTP client crate and
 //! needs none for one JSON request a day.
 
 use std::time::Duration;
@@ -109,17 +109,9 @@ async fn get(url: &str) -> Result<Vec<u8>, String> {
         .body(Empty::<bytes::Bytes>::new())
         .map_err(|e| e.to_string())?;
     if tls {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let config = crate::tls::client_config(&[]).map_err(|e| e.to_string())?;
         let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
-        let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        let stream = tokio_rustls::TlsConnector::from(config)
             .connect(name, tcp)
             .await
             .map_err(|e| format!("TLS with {host}: {e}"))?;

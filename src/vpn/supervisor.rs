@@ -137,13 +137,14 @@ async fn wait_child(child: &mut Option<Child>) -> std::io::Result<std::process::
 /// With `vpn.enabled = false`: a kill switch left by an earlier run is removed (with its
 /// policy rules), since only `enabled = false` or `vpn disable` may remove it.
 pub(super) async fn release_leftovers(cfg: &VpnConfig, audit: &Audit) {
-    if which("nft").is_none() || !killswitch::status().await.present {
+    if which("nft").is_none() {
         return;
     }
-    netcfg::remove_rules().await;
-    netcfg::flush_table().await;
     match killswitch::remove().await {
         Ok(true) => {
+            // Our table was there, so the policy rules and routes are ours too.
+            netcfg::remove_rules().await;
+            netcfg::flush_table().await;
             tracing::warn!("vpn disabled: kill switch removed; torrent traffic is no longer confined");
             audit.record_background(
                 SecurityEvent::new(EventKind::KillswitchReleased, Severity::Warning, &system_client())
@@ -599,36 +600,29 @@ impl Supervisor {
         };
         let health = self.judge(&dev, probe);
         self.refresh_killswitch_view().await;
-        match health {
-            Ok(()) => {
-                self.succ += 1;
-                self.fails = 0;
-            }
-            Err(e) => {
-                self.fails += 1;
-                self.succ = 0;
-                tracing::debug!(error = %e, fails = self.fails, "vpn health check failed");
-                self.shared.update(|s| s.last_error = Some(e));
-            }
+        if let Err(e) = &health {
+            self.fails += 1;
+            self.succ = 0;
+            tracing::debug!(error = %e, fails = self.fails, "vpn health check failed");
+            self.shared.update(|s| s.last_error = Some(e.clone()));
+        } else {
+            self.succ += 1;
+            self.fails = 0;
         }
         let h = &self.cfg.health;
-        match self.state {
-            VpnState::Connecting | VpnState::Reconnecting => {
-                if self.succ >= h.successes_to_up {
-                    self.became_up();
-                } else if self.fails >= h.failures_to_down {
-                    let reason = self.shared.get().last_error.unwrap_or_default();
-                    self.failed(&reason).await;
-                }
-            }
-            VpnState::Up | VpnState::Degraded => {
-                if self.fails >= h.failures_to_down {
-                    let reason = self.shared.get().last_error.unwrap_or_default();
-                    self.failed(&reason).await;
-                } else if self.fails > 0 {
-                    self.set_state(VpnState::Degraded, None);
-                } else if self.state == VpnState::Degraded && self.succ >= h.successes_to_up {
-                    self.set_state(VpnState::Up, None);
+        let (trying, running) = (
+            matches!(self.state, VpnState::Connecting | VpnState::Reconnecting),
+            matches!(self.state, VpnState::Up | VpnState::Degraded),
+        );
+        match health {
+            // Enough failures in a row (the latest among them): down, whatever we were.
+            Err(e) if (trying || running) && self.fails >= h.failures_to_down => self.failed(&e).await,
+            Err(_) if running => self.set_state(VpnState::Degraded, None),
+            Ok(()) if self.succ >= h.successes_to_up && self.state != VpnState::Up && (trying || running) => {
+                if trying {
+                    self.became_up()
+                } else {
+                    self.set_state(VpnState::Up, None)
                 }
             }
             _ => {}
@@ -707,8 +701,9 @@ impl Supervisor {
             }
             VpnCommand::SetKey(b64) => {
                 let public = super::store_key(&self.store, &self.keyring, &b64).await?;
+                // store_key accepted it, so it decodes.
+                self.key = super::decode_key(&b64).map(Zeroizing::new);
                 drop(b64);
-                self.key = super::load_key(&self.store, &self.keyring).map_err(|e| e.to_string())?;
                 self.shared.update(|s| s.public_key = Some(public.clone()));
                 tracing::info!(public_key = %public, "VPN private key stored");
                 if self.state == VpnState::Unavailable

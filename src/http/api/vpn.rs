@@ -135,10 +135,6 @@ fn refused(msg: String) -> ApiError {
 
 #[OpenApi(tag = "ApiTags::Vpn")]
 impl VpnApi {
-    fn snapshot(&self) -> VpnSnapshot {
-        self.state.vpn.snapshot().unwrap_or_else(|| unreachable_snapshot(self.state.vpn.state()))
-    }
-
     async fn run(&self, cmd: VpnCommand) -> poem::Result<Json<VpnActionDto>> {
         let message = self.state.vpn.command(cmd).await.map_err(refused)?;
         Ok(Json(VpnActionDto { message, state: self.state.vpn.state().into() }))
@@ -148,7 +144,7 @@ impl VpnApi {
     #[oai(path = "/api/vpn", method = "get")]
     async fn status(&self, auth: Auth) -> poem::Result<Json<VpnStatusDto>> {
         auth.require(Role::Admin)?;
-        Ok(Json(self.snapshot().into()))
+        Ok(Json(self.state.vpn.snapshot().into()))
     }
 
     /// Reconnects to the current server now.
@@ -235,10 +231,4 @@ impl VpnApi {
             .await;
         Ok(out)
     }
-}
-
-fn unreachable_snapshot(state: &str) -> VpnSnapshot {
-    let mut s = crate::vpn::VpnSnapshot::not_configured(&crate::config::VpnConfig::default());
-    s.reason = Some(format!("no supervisor ({state})"));
-    s
 }
