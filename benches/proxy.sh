@@ -10,7 +10,7 @@ CONNS=${CONNS:-64}
 for tool in nginx caddy wrk curl; do
   command -v "$tool" >/dev/null || { echo "bench-proxy needs $tool (apt-get install -y nginx caddy wrk curl)"; exit 1; }
 done
-cargo build --release -q
+[ -n "${GATE_BIN:-}" ] || cargo build --release -q
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }

@@ -86,6 +86,15 @@ struct Bucket {
 pub struct Monitor {
     started: Instant,
     ring: Mutex<[Bucket; 60]>,
+    /// (route class, status label) → its request counter and duration histogram, registered
+    /// once: the macros would look the series up in the registry on every request.
+    series: std::sync::RwLock<std::collections::HashMap<(&'static str, &'static str), RequestSeries>>,
+}
+
+#[derive(Clone)]
+struct RequestSeries {
+    count: metrics::Counter,
+    duration: metrics::Histogram,
 }
 
 /// The dashboard's numbers.
@@ -112,7 +121,7 @@ impl Default for Monitor {
 
 impl Monitor {
     pub fn new() -> Monitor {
-        Monitor { started: Instant::now(), ring: Mutex::new([Bucket::default(); 60]) }
+        Monitor { started: Instant::now(), ring: Mutex::new([Bucket::default(); 60]), series: Default::default() }
     }
 
     fn minute(&self) -> u64 {
@@ -143,9 +152,9 @@ impl Monitor {
     /// A request was answered: Prometheus counters and the five-minute window.
     pub fn request(&self, route_class: &'static str, status: u16, elapsed: Duration) {
         let secs = elapsed.as_secs_f64();
-        metrics::counter!("http_requests_total", "route_class" => route_class, "status" => status_label(status))
-            .increment(1);
-        metrics::histogram!("http_request_duration_seconds", "route_class" => route_class).record(secs);
+        let series = self.request_series(route_class, status_label(status));
+        series.count.increment(1);
+        series.duration.record(secs);
         let slot = LATENCY_BUCKETS.iter().position(|&le| secs <= le).unwrap_or(LATENCY_BUCKETS.len());
         self.with_bucket(|b| {
             b.requests += 1;
@@ -154,6 +163,21 @@ impl Monitor {
             }
             b.latency[slot] += 1;
         });
+    }
+
+    fn request_series(&self, route_class: &'static str, status: &'static str) -> RequestSeries {
+        let key = (route_class, status);
+        if let Some(s) = self.series.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return s.clone();
+        }
+        // The recorder first, so the handles kept are its and not no-ops.
+        prometheus();
+        let s = RequestSeries {
+            count: metrics::counter!("http_requests_total", "route_class" => route_class, "status" => status),
+            duration: metrics::histogram!("http_request_duration_seconds", "route_class" => route_class),
+        };
+        self.series.write().unwrap_or_else(|e| e.into_inner()).insert(key, s.clone());
+        s
     }
 
     /// Sums the last `minutes` buckets (the current one included).

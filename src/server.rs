@@ -284,6 +284,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let grace = Some(Duration::from_secs(config.http.shutdown_grace_secs));
     let idle = Duration::from_secs(config.http.idle_timeout_secs);
     let app = build_app(state.clone());
+    let edge = Arc::new(crate::http::middleware::EdgePolicy::new(state.clone()));
 
     let redirect = match config.http_listen {
         Some(addr) if tls.is_some() => {
@@ -312,18 +313,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                     crate::tls::TlsAcceptor::new(tcp, tls, Duration::from_secs(config.tls.handshake_timeout_secs))
                         .with_acme_challenge(acme.as_ref().map(|a| a.challenge_config.clone()));
                 log_listening("https", bound, started);
-                tokio::spawn(async move {
-                    Server::new_with_acceptor(acceptor)
-                        .idle_timeout(idle)
-                        .run_with_graceful_shutdown(app, stop, grace)
-                        .await
-                })
+                tokio::spawn(crate::http::serve::run(acceptor, edge, app, idle, stop, grace))
             }
             None => {
                 log_listening("http", bound, started);
-                tokio::spawn(async move {
-                    Server::new_with_acceptor(tcp).idle_timeout(idle).run_with_graceful_shutdown(app, stop, grace).await
-                })
+                tokio::spawn(crate::http::serve::run(tcp, edge, app, idle, stop, grace))
             }
         }
     };

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use poem::Request;
-use poem::http::StatusCode;
+use poem::http::{HeaderMap, StatusCode, Uri};
 use poem_openapi::SecurityScheme;
 use poem_openapi::auth::{ApiKey, Bearer};
 
@@ -87,15 +87,15 @@ async fn check_session(req: &Request, key: ApiKey) -> poem::Result<Principal> {
         return Ok(p);
     }
     let state = state(req)?;
-    authenticate_session(state, req, key.key.trim()).map_err(|e| auth_error(e).into())
+    authenticate_session(state, req.headers(), key.key.trim()).map_err(|e| auth_error(e).into())
 }
 
 /// `X-Session-Id` plus that session's access cookie.
-fn authenticate_session(state: &AppState, req: &Request, sid: &str) -> Result<Principal, AuthError> {
+fn authenticate_session(state: &AppState, headers: &HeaderMap, sid: &str) -> Result<Principal, AuthError> {
     if !is_session_id(sid) {
         return Err(AuthError::Unauthorized);
     }
-    let token = cookie(req, &format!("{ACCESS_COOKIE}{sid}")).ok_or(AuthError::Unauthorized)?;
+    let token = cookie(headers, &format!("{ACCESS_COOKIE}{sid}")).ok_or(AuthError::Unauthorized)?;
     state.auth.authenticate(&token, Some(sid))
 }
 
@@ -104,22 +104,22 @@ fn authenticate_session(state: &AppState, req: &Request, sid: &str) -> Result<Pr
 /// `Ok(None)` means no credentials were presented at all.
 pub fn authenticate_request(
     state: &AppState,
-    req: &Request,
+    headers: &HeaderMap,
+    uri: &Uri,
     stream_path: Option<&str>,
 ) -> Result<Option<Authenticated>, AuthError> {
-    if let Some(value) = req.headers().get(poem::http::header::AUTHORIZATION) {
+    if let Some(value) = headers.get(poem::http::header::AUTHORIZATION) {
         let value = value.to_str().map_err(|_| AuthError::Unauthorized)?;
         let token =
             value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")).ok_or(AuthError::Unauthorized)?;
         return state.auth.authenticate(token.trim(), None).map(|p| Some(Authenticated(p, Via::Bearer)));
     }
-    if let Some(sid) = req.headers().get("x-session-id") {
+    if let Some(sid) = headers.get("x-session-id") {
         let sid = sid.to_str().map_err(|_| AuthError::Unauthorized)?.trim();
-        return authenticate_session(state, req, sid).map(|p| Some(Authenticated(p, Via::Session)));
+        return authenticate_session(state, headers, sid).map(|p| Some(Authenticated(p, Via::Session)));
     }
     if let Some(path) = stream_path
-        && let Some(key) = req
-            .uri()
+        && let Some(key) = uri
             .query()
             .and_then(|q| q.split('&').find_map(|p| p.strip_prefix(&format!("{}=", super::proxy::STREAM_KEY_PARAM))))
     {
@@ -129,9 +129,9 @@ pub fn authenticate_request(
 }
 
 /// Every cookie of the request as (name, value), bounded in count and size.
-pub fn cookies(req: &Request) -> Vec<(String, String)> {
+pub fn cookies(headers: &HeaderMap) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    for header in req.headers().get_all(poem::http::header::COOKIE) {
+    for header in headers.get_all(poem::http::header::COOKIE) {
         let Ok(text) = header.to_str() else { continue };
         if text.len() > 16 * 1024 {
             continue;
@@ -151,8 +151,8 @@ pub fn cookies(req: &Request) -> Vec<(String, String)> {
 }
 
 /// One cookie's value by name.
-pub fn cookie(req: &Request, name: &str) -> Option<String> {
-    cookies(req).into_iter().find(|(n, _)| n == name).map(|(_, v)| v)
+pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    cookies(headers).into_iter().find(|(n, _)| n == name).map(|(_, v)| v)
 }
 
 /// A `Set-Cookie` value: HttpOnly, SameSite=Strict, Secure when TLS is on.
@@ -167,21 +167,23 @@ pub fn set_cookie(name: &str, value: &str, path: &str, max_age: i64, secure: boo
 /// Who is asking: socket address, user agent, request id.
 pub fn client_info(req: &Request) -> ClientInfo {
     let ip = match req.extensions().get::<super::middleware::ClientAddr>() {
-        Some(addr) => addr.0.to_string(),
-        None => match req.remote_addr().as_socket_addr() {
-            Some(addr) => addr.ip().to_string(),
-            None => "unknown".into(),
-        },
+        Some(addr) => Some(addr.0),
+        None => req.remote_addr().as_socket_addr().map(|a| a.ip()),
     };
-    let user_agent = req
-        .headers()
+    let request_id = req.extensions().get::<RequestId>().map(|r| r.0.as_str()).unwrap_or_default();
+    client_info_of(ip, req.headers(), request_id)
+}
+
+/// Who is asking, from the client address, the headers and the request id.
+pub fn client_info_of(ip: Option<std::net::IpAddr>, headers: &HeaderMap, request_id: &str) -> ClientInfo {
+    let ip = ip.map(|ip| ip.to_string()).unwrap_or_else(|| "unknown".into());
+    let user_agent = headers
         .get(poem::http::header::USER_AGENT)
         // Kept even when not ASCII: the audit log escapes what it must, and a UA that hides
         // in obs-text should not vanish from the record.
         .map(|v| String::from_utf8_lossy(v.as_bytes()).chars().take(256).collect())
         .unwrap_or_default();
-    let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
-    ClientInfo { ip, user_agent, request_id }
+    ClientInfo { ip, user_agent, request_id: request_id.to_string() }
 }
 
 /// The client's view of an auth failure.

@@ -2,20 +2,27 @@
 //! proxies) → CORS preflight → CSRF origin check → rate limits → body limit → endpoint; then
 //! every error becomes `application/problem+json`, and every response gets the security
 //! headers, CORS headers (allowed origins only) and `X-Request-Id`.
+//!
+//! Requests for configured upstreams take the same steps in [`EdgePolicy::proxy`], on plain
+//! `http` types: `http::serve` calls it directly for them (no poem `Request`, no endpoint
+//! chain on the proxy's hot path), and the poem middleware calls it for proxied requests that
+//! reach the app another way (tests' `TestClient`).
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
 use futures_util::StreamExt;
-use poem::http::header::{self, CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue};
-use poem::http::{Method, StatusCode};
+use http_body_util::BodyExt;
+use poem::http::header::{self, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use poem::http::{Method, StatusCode, Uri};
 use poem::{Body, Endpoint, IntoResponse, Middleware, Request, Response};
 
 use crate::auth::{ClientInfo, EventKind, SecurityEvent, Severity};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::http::AppState;
+use crate::http::proxy::{ClientUpgrade, ConnInfo, ProxiedBody, ProxyBody, ProxyRoute, UpgradedIo, UpstreamSlot};
 use crate::ratelimit::{RateClass, RateLimits};
 
 /// The id of one request, in responses as `X-Request-Id` and in every problem body.
@@ -67,14 +74,15 @@ impl EdgePolicy {
         self.trusted_proxies.iter().any(|net| net.contains(&ip))
     }
 
-    /// Walks `X-Forwarded-For` (or `Forwarded: for=`) right to left past trusted hops.
-    fn client_addr(&self, req: &Request) -> Option<IpAddr> {
-        let peer = req.remote_addr().as_socket_addr()?.ip();
+    /// The client's address: the socket `peer`, or, when the peer is a trusted proxy, the
+    /// right-most untrusted hop of `X-Forwarded-For` (or `Forwarded: for=`).
+    pub fn client_addr(&self, headers: &HeaderMap, peer: Option<IpAddr>) -> Option<IpAddr> {
+        let peer = peer?;
         if !self.trusted(peer) {
             return Some(peer);
         }
         let mut hops: Vec<IpAddr> = Vec::new();
-        for v in req.headers().get_all("x-forwarded-for") {
+        for v in headers.get_all("x-forwarded-for") {
             for part in v.to_str().unwrap_or("").split(',') {
                 if let Ok(ip) = part.trim().parse() {
                     hops.push(ip);
@@ -82,7 +90,7 @@ impl EdgePolicy {
             }
         }
         if hops.is_empty() {
-            for v in req.headers().get_all(header::FORWARDED) {
+            for v in headers.get_all(header::FORWARDED) {
                 for elem in v.to_str().unwrap_or("").split(',') {
                     for pair in elem.split(';') {
                         if let Some((k, val)) = pair.trim().split_once('=')
@@ -103,12 +111,9 @@ impl EdgePolicy {
         Some(hops.into_iter().rev().find(|ip| !self.trusted(*ip)).unwrap_or(peer))
     }
 
-    /// The `route_class` label of a request: `upstream` for proxied routes, else the rate
-    /// class of the gate's own API, else `system` (health, metrics, docs, pages).
-    fn route_class(route: Option<&crate::http::proxy::ProxyRoute>, method: &Method, path: &str) -> &'static str {
-        if route.is_some() {
-            return "upstream";
-        }
+    /// The `route_class` label of a request to the gate itself: the rate class of its API,
+    /// else `system` (health, metrics, docs, pages). Proxied requests are `upstream`.
+    fn route_class(method: &Method, path: &str) -> &'static str {
         match rate_class(method, path) {
             Some(c) => c.as_str(),
             None => "system",
@@ -120,22 +125,249 @@ impl EdgePolicy {
     }
 
     /// The gate's own origin for this request: scheme + `Host`.
-    fn own_origin(&self, req: &Request) -> Option<String> {
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri().authority().map(|a| a.as_str()))?;
+    fn own_origin(&self, headers: &HeaderMap, uri: &Uri) -> Option<String> {
+        let host =
+            headers.get(header::HOST).and_then(|h| h.to_str().ok()).or_else(|| uri.authority().map(|a| a.as_str()))?;
         Some(format!("{}://{}", if self.tls { "https" } else { "http" }, host.to_ascii_lowercase()))
     }
 
-    fn origin_trusted_for_csrf(&self, req: &Request, origin: &str) -> bool {
+    fn origin_trusted_for_csrf(&self, headers: &HeaderMap, uri: &Uri, origin: &str) -> bool {
         let origin = origin.trim_end_matches('/').to_ascii_lowercase();
-        self.own_origin(req).is_some_and(|own| own == origin)
+        self.own_origin(headers, uri).is_some_and(|own| own == origin)
             || self.public_origins.iter().any(|o| o.eq_ignore_ascii_case(&origin))
             || self.cors_origins.iter().any(|o| o.eq_ignore_ascii_case(&origin))
     }
+
+    /// The answer to a CORS preflight (answered here, never forwarded), if this is one.
+    fn preflight(&self, method: &Method, headers: &HeaderMap) -> Option<Response> {
+        if *method != Method::OPTIONS || !headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD) {
+            return None;
+        }
+        let mut resp = Response::builder().status(StatusCode::NO_CONTENT).finish();
+        let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
+        if origin.is_some_and(|o| self.origin_allowed_for_cors(o)) {
+            let h = resp.headers_mut();
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static("GET, POST, PUT, PATCH, DELETE, OPTIONS"),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                HeaderValue::from_static("authorization, content-type, x-session-id, x-request-id"),
+            );
+            h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+        }
+        Some(resp)
+    }
+
+    /// CSRF: a cookie-carrying unsafe request must come from our own or a listed origin.
+    async fn check_csrf(
+        &self,
+        method: &Method,
+        headers: &HeaderMap,
+        uri: &Uri,
+        client: &ClientInfo,
+    ) -> Result<(), ApiError> {
+        if !is_unsafe(method) || !has_session_cookie(headers) {
+            return Ok(());
+        }
+        let claimed = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()).map(str::to_string).or_else(|| {
+            let referer = headers.get(header::REFERER)?.to_str().ok()?;
+            let (scheme, rest) = referer.split_once("://")?;
+            Some(format!("{scheme}://{}", rest.split('/').next().unwrap_or("")))
+        });
+        if claimed.as_deref().is_some_and(|o| self.origin_trusted_for_csrf(headers, uri, o)) {
+            return Ok(());
+        }
+        SecurityEvent::new(EventKind::CsrfRejected, Severity::Warning, client)
+            .target(uri.path())
+            .detail("origin", claimed.unwrap_or_else(|| "none".into()))
+            .record(self.state.auth.audit())
+            .await;
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "csrf-rejected",
+            "Forbidden",
+            "This request did not come from an allowed origin.",
+        ))
+    }
+
+    /// Rate limits: the global per-IP ceiling, then the request's class — per user when the
+    /// caller is known (except for `auth`, always per IP). Allowed requests collect their
+    /// `RateLimit` headers in `rate`.
+    async fn check_limits(
+        &self,
+        class: Option<RateClass>,
+        user: Option<&str>,
+        path: &str,
+        client: &ClientInfo,
+        rate: &mut RateHeaders,
+    ) -> Result<(), ApiError> {
+        for class in std::iter::once(RateClass::Global).chain(class) {
+            let checked = match (class, user) {
+                (RateClass::Global | RateClass::Auth, _) | (_, None) => self.limits.check(class, &client.ip),
+                (_, Some(user)) => self.limits.check_user(class, user),
+            };
+            match checked {
+                Ok(allowed) => {
+                    if class != RateClass::Global {
+                        *rate = Some((allowed.limit, allowed.window_secs, allowed.remaining));
+                    }
+                }
+                Err(denied) => {
+                    metrics::counter!("rate_limited_total", "class" => denied.class.as_str()).increment(1);
+                    if denied.first_in_window {
+                        SecurityEvent::new(EventKind::RateLimited, Severity::Warning, client)
+                            .target(path)
+                            .detail("class", denied.class.as_str())
+                            .record(self.state.auth.audit())
+                            .await;
+                    }
+                    let secs = denied.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                    return Err(ApiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "rate-limited",
+                        "Too many requests",
+                        "Too many requests; slow down and try again later.",
+                    )
+                    .with_header(header::RETRY_AFTER, HeaderValue::from(secs))
+                    .with_header(
+                        HeaderName::from_static("ratelimit-policy"),
+                        HeaderValue::from_str(&format!("{};w={}", denied.limit, denied.window_secs))
+                            .unwrap_or(HeaderValue::from_static("0")),
+                    )
+                    .with_header(
+                        HeaderName::from_static("ratelimit"),
+                        HeaderValue::from_str(&format!("limit={}, remaining=0, reset={secs}", denied.limit))
+                            .unwrap_or(HeaderValue::from_static("0")),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// What every response gets on its way out: `X-Request-Id`, the `RateLimit` headers, the
+    /// security headers and, for allowed origins, the CORS headers.
+    fn finish(&self, h: &mut HeaderMap, id: &RequestId, rate: RateHeaders, path: &str, origin: Option<&HeaderValue>) {
+        h.reserve(12);
+        if let Ok(v) = HeaderValue::from_str(&id.0) {
+            h.insert("x-request-id", v);
+        }
+        if let Some((limit, window, remaining)) = rate {
+            if let Ok(v) = HeaderValue::from_str(&format!("{limit};w={window}")) {
+                h.insert(HeaderName::from_static("ratelimit-policy"), v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&format!("limit={limit}, remaining={remaining}")) {
+                h.insert(HeaderName::from_static("ratelimit"), v);
+            }
+        }
+        security_headers(h, self.tls, path);
+        if let Some(o) = origin.filter(|o| o.to_str().is_ok_and(|o| self.origin_allowed_for_cors(o))) {
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o.clone());
+            h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+            h.insert(
+                header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                HeaderValue::from_static("x-request-id, retry-after, ratelimit, ratelimit-policy"),
+            );
+            h.append(header::VARY, HeaderValue::from_static("Origin"));
+        }
+    }
+
+    /// Records `permission_denied` when the gate itself refused a signed-in caller (403).
+    async fn note_denied(&self, status: StatusCode, actor: Option<String>, path: &str, client: &ClientInfo) {
+        if let (StatusCode::FORBIDDEN, Some(actor)) = (status, actor) {
+            SecurityEvent::new(EventKind::PermissionDenied, Severity::Warning, client)
+                .actor(actor)
+                .target(path)
+                .record(self.state.auth.audit())
+                .await;
+        }
+    }
+
+    /// A request for a configured upstream, whole: the edge stack, the route's policy, the
+    /// proxy, the finished response. The one implementation of proxied requests: `http::serve`
+    /// calls it directly (no poem `Request` on this path), the poem middleware for requests
+    /// that reach the app another way.
+    pub async fn proxy(
+        &self,
+        route: Arc<ProxyRoute>,
+        req: poem::http::Request<ProxyBody>,
+        conn: ConnInfo,
+    ) -> poem::http::Response<ProxiedBody> {
+        let started = std::time::Instant::now();
+        let id = RequestId::new();
+        let (parts, body) = req.into_parts();
+        let ip = self.client_addr(&parts.headers, conn.peer);
+        let client = crate::http::auth::client_info_of(ip, &parts.headers, &id.0);
+        let origin = parts.headers.get(header::ORIGIN).cloned();
+        let path = parts.uri.path().to_string();
+        let mut rate = None;
+        let mut resp = match self.proxy_guarded(&route, parts, body, conn, &client, &mut rate).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                let (parts, body) = poem::http::Response::from(problem_of(e, &id)).into_parts();
+                poem::http::Response::from_parts(parts, ProxiedBody::Right(body))
+            }
+        };
+        self.finish(resp.headers_mut(), &id, rate, &path, origin.as_ref());
+        self.state.auth.audit().monitor().request("upstream", resp.status().as_u16(), started.elapsed());
+        resp
+    }
+
+    async fn proxy_guarded(
+        &self,
+        route: &ProxyRoute,
+        parts: poem::http::request::Parts,
+        body: ProxyBody,
+        conn: ConnInfo,
+        client: &ClientInfo,
+        rate: &mut RateHeaders,
+    ) -> Result<poem::http::Response<ProxiedBody>, ApiError> {
+        if let Some(resp) = self.preflight(&parts.method, &parts.headers) {
+            let (parts, body) = poem::http::Response::from(resp).into_parts();
+            return Ok(poem::http::Response::from_parts(parts, ProxiedBody::Right(body)));
+        }
+        self.check_csrf(&parts.method, &parts.headers, &parts.uri, client).await?;
+        let path = parts.uri.path();
+        let auth = crate::http::auth::authenticate_request(
+            &self.state,
+            &parts.headers,
+            &parts.uri,
+            route.cfg.stream_keys.then_some(path),
+        );
+        let user = match &auth {
+            Ok(Some(a)) => Some(a.0.user_id.as_str()),
+            _ => None,
+        };
+        self.check_limits(Some(route.cfg.rate_class), user, path, client, rate).await?;
+        let principal = auth.map_err(crate::http::auth::auth_error)?.map(|a| a.0);
+        let policy = || {
+            if let Some(min) = crate::http::proxy::min_role(route) {
+                let p = principal.as_ref().ok_or(crate::auth::AuthError::Unauthorized)?;
+                p.require(min)?;
+            }
+            Ok::<_, crate::auth::AuthError>(())
+        };
+        if let Err(e) = policy() {
+            let e = crate::http::auth::auth_error(e);
+            self.note_denied(e.status, principal.as_ref().map(|p| p.user_id.clone()), path, client).await;
+            return Err(e);
+        }
+        if route.cfg.requires_vpn && !self.state.vpn.tunnel_up() {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "vpn-down",
+                "Service unavailable",
+                "The VPN tunnel is not up, so this service is paused.",
+            ));
+        }
+        self.state.proxy.forward(route, parts, body, conn, principal.as_ref(), &client.ip, self.tls).await
+    }
 }
+
+/// The `RateLimit` figures of the request's class: (limit, window seconds, remaining).
+type RateHeaders = Option<(u32, u64, u32)>;
 
 /// The rate class of a request to the gate's own API.
 fn rate_class(method: &Method, path: &str) -> Option<RateClass> {
@@ -151,8 +383,8 @@ fn is_unsafe(method: &Method) -> bool {
 }
 
 /// Whether the request carries one of the gate's session cookies.
-fn has_session_cookie(req: &Request) -> bool {
-    req.headers()
+fn has_session_cookie(headers: &HeaderMap) -> bool {
+    headers
         .get_all(header::COOKIE)
         .iter()
         .any(|v| v.to_str().map(|s| s.contains("__miauflix_at_") || s.contains("__miauflix_rt_")).unwrap_or(true))
@@ -183,194 +415,56 @@ pub struct RequestContextEndpoint<E> {
 }
 
 impl<E: Endpoint> RequestContextEndpoint<E> {
-    async fn guarded(
-        &self,
-        mut req: Request,
-        route: Option<Arc<crate::http::proxy::ProxyRoute>>,
-        client: &ClientInfo,
-        rate: &mut Vec<(HeaderName, String)>,
-    ) -> poem::Result<Response> {
+    /// A request for the gate itself.
+    async fn guarded(&self, mut req: Request, client: &ClientInfo, rate: &mut RateHeaders) -> poem::Result<Response> {
         let p = &self.policy;
-        let method = req.method().clone();
-        let path = req.uri().path().to_string();
-        let origin = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok()).map(str::to_string);
-
-        // CORS preflight: answered here, never forwarded.
-        if method == Method::OPTIONS && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD) {
-            let mut resp = Response::builder().status(StatusCode::NO_CONTENT).finish();
-            if let Some(o) = origin.as_deref().filter(|o| p.origin_allowed_for_cors(o)) {
-                let h = resp.headers_mut();
-                h.insert(
-                    header::ACCESS_CONTROL_ALLOW_METHODS,
-                    HeaderValue::from_static("GET, POST, PUT, PATCH, DELETE, OPTIONS"),
-                );
-                h.insert(
-                    header::ACCESS_CONTROL_ALLOW_HEADERS,
-                    HeaderValue::from_static("authorization, content-type, x-session-id, x-request-id"),
-                );
-                h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
-                let _ = o;
-            }
+        if let Some(resp) = p.preflight(req.method(), req.headers()) {
             return Ok(resp);
         }
-
-        // CSRF: a cookie-carrying unsafe request must come from our own or a listed origin.
-        if is_unsafe(&method) && has_session_cookie(&req) {
-            let claimed = origin.clone().or_else(|| {
-                let referer = req.headers().get(header::REFERER)?.to_str().ok()?;
-                let (scheme, rest) = referer.split_once("://")?;
-                Some(format!("{scheme}://{}", rest.split('/').next().unwrap_or("")))
-            });
-            let ok = claimed.as_deref().is_some_and(|o| p.origin_trusted_for_csrf(&req, o));
-            if !ok {
-                SecurityEvent::new(EventKind::CsrfRejected, Severity::Warning, client)
-                    .target(&path)
-                    .detail("origin", claimed.unwrap_or_else(|| "none".into()))
-                    .record(p.state.auth.audit())
-                    .await;
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "csrf-rejected",
-                    "Forbidden",
-                    "This request did not come from an allowed origin.",
-                )
-                .into());
-            }
-        }
-
-        // Rate limits: the global per-IP ceiling, then the request's class.
-        let ip = client.ip.clone();
-        let mut classes = vec![RateClass::Global];
-        if let Some(r) = &route {
-            classes.push(r.cfg.rate_class);
-        } else if let Some(c) = rate_class(&method, &path) {
-            classes.push(c);
-        }
-        // Credentials are read once: for proxied routes they decide access below; for every
-        // non-auth class a known user is limited as that user, whatever address they use.
-        let auth = match &route {
-            Some(r) => Some(crate::http::auth::authenticate_request(
-                &p.state,
-                &req,
-                r.cfg.stream_keys.then_some(path.as_str()),
-            )),
-            None if path.starts_with("/api/") => Some(crate::http::auth::authenticate_request(&p.state, &req, None)),
-            None => None,
-        };
-        let user_key = match &auth {
+        p.check_csrf(req.method(), req.headers(), req.uri(), client).await?;
+        let path = req.uri().path().to_string();
+        // Credentials are read once: a known user is limited as that user (except for the
+        // auth class), whatever address they use, and endpoints reuse the verification.
+        let auth = path
+            .starts_with("/api/")
+            .then(|| crate::http::auth::authenticate_request(&p.state, req.headers(), req.uri(), None));
+        let actor = match &auth {
             Some(Ok(Some(a))) => {
                 req.extensions_mut().insert(a.clone());
-                Some(format!("user:{}", a.0.user_id))
+                Some(a.0.user_id.clone())
             }
             _ => None,
         };
-        for class in classes {
-            let key = match (class, &user_key) {
-                (RateClass::Global | RateClass::Auth, _) | (_, None) => &ip,
-                (_, Some(user)) => user,
-            };
-            match p.limits.check(class, key) {
-                Ok(allowed) => {
-                    if class != RateClass::Global {
-                        rate.push((
-                            HeaderName::from_static("ratelimit-policy"),
-                            format!("{};w={}", allowed.limit, allowed.window_secs),
-                        ));
-                        rate.push((
-                            HeaderName::from_static("ratelimit"),
-                            format!("limit={}, remaining={}", allowed.limit, allowed.remaining),
-                        ));
-                    }
-                }
-                Err(denied) => {
-                    metrics::counter!("rate_limited_total", "class" => denied.class.as_str()).increment(1);
-                    if denied.first_in_window {
-                        SecurityEvent::new(EventKind::RateLimited, Severity::Warning, client)
-                            .target(&path)
-                            .detail("class", denied.class.as_str())
-                            .record(p.state.auth.audit())
-                            .await;
-                    }
-                    let secs = denied.retry_after.as_secs_f64().ceil().max(1.0) as u64;
-                    let e = ApiError::new(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "rate-limited",
-                        "Too many requests",
-                        "Too many requests; slow down and try again later.",
-                    )
-                    .with_header(header::RETRY_AFTER, HeaderValue::from(secs))
-                    .with_header(
-                        HeaderName::from_static("ratelimit-policy"),
-                        HeaderValue::from_str(&format!("{};w={}", denied.limit, denied.window_secs))
-                            .unwrap_or(HeaderValue::from_static("0")),
-                    )
-                    .with_header(
-                        HeaderName::from_static("ratelimit"),
-                        HeaderValue::from_str(&format!("limit={}, remaining=0, reset={secs}", denied.limit))
-                            .unwrap_or(HeaderValue::from_static("0")),
-                    );
-                    return Err(e.into());
-                }
-            }
-        }
-
-        if let Some(route) = route {
-            let principal = auth.unwrap_or(Ok(None)).map_err(crate::http::auth::fail)?.map(|a| a.0);
-            let actor = principal.as_ref().map(|p| p.user_id.clone());
-            let result = self.proxied(req, &route, principal, client).await;
-            return self.note_denied(result, actor, &path, client).await;
-        }
+        p.check_limits(rate_class(req.method(), &path), actor.as_deref(), &path, client, rate).await?;
         if path.starts_with("/api/") {
             limit_body(&mut req, p.max_body).await?;
         }
-        let actor = user_key.as_deref().and_then(|k| k.strip_prefix("user:")).map(str::to_string);
         let result = self.inner.call(req).await.map(IntoResponse::into_response);
-        self.note_denied(result, actor, &path, client).await
-    }
-
-    /// Records `permission_denied` when the gate itself refused a signed-in caller (403).
-    async fn note_denied(
-        &self,
-        result: poem::Result<Response>,
-        actor: Option<String>,
-        path: &str,
-        client: &ClientInfo,
-    ) -> poem::Result<Response> {
-        if let (Err(e), Some(actor)) = (&result, actor)
-            && e.status() == StatusCode::FORBIDDEN
-        {
-            SecurityEvent::new(EventKind::PermissionDenied, Severity::Warning, client)
-                .actor(actor)
-                .target(path)
-                .record(self.policy.state.auth.audit())
-                .await;
+        if let Err(e) = &result {
+            p.note_denied(e.status(), actor, &path, client).await;
         }
         result
     }
 
-    /// A request for a configured upstream: route policy, then the proxy.
-    async fn proxied(
-        &self,
-        req: Request,
-        route: &crate::http::proxy::ProxyRoute,
-        principal: Option<crate::auth::Principal>,
-        client: &ClientInfo,
-    ) -> poem::Result<Response> {
-        let state = &self.policy.state;
-        if let Some(min) = crate::http::proxy::min_role(route) {
-            let p = principal.as_ref().ok_or_else(|| crate::http::auth::fail(crate::auth::AuthError::Unauthorized))?;
-            p.require(min).map_err(crate::http::auth::fail)?;
-        }
-        if route.cfg.requires_vpn && !state.vpn.tunnel_up() {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "vpn-down",
-                "Service unavailable",
-                "The VPN tunnel is not up, so this service is paused.",
-            )
-            .into());
-        }
-        Ok(state.proxy.forward(route, req, principal.as_ref(), &client.ip, self.policy.tls).await?)
+    /// A request for a configured upstream that reached the app without `http::serve` (so
+    /// with no upstream slot): converted once, then the same [`EdgePolicy::proxy`].
+    async fn proxied(&self, mut req: Request, route: Arc<ProxyRoute>) -> Response {
+        let peer = req.remote_addr().as_socket_addr().map(|a| a.ip());
+        let upgrade: Option<ClientUpgrade> = match crate::http::proxy::upgrade_protocol(req.headers()) {
+            Some(_) => req.take_upgrade().ok().map(|on| {
+                Box::pin(async move { on.await.ok().map(|io| Box::new(io) as Box<dyn UpgradedIo>) }) as ClientUpgrade
+            }),
+            None => None,
+        };
+        let slot = req.extensions().get::<UpstreamSlot>().cloned();
+        let body: ProxyBody = req.take_body().into();
+        let mut http_req = poem::http::Request::new(body);
+        *http_req.method_mut() = req.method().clone();
+        *http_req.uri_mut() = req.uri().clone();
+        *http_req.version_mut() = req.version();
+        *http_req.headers_mut() = std::mem::take(req.headers_mut());
+        let resp = self.policy.proxy(route, http_req, ConnInfo { peer, upgrade, slot }).await;
+        Response::from(resp.map(|b| b.map_err(std::io::Error::other).boxed()))
     }
 }
 
@@ -378,44 +472,25 @@ impl<E: Endpoint> Endpoint for RequestContextEndpoint<E> {
     type Output = Response;
 
     async fn call(&self, mut req: Request) -> poem::Result<Response> {
+        if let Some(route) = self.policy.state.proxy.route_for(req.uri().path()) {
+            return Ok(self.proxied(req, route).await);
+        }
         let started = std::time::Instant::now();
         let id = RequestId::new();
         req.extensions_mut().insert(id.clone());
-        if let Some(ip) = self.policy.client_addr(&req) {
+        if let Some(ip) = self.policy.client_addr(req.headers(), req.remote_addr().as_socket_addr().map(|a| a.ip())) {
             req.extensions_mut().insert(ClientAddr(ip));
         }
         let client = crate::http::auth::client_info(&req);
-        let origin = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok()).map(str::to_string);
+        let origin = req.headers().get(header::ORIGIN).cloned();
         let path = req.uri().path().to_string();
-        // The route is looked up once: it decides the policy and labels the metrics.
-        let route = self.policy.state.proxy.route_for(&path);
-        let class = EdgePolicy::route_class(route.as_deref(), req.method(), &path);
-        let mut rate = Vec::new();
-        let mut resp = match self.guarded(req, route, &client, &mut rate).await {
+        let class = EdgePolicy::route_class(req.method(), &path);
+        let mut rate = None;
+        let mut resp = match self.guarded(req, &client, &mut rate).await {
             Ok(resp) => resp,
             Err(err) => problem_response(err, &id),
         };
-        let h = resp.headers_mut();
-        if let Ok(v) = HeaderValue::from_str(&id.0) {
-            h.insert("x-request-id", v);
-        }
-        for (name, value) in rate {
-            if let Ok(v) = HeaderValue::from_str(&value) {
-                h.insert(name, v);
-            }
-        }
-        security_headers(h, self.policy.tls, &path);
-        if let Some(o) = origin.filter(|o| self.policy.origin_allowed_for_cors(o))
-            && let Ok(v) = HeaderValue::from_str(&o)
-        {
-            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
-            h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
-            h.insert(
-                header::ACCESS_CONTROL_EXPOSE_HEADERS,
-                HeaderValue::from_static("x-request-id, retry-after, ratelimit, ratelimit-policy"),
-            );
-            h.append(header::VARY, HeaderValue::from_static("Origin"));
-        }
+        self.policy.finish(resp.headers_mut(), &id, rate, &path, origin.as_ref());
         self.policy.state.auth.audit().monitor().request(class, resp.status().as_u16(), started.elapsed());
         Ok(resp)
     }
@@ -474,6 +549,11 @@ pub fn problem_response(err: poem::Error, id: &RequestId) -> Response {
             ApiError::from_status(status, &err.to_string())
         }
     };
+    problem_of(problem, id)
+}
+
+/// Renders a problem document with the request id.
+fn problem_of(problem: ApiError, id: &RequestId) -> Response {
     let mut resp = Response::builder()
         .status(problem.status)
         .header(CONTENT_TYPE, "application/problem+json")

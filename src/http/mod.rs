@@ -6,6 +6,7 @@ pub mod auth;
 pub mod middleware;
 pub mod proxy;
 pub mod redirect;
+pub mod serve;
 pub mod ui;
 
 use std::sync::Arc;

@@ -206,7 +206,8 @@ impl AuthApi {
         if !is_session_id(&sid) {
             return Err(fail(AuthError::Unauthorized));
         }
-        let token = cookie(req, &format!("{REFRESH_COOKIE}{sid}")).ok_or_else(|| fail(AuthError::Unauthorized))?;
+        let token =
+            cookie(req.headers(), &format!("{REFRESH_COOKIE}{sid}")).ok_or_else(|| fail(AuthError::Unauthorized))?;
         let issued = self.state.auth.refresh(&token, Some(&sid), &client_info(req)).await.map_err(refresh_failed)?;
         let body = RefreshResponse { user: UserDto::from(&issued.user) };
         Ok(self.with_session_cookies(Response::new(Json(body)), &issued))
@@ -242,7 +243,7 @@ impl AuthApi {
     #[oai(path = "/api/auth/sessions", method = "get")]
     async fn sessions(&self, req: &Request) -> Json<BrowserSessions> {
         let mut out = Vec::new();
-        for (name, value) in cookies(req) {
+        for (name, value) in cookies(req.headers()) {
             let Some(sid) = name.strip_prefix(REFRESH_COOKIE) else { continue };
             if !is_session_id(sid) {
                 continue;

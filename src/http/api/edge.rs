@@ -77,9 +77,9 @@ impl EdgeApi {
                 .and_then(|(_, q)| q.split('&').find_map(|kv| kv.strip_prefix(&format!("{STREAM_KEY_PARAM}="))))
             {
                 Some(key) => Some(self.state.auth.authenticate_stream_key(key, p).map_err(fail)?),
-                None => authenticate_request(&self.state, req, None).map_err(fail)?.map(|a| a.0),
+                None => authenticate_request(&self.state, req.headers(), req.uri(), None).map_err(fail)?.map(|a| a.0),
             },
-            None => authenticate_request(&self.state, req, None).map_err(fail)?.map(|a| a.0),
+            None => authenticate_request(&self.state, req.headers(), req.uri(), None).map_err(fail)?.map(|a| a.0),
         };
         // Default deny: a path no route covers is refused.
         let Some(route) = route else {

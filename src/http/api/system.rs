@@ -186,7 +186,7 @@ impl SystemApi {
     #[oai(path = "/metrics", method = "get")]
     async fn metrics(&self, req: &Request) -> poem::Result<MetricsResponse> {
         if !has_metrics_token(&self.state, req) {
-            let principal = match crate::http::auth::authenticate_request(&self.state, req, None) {
+            let principal = match crate::http::auth::authenticate_request(&self.state, req.headers(), req.uri(), None) {
                 Ok(Some(a)) => a.0,
                 Ok(None) => return Err(crate::http::auth::fail(crate::auth::AuthError::Unauthorized)),
                 Err(e) => return Err(crate::http::auth::fail(e)),
