@@ -179,3 +179,203 @@ async fn a_100_mib_download_streams_through_with_bounded_memory() {
     assert!(after < before + 48 * 1024, "the gate must stream, not buffer: peak RSS grew from {before} to {after} KiB");
     assert!(gate.terminate().success());
 }
+
+/// An upstream on loopback speaking raw HTTP/1.1 with keep-alive: answers every request with
+/// JSON naming the headers it received and the client port the request came from (so a test
+/// sees which upstream connection carried it); `/svc/close` answers with `connection: close`
+/// and closes; a WebSocket upgrade gets a 101 and then every byte echoed back.
+async fn recording_upstream() -> SocketAddr {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (s, peer) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut s = BufReader::new(s);
+                loop {
+                    let mut head = Vec::new();
+                    loop {
+                        let mut line = String::new();
+                        if s.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        head.push(line.trim_end().to_string());
+                    }
+                    let path = head[0].split(' ').nth(1).unwrap_or("").to_string();
+                    let headers: serde_json::Map<String, serde_json::Value> = head[1..]
+                        .iter()
+                        .filter_map(|l| l.split_once(':'))
+                        .map(|(k, v)| (k.trim().to_ascii_lowercase(), json!(v.trim())))
+                        .collect();
+                    if headers.get("upgrade").is_some_and(|u| u == "websocket") {
+                        let _ = s
+                            .get_mut()
+                            .write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n")
+                            .await;
+                        let (mut r, mut w) = s.into_inner().into_split();
+                        let _ = tokio::io::copy(&mut r, &mut w).await;
+                        return;
+                    }
+                    let close = path == "/svc/close";
+                    let body = json!({"path": path, "port": peer.port(), "headers": headers}).to_string();
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-miauflix-user: forged\r\nkeep-alive: timeout=5\r\n{}\r\n{body}",
+                        body.len(),
+                        if close { "connection: close\r\n" } else { "" }
+                    );
+                    if s.get_mut().write_all(reply.as_bytes()).await.is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    up
+}
+
+/// One TLS connection to the gate with an HTTP/1.1 client on it (kept open across requests).
+async fn keepalive_client(
+    gate: &Gate,
+    pem: &std::path::Path,
+) -> hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
+    let connector =
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(client_config(pem, &v(&[&rustls::version::TLS13]))));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(conn.with_upgrades());
+    sender
+}
+
+async fn get_json(
+    sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, hyper::HeaderMap, serde_json::Value) {
+    use http_body_util::BodyExt;
+    sender.ready().await.unwrap();
+    let mut req = hyper::Request::get(path).header("host", "localhost");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = sender.send_request(req.body(http_body_util::Empty::new()).unwrap()).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    (parts.status.as_u16(), parts.headers, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_listener_proxies_with_one_upstream_connection_per_client_connection() {
+    let up = recording_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg = dir.path().join("gate.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[routes]]\nprefix = \"/svc\"\nupstream = \"http://{up}\"\nmin_role = \"user\"\nrate_class = \"api\"\n"
+        ),
+    )
+    .unwrap();
+    let gate = Gate::start(&data, &[("MIAUFLIX_CONFIG", cfg.to_str().unwrap())]);
+    let pem = data.join("self-signed.pem");
+    setup(&gate, &data).await;
+    let r = call(
+        &gate,
+        &pem,
+        None,
+        "POST",
+        "/api/auth/token",
+        Some(json!({"email": "root@example.com", "password": PW})),
+        &[],
+    )
+    .await;
+    let bearer = format!("Bearer {}", r.json()["access_token"].as_str().unwrap());
+
+    // Without credentials: 401 problem from the gate, with the security headers.
+    let mut a = keepalive_client(&gate, &pem).await;
+    let (status, headers, body) = get_json(&mut a, "/svc/x", &[]).await;
+    assert_eq!(status, 401);
+    assert_eq!(body["type"], "urn:miauflix-gate:problem/unauthorized");
+    assert_eq!(headers.get("x-frame-options").unwrap(), "DENY");
+
+    // Five requests on one client connection: identity from the gate, spoofed identity and
+    // hop-by-hop headers gone both ways, the full header set, one upstream connection.
+    let spoof = [
+        ("authorization", bearer.as_str()),
+        ("x-miauflix-user", "admin-by-claim"),
+        ("remote-user", "admin-by-claim"),
+        ("connection", "keep-alive, x-secret-hop"),
+        ("x-secret-hop", "drop me"),
+    ];
+    let mut ports = Vec::new();
+    for i in 0..5 {
+        let (status, headers, body) = get_json(&mut a, &format!("/svc/item/{i}?q=1"), &spoof).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["path"], format!("/svc/item/{i}?q=1"));
+        let h = &body["headers"];
+        assert_eq!(h["x-miauflix-email"], "root@example.com");
+        assert_eq!(h["x-miauflix-role"], "admin");
+        assert_ne!(h["x-miauflix-user"], "admin-by-claim");
+        assert!(h.get("remote-user").is_none() && h.get("x-secret-hop").is_none(), "{h}");
+        assert!(h.get("authorization").is_none(), "credentials are not forwarded: {h}");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(h["host"], up.to_string());
+        assert!(headers.get("x-miauflix-user").is_none() && headers.get("keep-alive").is_none());
+        for name in [
+            "strict-transport-security",
+            "content-security-policy",
+            "x-content-type-options",
+            "referrer-policy",
+            "permissions-policy",
+            "cross-origin-opener-policy",
+            "x-request-id",
+            "ratelimit",
+            "ratelimit-policy",
+        ] {
+            assert!(headers.contains_key(name), "{name} missing on a proxied response");
+        }
+        assert!(headers.get("server").is_none());
+        ports.push(body["port"].as_u64().unwrap());
+    }
+    assert!(ports.iter().all(|p| *p == ports[0]), "one upstream connection per client connection: {ports:?}");
+
+    // A second client connection gets its own upstream connection.
+    let mut b = keepalive_client(&gate, &pem).await;
+    let (_, _, body) = get_json(&mut b, "/svc/other", &[("authorization", &bearer)]).await;
+    assert_ne!(body["port"].as_u64().unwrap(), ports[0]);
+
+    // The upstream closes its connection: the next request on the same client connection
+    // dials again and succeeds.
+    let (status, _, _) = get_json(&mut a, "/svc/close", &[("authorization", &bearer)]).await;
+    assert_eq!(status, 200);
+    let (status, _, body) = get_json(&mut a, "/svc/after", &[("authorization", &bearer)]).await;
+    assert_eq!(status, 200);
+    assert_ne!(body["port"].as_u64().unwrap(), ports[0]);
+
+    // A WebSocket-style upgrade passes through the listener both ways.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = keepalive_client(&gate, &pem).await;
+    c.ready().await.unwrap();
+    let req = hyper::Request::get("/svc/ws")
+        .header("host", "localhost")
+        .header("authorization", &bearer)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let resp = c.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    let mut io = hyper_util::rt::TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
+    io.write_all(b"ping through the gate").await.unwrap();
+    let mut echoed = [0u8; 21];
+    tokio::time::timeout(std::time::Duration::from_secs(5), io.read_exact(&mut echoed)).await.unwrap().unwrap();
+    assert_eq!(&echoed, b"ping through the gate");
+    assert!(gate.terminate().success());
+}
