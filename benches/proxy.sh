@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # `just bench-proxy`: the same loopback upstream behind (a) nginx as a plain reverse proxy,
 # (b) Caddy reverse_proxy, (c) the gate with bearer-JWT auth, rate limiting and security
-# headers on. Prints requests/s, p50 and p99 for each and the ratios gate/nginx, gate/Caddy.
+# headers on. Prints requests/s, p50, p99 and CPU time per request for each and the ratios
+# gate/nginx, gate/Caddy. (wrk, the upstream and the proxy share this machine's cores, so the
+# CPU time per request is the figure that compares the proxies' own cost.)
 # Bounded: each run is DURATION seconds against 127.0.0.1 only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,6 +36,7 @@ http { access_log off;
   server { listen 127.0.0.1:18101; location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 CONF
 nginx -c "$WORK/proxy.conf" -p "$WORK" & PIDS+=($!)
+NGINX_PID=$!
 
 # (b) Caddy reverse_proxy.
 cat > "$WORK/Caddyfile" <<CONF
@@ -49,6 +52,7 @@ http://127.0.0.1:18102 {
 }
 CONF
 caddy run --config "$WORK/Caddyfile" --adapter caddyfile >"$WORK/caddy.log" 2>&1 & PIDS+=($!)
+CADDY_PID=$!
 sleep 0.5; if ! kill -0 "${PIDS[-1]}" 2>/dev/null; then echo "caddy failed to start:"; cat "$WORK/caddy.log"; exit 1; fi
 
 # (c) the gate: route needs role user (bearer JWT), rate limits on, security headers on.
@@ -71,6 +75,7 @@ upstream = "http://127.0.0.1:18100"
 min_role = "user"
 CONF
 MIAUFLIX_CONFIG="$WORK/gate.toml" "${GATE_BIN:-./target/release/miauflix-gate}" >"$WORK/gate.log" 2>&1 & PIDS+=($!)
+GATE_PID=$!
 sleep 0.5; if ! kill -0 "${PIDS[-1]}" 2>/dev/null; then echo "gate failed to start:"; cat "$WORK/gate.log"; exit 1; fi
 
 for port in 18100 18101 18102 18103; do
@@ -84,20 +89,26 @@ ACCESS=$(curl -fs -H 'content-type: application/json' -d '{"email":"bench@exampl
   http://127.0.0.1:18103/api/auth/token | sed -E 's/.*"access_token":"([^"]+)".*/\1/')
 curl -fs -o /dev/null -H "authorization: Bearer $ACCESS" http://127.0.0.1:18103/bench/items || { echo "gate route check failed"; exit 1; }
 
-run() { # name url [header]
-  local out
+# CPU time (user + system, in clock ticks) a process and its children have used so far.
+ticks() { local t=0 p; for p in "$1" $(pgrep -P "$1" || true); do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo "$t"; }
+run() { # name url header key pid
+  local out t0 t1
+  t0=$(ticks "$5")
   if [ -n "${3:-}" ]; then out=$(wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency -H "$3" "$2"); else out=$(wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency "$2"); fi
-  local rps p50 p99 non2xx
+  t1=$(ticks "$5")
+  local rps p50 p99 non2xx n cpu
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   p50=$(echo "$out" | awk '$1=="50%" {print $2}')
   p99=$(echo "$out" | awk '$1=="99%" {print $2}')
   non2xx=$(echo "$out" | awk '/Non-2xx/ {print $NF}')
-  printf "%-34s %12s req/s   p50 %8s   p99 %8s   non-2xx %s\n" "$1" "$rps" "$p50" "$p99" "${non2xx:-0}"
+  n=$(echo "$out" | awk '/requests in/ {print $1}')
+  cpu=$(awk -v t=$((t1 - t0)) -v n="$n" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
+  printf "%-34s %12s req/s   p50 %8s   p99 %8s   CPU %6s µs/req   non-2xx %s\n" "$1" "$rps" "$p50" "$p99" "$cpu" "${non2xx:-0}"
   echo "$rps" > "$WORK/$4.rps"
 }
 echo "bench-proxy: wrk -t2 -c$CONNS -d${DURATION}s against 127.0.0.1 on $(nproc) cores"
-[ -n "${ONLY_GATE:-}" ] || run "nginx reverse proxy" http://127.0.0.1:18101/bench/items "" nginx
-[ -n "${ONLY_GATE:-}" ] || run "caddy reverse_proxy" http://127.0.0.1:18102/bench/items "" caddy
-run "gate (JWT + rate limits + headers)" http://127.0.0.1:18103/bench/items "Authorization: Bearer $ACCESS" gate
+[ -n "${ONLY_GATE:-}" ] || run "nginx reverse proxy" http://127.0.0.1:18101/bench/items "" nginx "$NGINX_PID"
+[ -n "${ONLY_GATE:-}" ] || run "caddy reverse_proxy" http://127.0.0.1:18102/bench/items "" caddy "$CADDY_PID"
+run "gate (JWT + rate limits + headers)" http://127.0.0.1:18103/bench/items "Authorization: Bearer $ACCESS" gate "$GATE_PID"
 awk -v g="$(cat "$WORK/gate.rps")" -v n="$(cat "$WORK/nginx.rps")" -v c="$(cat "$WORK/caddy.rps")" \
   'BEGIN { printf "ratio gate/nginx = %.2f   ratio gate/caddy = %.2f\n", g/n, g/c }'

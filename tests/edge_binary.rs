@@ -52,6 +52,17 @@ async fn setup(gate: &Gate, data: &std::path::Path) {
     assert_eq!(r.status, 201);
 }
 
+/// Starts the binary with `toml` as its config file; returns the temp dir (keep it alive), the
+/// gate and its data dir.
+fn start_with(toml: &str) -> (tempfile::TempDir, Gate, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg = dir.path().join("gate.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    let gate = Gate::start(&data, &[("MIAUFLIX_CONFIG", cfg.to_str().unwrap())]);
+    (dir, gate, data)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn lockout_counts_per_account_across_addresses_and_xff_needs_a_trusted_peer() {
     let dir = tempfile::tempdir().unwrap();
@@ -127,49 +138,50 @@ fn vm_hwm_kib(pid: u32) -> u64 {
     status.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).unwrap().parse().unwrap()
 }
 
+/// A loopback upstream that runs `serve` on every connection it accepts.
+async fn raw_upstream<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(tokio::net::TcpStream, SocketAddr) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (s, peer) = listener.accept().await.unwrap();
+            tokio::spawn(serve(s, peer));
+        }
+    });
+    up
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_100_mib_download_streams_through_with_bounded_memory() {
     // A plain upstream on loopback that sends 100 MiB.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let up: SocketAddr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (mut s, _) = listener.accept().await.unwrap();
-            tokio::spawn(async move {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf).await;
-                let total: usize = 100 * 1024 * 1024;
-                s.write_all(
-                    format!(
-                        "HTTP/1.1 200 OK\r\ncontent-length: {total}\r\ncontent-type: application/octet-stream\r\n\r\n"
-                    )
-                    .as_bytes(),
-                )
-                .await
-                .unwrap();
-                let chunk = vec![b'z'; 256 * 1024];
-                let mut sent = 0;
-                while sent < total {
-                    if s.write_all(&chunk).await.is_err() {
-                        return;
-                    }
-                    sent += chunk.len();
-                }
-            });
+    let up = raw_upstream(|mut s, _| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf).await;
+        let total: usize = 100 * 1024 * 1024;
+        s.write_all(
+            format!("HTTP/1.1 200 OK\r\ncontent-length: {total}\r\ncontent-type: application/octet-stream\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let chunk = vec![b'z'; 256 * 1024];
+        let mut sent = 0;
+        while sent < total {
+            if s.write_all(&chunk).await.is_err() {
+                return;
+            }
+            sent += chunk.len();
         }
-    });
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let cfg = dir.path().join("gate.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[[routes]]\nprefix = \"/media\"\nupstream = \"http://{up}\"\nmin_role = \"public\"\ntimeout_secs = 60\n"
-        ),
-    )
-    .unwrap();
-    let gate = Gate::start(&data, &[("MIAUFLIX_CONFIG", cfg.to_str().unwrap())]);
+    })
+    .await;
+    let (_dir, gate, data) = start_with(&format!(
+        "[[routes]]\nprefix = \"/media\"\nupstream = \"http://{up}\"\nmin_role = \"public\"\ntimeout_secs = 60\n"
+    ));
     let before = vm_hwm_kib(gate.child.id());
     let r = call(&gate, &data.join("self-signed.pem"), None, "GET", "/media/movie.mkv", None, &[]).await;
     assert_eq!(r.status, 200);
@@ -186,12 +198,7 @@ async fn a_100_mib_download_streams_through_with_bounded_memory() {
 /// and closes; a WebSocket upgrade gets a 101 and then every byte echoed back.
 async fn recording_upstream() -> SocketAddr {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let up = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (s, peer) = listener.accept().await.unwrap();
-            tokio::spawn(async move {
+    raw_upstream(|s, peer| async move {
                 let mut s = BufReader::new(s);
                 loop {
                     let mut head = Vec::new();
@@ -231,10 +238,8 @@ async fn recording_upstream() -> SocketAddr {
                         return;
                     }
                 }
-            });
-        }
-    });
-    up
+    })
+    .await
 }
 
 /// One TLS connection to the gate with an HTTP/1.1 client on it (kept open across requests).
@@ -272,17 +277,9 @@ async fn get_json(
 #[tokio::test(flavor = "multi_thread")]
 async fn the_listener_proxies_with_one_upstream_connection_per_client_connection() {
     let up = recording_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let cfg = dir.path().join("gate.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[[routes]]\nprefix = \"/svc\"\nupstream = \"http://{up}\"\nmin_role = \"user\"\nrate_class = \"api\"\n"
-        ),
-    )
-    .unwrap();
-    let gate = Gate::start(&data, &[("MIAUFLIX_CONFIG", cfg.to_str().unwrap())]);
+    let (_dir, gate, data) = start_with(&format!(
+        "[[routes]]\nprefix = \"/svc\"\nupstream = \"http://{up}\"\nmin_role = \"user\"\nrate_class = \"api\"\n"
+    ));
     let pem = data.join("self-signed.pem");
     setup(&gate, &data).await;
     let r = call(
@@ -378,4 +375,50 @@ async fn the_listener_proxies_with_one_upstream_connection_per_client_connection
     tokio::time::timeout(std::time::Duration::from_secs(5), io.read_exact(&mut echoed)).await.unwrap().unwrap();
     assert_eq!(&echoed, b"ping through the gate");
     assert!(gate.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_connections_close_and_shutdown_lets_requests_in_flight_finish() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An upstream that takes 1.5 s to answer.
+    let up = raw_upstream(|mut s, _| async move {
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf).await;
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow").await;
+    })
+    .await;
+    let (_dir, gate, data) = start_with(&format!(
+        "[http]\nidle_timeout_secs = 1\nshutdown_grace_secs = 10\n[[routes]]\nprefix = \"/slow\"\nupstream = \"http://{up}\"\nmin_role = \"public\"\n"
+    ));
+    let pem = data.join("self-signed.pem");
+
+    // A keep-alive connection that says nothing is closed by the gate after about a second.
+    let mut a = keepalive_client(&gate, &pem).await;
+    let (status, _, _) = get_json(&mut a, "/healthz", &[]).await;
+    assert_eq!(status, 200);
+    let started = std::time::Instant::now();
+    while !a.is_closed() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "the idle connection was not closed");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let idle = started.elapsed();
+    assert!(idle >= std::time::Duration::from_millis(900), "closed too early: {idle:?}");
+
+    // SIGTERM while a proxied request waits on the upstream: the request still completes.
+    let mut b = keepalive_client(&gate, &pem).await;
+    let in_flight = tokio::spawn(async move {
+        use http_body_util::BodyExt;
+        b.ready().await.unwrap();
+        let req =
+            hyper::Request::get("/slow/x").header("host", "localhost").body(http_body_util::Empty::new()).unwrap();
+        let resp = b.send_request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.into_body().collect().await.unwrap().to_bytes())
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let status = tokio::task::spawn_blocking(move || gate.terminate()).await.unwrap();
+    let (code, body) = in_flight.await.unwrap();
+    assert_eq!((code, &body[..]), (200, &b"slow"[..]));
+    assert!(status.success());
 }

@@ -86,7 +86,10 @@ pub struct Proxy {
 /// throughput here. It closes with the client connection. HTTP/2 clients (concurrent
 /// streams), upgrades and requests without a slot use the shared pool.
 #[derive(Clone, Default)]
-pub struct UpstreamSlot(Arc<std::sync::Mutex<Option<(String, SendRequest<ProxyBody>)>>>);
+pub struct UpstreamSlot(Arc<std::sync::Mutex<Option<Upstream>>>);
+
+/// An upstream connection: the authority it was dialled for and its sender.
+type Upstream = (String, SendRequest<ProxyBody>);
 
 impl UpstreamSlot {
     /// The connection to `authority`, if this client connection has one.
@@ -146,10 +149,13 @@ impl Proxy {
             sender = connect(&route.authority).await?;
             sender.ready().await?;
         }
-        let sent = sender.try_send_request(req);
-        slot.put(&route.authority, sender);
-        match sent.await {
-            Ok(resp) => Ok(resp),
+        // Back into the slot once the answer's head is in: a request that times out or
+        // fails drops its connection with it, and the next one dials a fresh one.
+        match sender.try_send_request(req).await {
+            Ok(resp) => {
+                slot.put(&route.authority, sender);
+                Ok(resp)
+            }
             // Not written before the connection failed: safe to send again, through the pool.
             Err(mut e) => match e.take_message() {
                 Some(req) => self.pooled(route, req).await,
