@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # `just bench-proxy`: the same loopback upstream behind (a) nginx as a plain reverse proxy,
 # (b) Caddy reverse_proxy, (c) the gate with bearer-JWT auth, rate limiting and security
-# headers on. Prints requests/s, p50, p99 and CPU time per request for each and the ratios
-# gate/nginx, gate/Caddy. (wrk, the upstream and the proxy share this machine's cores, so the
-# CPU time per request is the figure that compares the proxies' own cost.)
+# headers on — and (d) benches/hyper_floor.rs, a bare hyper proxy with no edge work, the floor
+# under the gate's stack. Prints requests/s, p50, p99 and CPU time per request for each and the
+# ratios gate/nginx, gate/Caddy (and floor/nginx). wrk, the upstream and the proxy share this
+# machine's cores, so CPU time per request is the figure that compares the proxies' own cost.
 # Bounded: each run is DURATION seconds against 127.0.0.1 only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,10 @@ for tool in nginx caddy wrk curl; do
   command -v "$tool" >/dev/null || { echo "bench-proxy needs $tool (apt-get install -y nginx caddy wrk curl)"; exit 1; }
 done
 [ -n "${GATE_BIN:-}" ] || cargo build --release -q
+# (d) the floor: a bare hyper proxy with the gate's connection layout and no edge work.
+FLOOR_BIN=$(cargo bench --bench hyper_floor --no-run --message-format=json -q 2>/dev/null \
+  | sed -n 's/.*"executable":"\([^"]*hyper_floor[^"]*\)".*/\1/p' | tail -1)
+[ -x "$FLOOR_BIN" ] || { echo "bench-proxy: could not build benches/hyper_floor.rs"; exit 1; }
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
@@ -76,9 +81,11 @@ min_role = "user"
 CONF
 MIAUFLIX_CONFIG="$WORK/gate.toml" "${GATE_BIN:-./target/release/miauflix-gate}" >"$WORK/gate.log" 2>&1 & PIDS+=($!)
 GATE_PID=$!
+"$FLOOR_BIN" 127.0.0.1:18104 127.0.0.1:18100 >"$WORK/floor.log" 2>&1 & PIDS+=($!)
+FLOOR_PID=$!
 sleep 0.5; if ! kill -0 "${PIDS[-1]}" 2>/dev/null; then echo "gate failed to start:"; cat "$WORK/gate.log"; exit 1; fi
 
-for port in 18100 18101 18102 18103; do
+for port in 18100 18101 18102 18103 18104; do
   path=/; [ "$port" = 18103 ] && path=/healthz
   for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$port$path" 2>/dev/null && break; sleep 0.1; done
 done
@@ -110,5 +117,7 @@ echo "bench-proxy: wrk -t2 -c$CONNS -d${DURATION}s against 127.0.0.1 on $(nproc)
 [ -n "${ONLY_GATE:-}" ] || run "nginx reverse proxy" http://127.0.0.1:18101/bench/items "" nginx "$NGINX_PID"
 [ -n "${ONLY_GATE:-}" ] || run "caddy reverse_proxy" http://127.0.0.1:18102/bench/items "" caddy "$CADDY_PID"
 run "gate (JWT + rate limits + headers)" http://127.0.0.1:18103/bench/items "Authorization: Bearer $ACCESS" gate "$GATE_PID"
-awk -v g="$(cat "$WORK/gate.rps")" -v n="$(cat "$WORK/nginx.rps")" -v c="$(cat "$WORK/caddy.rps")" \
-  'BEGIN { printf "ratio gate/nginx = %.2f   ratio gate/caddy = %.2f\n", g/n, g/c }'
+[ -n "${ONLY_GATE:-}" ] || run "hyper floor (no edge work)" http://127.0.0.1:18104/bench/items "" floor "$FLOOR_PID"
+[ -n "${ONLY_GATE:-}" ] || awk -v g="$(cat "$WORK/gate.rps")" -v n="$(cat "$WORK/nginx.rps")" -v c="$(cat "$WORK/caddy.rps")" \
+  -v f="$(cat "$WORK/floor.rps")" \
+  'BEGIN { printf "ratio gate/nginx = %.2f   ratio gate/caddy = %.2f   (floor/nginx = %.2f)\n", g/n, g/c, f/n }'
