@@ -1,5 +1,7 @@
 //! The edge against the real binary over TLS: lockout across client addresses, trusted
-//! proxies, HSTS, and bounded memory while 100 MiB stream through the proxy.
+//! proxies, HSTS, bounded memory while 100 MiB stream through the proxy, and the main
+//! listener's own proxy path (`http::serve`): header set, one upstream connection per HTTP/1
+//! client connection, redial, HTTP/2 streams, upgrades, idle timeout, graceful shutdown.
 
 mod common;
 
@@ -347,6 +349,46 @@ async fn the_listener_proxies_with_one_upstream_connection_per_client_connection
     let mut b = keepalive_client(&gate, &pem).await;
     let (_, _, body) = get_json(&mut b, "/svc/other", &[("authorization", &bearer)]).await;
     assert_ne!(body["port"].as_u64().unwrap(), ports[0]);
+
+    // HTTP/2: concurrent streams on one client connection go through the shared pool, each
+    // with the gate's identity headers.
+    {
+        use http_body_util::BodyExt;
+        let mut config = client_config(&pem, &v(&[&rustls::version::TLS13]));
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let tcp = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await.unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let (h2, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tls),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let streams = (0..4).map(|i| {
+            let mut h2 = h2.clone();
+            let bearer = bearer.clone();
+            async move {
+                let req = hyper::Request::get(format!("https://localhost/svc/h2/{i}"))
+                    .header("authorization", bearer)
+                    .header("x-miauflix-role", "forged")
+                    .body(http_body_util::Empty::<bytes::Bytes>::new())
+                    .unwrap();
+                let resp = h2.send_request(req).await.unwrap();
+                let status = resp.status().as_u16();
+                let body = resp.into_body().collect().await.unwrap().to_bytes();
+                (status, serde_json::from_slice::<serde_json::Value>(&body).unwrap())
+            }
+        });
+        for (i, (status, body)) in futures_util::future::join_all(streams).await.into_iter().enumerate() {
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(body["path"], format!("/svc/h2/{i}"));
+            assert_eq!(body["headers"]["x-miauflix-role"], "admin");
+            assert_eq!(body["headers"]["x-miauflix-email"], "root@example.com");
+        }
+    }
 
     // The upstream closes its connection: the next request on the same client connection
     // dials again and succeeds.
