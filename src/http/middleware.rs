@@ -22,7 +22,7 @@ use crate::auth::{ClientInfo, EventKind, SecurityEvent, Severity};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::http::AppState;
-use crate::http::proxy::{ClientUpgrade, ConnInfo, ProxiedBody, ProxyBody, ProxyRoute, UpgradedIo, UpstreamSlot};
+use crate::http::proxy::{ClientUpgrade, ConnInfo, ProxiedBody, ProxyBody, ProxyRoute, UpgradedIo};
 use crate::ratelimit::{RateClass, RateLimits};
 
 /// The id of one request, in responses as `X-Request-Id` and in every problem body.
@@ -305,10 +305,7 @@ impl EdgePolicy {
         let mut rate = None;
         let mut resp = match self.proxy_guarded(&route, parts, body, conn, &client, &mut rate).await {
             Ok(resp) => resp,
-            Err(e) => {
-                let (parts, body) = poem::http::Response::from(problem_of(e, &id)).into_parts();
-                poem::http::Response::from_parts(parts, ProxiedBody::Right(body))
-            }
+            Err(e) => poem::http::Response::from(problem_of(e, &id)).map(ProxiedBody::Right),
         };
         self.finish(resp.headers_mut(), &id, rate, &path, origin.as_ref());
         self.state.auth.audit().monitor().request("upstream", resp.status().as_u16(), started.elapsed());
@@ -325,8 +322,7 @@ impl EdgePolicy {
         rate: &mut RateHeaders,
     ) -> Result<poem::http::Response<ProxiedBody>, ApiError> {
         if let Some(resp) = self.preflight(&parts.method, &parts.headers) {
-            let (parts, body) = poem::http::Response::from(resp).into_parts();
-            return Ok(poem::http::Response::from_parts(parts, ProxiedBody::Right(body)));
+            return Ok(poem::http::Response::from(resp).map(ProxiedBody::Right));
         }
         self.check_csrf(&parts.method, &parts.headers, &parts.uri, client).await?;
         let path = parts.uri.path();
@@ -447,7 +443,8 @@ impl<E: Endpoint> RequestContextEndpoint<E> {
     }
 
     /// A request for a configured upstream that reached the app without `http::serve` (so
-    /// with no upstream slot): converted once, then the same [`EdgePolicy::proxy`].
+    /// it has no upstream slot of its own): converted once, then the same
+    /// [`EdgePolicy::proxy`].
     async fn proxied(&self, mut req: Request, route: Arc<ProxyRoute>) -> Response {
         let peer = req.remote_addr().as_socket_addr().map(|a| a.ip());
         let upgrade: Option<ClientUpgrade> = match crate::http::proxy::upgrade_protocol(req.headers()) {
@@ -456,14 +453,13 @@ impl<E: Endpoint> RequestContextEndpoint<E> {
             }),
             None => None,
         };
-        let slot = req.extensions().get::<UpstreamSlot>().cloned();
         let body: ProxyBody = req.take_body().into();
         let mut http_req = poem::http::Request::new(body);
         *http_req.method_mut() = req.method().clone();
         *http_req.uri_mut() = req.uri().clone();
         *http_req.version_mut() = req.version();
         *http_req.headers_mut() = std::mem::take(req.headers_mut());
-        let resp = self.policy.proxy(route, http_req, ConnInfo { peer, upgrade, slot }).await;
+        let resp = self.policy.proxy(route, http_req, ConnInfo { peer, upgrade, slot: None }).await;
         Response::from(resp.map(|b| b.map_err(std::io::Error::other).boxed()))
     }
 }

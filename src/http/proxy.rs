@@ -61,9 +61,12 @@ pub struct ConnInfo {
 pub struct ProxyRoute {
     pub cfg: RouteConfig,
     prefix: String,
-    upstream: Uri,
-    /// `host:port` of the upstream, as dialled and as sent in `Host`.
-    authority: String,
+    /// The upstream URL's path without its trailing slash; request paths go below it.
+    base: String,
+    /// `host:port` of the upstream, as dialled (and the key of a client connection's slot).
+    authority: Arc<str>,
+    /// The same, as the `Host` header sent upstream.
+    host: HeaderValue,
 }
 
 impl ProxyRoute {
@@ -89,20 +92,20 @@ pub struct Proxy {
 pub struct UpstreamSlot(Arc<std::sync::Mutex<Option<Upstream>>>);
 
 /// An upstream connection: the authority it was dialled for and its sender.
-type Upstream = (String, SendRequest<ProxyBody>);
+type Upstream = (Arc<str>, SendRequest<ProxyBody>);
 
 impl UpstreamSlot {
     /// The connection to `authority`, if this client connection has one.
     fn take(&self, authority: &str) -> Option<SendRequest<ProxyBody>> {
         let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
         match slot.take() {
-            Some((a, sender)) if a == authority && !sender.is_closed() => Some(sender),
+            Some((a, sender)) if *a == *authority && !sender.is_closed() => Some(sender),
             _ => None,
         }
     }
 
-    fn put(&self, authority: &str, sender: SendRequest<ProxyBody>) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((authority.to_string(), sender));
+    fn put(&self, authority: &Arc<str>, sender: SendRequest<ProxyBody>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((authority.clone(), sender));
     }
 }
 
@@ -116,8 +119,10 @@ impl Proxy {
             .filter_map(|r| {
                 let upstream: Uri = r.upstream.parse().ok()?;
                 let prefix = r.prefix.trim_end_matches('/').to_string();
-                let authority = upstream.authority()?.as_str().to_string();
-                Some(Arc::new(ProxyRoute { cfg: r.clone(), prefix, upstream, authority }))
+                let authority = upstream.authority()?.as_str();
+                let host = HeaderValue::from_str(authority).ok()?;
+                let base = upstream.path().trim_end_matches('/').to_string();
+                Some(Arc::new(ProxyRoute { cfg: r.clone(), prefix, base, authority: authority.into(), host }))
             })
             .collect();
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
@@ -197,7 +202,7 @@ impl Proxy {
     ) -> Result<hyper::Response<ProxiedBody>, ApiError> {
         let path = parts.uri.path();
         let rest = if route.cfg.strip_prefix { path.strip_prefix(&route.prefix).unwrap_or(path) } else { path };
-        let base = route.upstream.path().trim_end_matches('/');
+        let base = &route.base;
         let slash = if rest.starts_with('/') { "" } else { "/" };
         let pq = match parts.uri.query() {
             Some(q) if q.contains(STREAM_KEY_PARAM) => format!("{base}{slash}{rest}?{}", strip_stream_key(q)),
@@ -249,9 +254,7 @@ impl Proxy {
         if let Some(h) = original_host {
             headers.insert(HeaderName::from_static("x-forwarded-host"), h);
         }
-        if let Ok(v) = HeaderValue::from_str(&route.authority) {
-            headers.insert(header::HOST, v);
-        }
+        headers.insert(header::HOST, route.host.clone());
 
         // A request without a body goes upstream without one (not as an empty chunked body,
         // which makes some upstreams close the connection instead of keeping it pooled).
