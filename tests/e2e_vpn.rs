@@ -77,6 +77,11 @@ fn vpn_scope_all_in_network_namespaces() {
     run_in_namespaces("inner_vpn_lab_scope_all");
 }
 
+#[test]
+fn vpn_nordvpn_list_in_network_namespaces() {
+    run_in_namespaces("inner_vpn_lab_nordvpn");
+}
+
 fn sh(script: &str) -> String {
     let out = Command::new("bash").args(["-euo", "pipefail", "-c", script]).output().expect("bash");
     assert!(
@@ -264,6 +269,13 @@ fn inner_vpn_lab_scope_all() {
         .block_on(lab_scope_all());
 }
 
+#[test]
+#[ignore = "run by vpn_nordvpn_list_in_network_namespaces inside its own namespaces"]
+fn inner_vpn_lab_nordvpn() {
+    assert!(std::env::var_os(INNER).is_some(), "run through vpn_nordvpn_list_in_network_namespaces");
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap().block_on(lab_nordvpn());
+}
+
 type Seen = Arc<Mutex<Vec<(&'static str, IpAddr)>>>;
 
 /// The two server namespaces, their WireGuard servers and public services, and the leak
@@ -318,8 +330,26 @@ fn topology(d: &str, client_if: &'static str) -> (Lab, Vec<String>, Seen) {
     (lab, pubs, seen)
 }
 
-/// The gate's configuration for the lab; `killswitch` is the `[vpn.killswitch]` body.
-fn lab_config(up: SocketAddr, client_if: &str, pubs: &[String], killswitch: &str) -> String {
+/// The lab's two servers as `[[vpn.servers]]`.
+fn lab_servers(pubs: &[String]) -> String {
+    format!(
+        r#"
+[[vpn.servers]]
+name = "srv1"
+endpoint = "198.51.100.1:51820"
+public_key = "{}"
+[[vpn.servers]]
+name = "srv2"
+endpoint = "198.51.101.1:51820"
+public_key = "{}"
+"#,
+        pubs[0], pubs[1]
+    )
+}
+
+/// The gate's configuration for the lab: `servers` is TOML inside `[vpn]` (server tables or
+/// a provider), `killswitch` the `[vpn.killswitch]` body.
+fn lab_config(up: SocketAddr, client_if: &str, servers: &str, killswitch: &str) -> String {
     format!(
         r#"
 [rate_limits.api]
@@ -338,14 +368,7 @@ enabled = true
 interface = "{client_if}"
 address = ["{TUNNEL_ADDR}/32"]
 dns = ["10.66.0.1"]
-[[vpn.servers]]
-name = "srv1"
-endpoint = "198.51.100.1:51820"
-public_key = "{}"
-[[vpn.servers]]
-name = "srv2"
-endpoint = "198.51.101.1:51820"
-public_key = "{}"
+{servers}
 [vpn.health]
 interval_secs = 2
 probe = "tcp://{PUBLIC}:8080"
@@ -357,8 +380,7 @@ backoff_max_secs = 8
 rotate_after_failures = 2
 [vpn.killswitch]
 {killswitch}
-"#,
-        pubs[0], pubs[1]
+"#
     )
 }
 
@@ -370,7 +392,7 @@ async fn lab() {
     let data = dir.path().join("data");
     let cfg = dir.path().join("gate.toml");
     let ks = format!("scope = \"uid\"\nuids = [{TORRENT_UID}]\nallow_lan = [\"192.168.0.0/16\"]");
-    std::fs::write(&cfg, lab_config(up, "wgc0", &pubs, &ks)).unwrap();
+    std::fs::write(&cfg, lab_config(up, "wgc0", &lab_servers(&pubs), &ks)).unwrap();
     let env = [("MIAUFLIX_CONFIG", cfg.to_str().unwrap()), ("MIAUFLIX_DATA_DIR", data.to_str().unwrap())];
 
     // 1. No key yet: unavailable, yet the kill switch is in place before any tunnel exists.
@@ -537,7 +559,7 @@ async fn lab_scope_all() {
     let up = upstream();
     let data = dir.path().join("data");
     let cfg = dir.path().join("gate.toml");
-    std::fs::write(&cfg, lab_config(up, "wga0", &pubs, "scope = \"all\"")).unwrap();
+    std::fs::write(&cfg, lab_config(up, "wga0", &lab_servers(&pubs), "scope = \"all\"")).unwrap();
     let env = [("MIAUFLIX_CONFIG", cfg.to_str().unwrap()), ("MIAUFLIX_DATA_DIR", data.to_str().unwrap())];
 
     let gate = start_gate(&data, &cfg);
@@ -584,4 +606,118 @@ async fn lab_scope_all() {
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A stand-in for NordVPN's recommendation API on loopback: answers 503 while `failing`
+/// is above zero (counting it down), then the lab's two servers in NordVPN's format.
+/// Returns its base URL and the number of requests it has seen.
+fn fake_nordvpn(pubs: &[String], failing: Arc<Mutex<i32>>) -> (String, Arc<Mutex<u32>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let hits = Arc::new(Mutex::new(0u32));
+    let list = json!([
+        {"name": "Sweden #1", "hostname": "se1.nordvpn.example", "station": "198.51.100.1",
+         "technologies": [{"identifier": "wireguard_udp", "metadata": [{"name": "public_key", "value": pubs[0]}]}]},
+        {"name": "Sweden #2", "hostname": "se2.nordvpn.example", "station": "198.51.101.1",
+         "technologies": [{"identifier": "wireguard_udp", "metadata": [{"name": "public_key", "value": pubs[1]}]}]},
+        {"name": "OpenVPN only", "hostname": "se3.nordvpn.example", "station": "198.51.102.1",
+         "technologies": [{"identifier": "openvpn_udp", "metadata": []}]}
+    ])
+    .to_string();
+    let seen = hits.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let n = s.read(&mut buf).unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]).to_string();
+            if !head.starts_with("GET /v1/servers/recommendations?") || !head.contains("wireguard_udp") {
+                let _ = s.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                continue;
+            }
+            *seen.lock().unwrap() += 1;
+            let mut f = failing.lock().unwrap();
+            if *f != 0 {
+                *f -= 1;
+                let _ =
+                    s.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            } else {
+                let _ = s.write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{list}",
+                        list.len()
+                    )
+                    .as_bytes(),
+                );
+            }
+        }
+    });
+    (base, hits)
+}
+
+/// `provider = "nordvpn"` when the first fetch fails and nothing is cached: unavailable with
+/// the kill switch in place, then retried on the reconnect backoff until the list comes, and
+/// up on it without a restart; after a restart with the API down for good, up on the cached list.
+async fn lab_nordvpn() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let (lab, pubs, seen) = topology(&d, "wgn0");
+    let up = upstream();
+    // The first three fetches fail: the one at start and the retries after 1 s and 2 s; the
+    // next retry, 4 s later, gets the list.
+    let failing = Arc::new(Mutex::new(3));
+    let (api_base, hits) = fake_nordvpn(&pubs, failing.clone());
+    let data = dir.path().join("data");
+    let cfg = dir.path().join("gate.toml");
+    let provider = format!("provider = \"nordvpn\"\n[vpn.nordvpn]\napi_base = \"{api_base}\"\nlimit = 5\n");
+    let ks = format!("scope = \"uid\"\nuids = [{TORRENT_UID}]");
+    std::fs::write(&cfg, lab_config(up, "wgn0", &provider, &ks)).unwrap();
+    let env = [("MIAUFLIX_CONFIG", cfg.to_str().unwrap()), ("MIAUFLIX_DATA_DIR", data.to_str().unwrap())];
+    let gate = start_gate(&data, &cfg);
+    let api = sign_in(&gate, &data, true).await;
+    // The key arrives while the gate waits for its list: stored, no attempt yet.
+    let key = std::fs::read_to_string(format!("{d}/c.key")).unwrap();
+    let (status, body) = api.call("PUT", "/api/vpn/key", Some(json!({"privateKey": key.trim()}))).await;
+    assert_eq!(status, 200, "{body}");
+    let (v, _) = api
+        .wait("unavailable (no list)", Duration::from_secs(10), |v| {
+            v["state"] == "unavailable" && v["reason"].as_str().is_some_and(|r| r.contains("no VPN servers yet"))
+        })
+        .await;
+    assert!(v["reason"].as_str().unwrap().contains("HTTP 503"), "the reason names the failure: {v}");
+    assert!(table_present(), "uid scope: the kill switch is in place while the list is missing");
+    assert_eq!(api.route_status().await, 503);
+    assert_eq!(torrent_connect(), None, "no list, no tunnel: the torrent uid must get nothing through");
+    let (status, body) = api.call("POST", "/api/vpn/reconnect", None).await;
+    assert_eq!(status, 409, "nothing to reconnect to yet: {body}");
+
+    let (v, took) = api.wait("up on the fetched list", Duration::from_secs(30), |v| v["state"] == "up").await;
+    eprintln!(
+        "vpn (nordvpn): up {took:?} after the failed start (three failed fetches, then the list), server {}",
+        v["server"]
+    );
+    let fetches = *hits.lock().unwrap();
+    assert!(fetches >= 4, "start-up fetch, two failed retries, then the list: {fetches} fetches");
+    let (status, list) = api.call("GET", "/api/vpn/servers", None).await;
+    assert_eq!(status, 200);
+    let names: Vec<&str> = list["servers"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["se1.nordvpn.example", "se2.nordvpn.example"], "WireGuard servers only: {list}");
+    assert!(names.contains(&v["server"].as_str().unwrap()));
+    assert_eq!(torrent_connect().as_deref(), Some(TUNNEL_ADDR), "torrent traffic must use the tunnel");
+    assert_eq!(api.route_status().await, 200);
+    assert_eq!(leaks(&seen), 0);
+
+    // The API goes away for good; a restarted gate comes up on the list it cached.
+    *failing.lock().unwrap() = -1;
+    drop(api);
+    gate.terminate();
+    let gate = start_gate(&data, &cfg);
+    let api = sign_in(&gate, &data, false).await;
+    let (v, took) = api.wait("up on the cached list", Duration::from_secs(30), |v| v["state"] == "up").await;
+    eprintln!("vpn (nordvpn): up {took:?} after a restart on the cached list, server {}", v["server"]);
+    assert_eq!(torrent_connect().as_deref(), Some(TUNNEL_ADDR));
+    assert_eq!(leaks(&seen), 0);
+    run_cli(&["vpn", "disable"], &env);
+    gate.terminate();
+    drop(lab);
 }

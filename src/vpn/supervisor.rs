@@ -22,7 +22,7 @@ use zeroize::Zeroizing;
 use super::{Request, Shared, VpnCommand, VpnState, killswitch, netcfg, nordvpn, uapi};
 use crate::audit::Audit;
 use crate::auth::{ClientInfo, EventKind, SecurityEvent, Severity};
-use crate::config::{VpnConfig, VpnProvider, VpnServer};
+use crate::config::{KillswitchScope, VpnConfig, VpnProvider, VpnServer};
 use crate::crypto::Keyring;
 use crate::store::Store;
 
@@ -125,6 +125,10 @@ pub(super) struct Supervisor {
     uptime: Uptime,
     down_at: Option<Instant>,
     provider_fetched: Option<Instant>,
+    /// `provider = "nordvpn"` with no list yet (first fetch failed, nothing cached, none
+    /// configured): the next fetch and how many have failed. Start-up resumes once a list
+    /// arrives, from the provider or from `PUT /api/vpn/servers`.
+    awaiting_list: Option<(Instant, u32)>,
 }
 
 async fn wait_child(child: &mut Option<Child>) -> std::io::Result<std::process::ExitStatus> {
@@ -186,6 +190,7 @@ impl Supervisor {
             uptime: Uptime::default(),
             down_at: None,
             provider_fetched: None,
+            awaiting_list: None,
         }
     }
 
@@ -271,9 +276,24 @@ impl Supervisor {
             return self.unavailable(format!("{e} (apt install nftables)"));
         }
         if self.servers.is_empty() {
-            return self
-                .unavailable("no VPN servers: the provider list could not be fetched and none are configured".into());
+            if self.cfg.provider != Some(VpnProvider::Nordvpn) {
+                return self.unavailable("no VPN servers are configured".into());
+            }
+            // Fail closed while the list is missing. Only in the uid scope: the `all` scope
+            // would also block the gate's own request for the list.
+            if self.cfg.killswitch.enabled
+                && self.cfg.killswitch.scope == KillswitchScope::Uid
+                && let Err(e) = self.engage().await
+            {
+                return self.unavailable(e);
+            }
+            return self.await_list(0);
         }
+        self.bring_up().await;
+    }
+
+    /// Start-up once there are servers: position, kill switch, key, first attempt.
+    async fn bring_up(&mut self) {
         self.pos = self.rotation_position().await;
         if let Err(e) = self.engage().await {
             return self.unavailable(e);
@@ -306,6 +326,26 @@ impl Supervisor {
         self.publish_servers();
     }
 
+    /// No server list yet: unavailable (routes closed), the next fetch after the reconnect
+    /// backoff for `failures` failed fetches.
+    fn await_list(&mut self, failures: u32) {
+        let r = &self.cfg.reconnect;
+        let wait = r.backoff_base_secs.saturating_mul(1 << failures.min(20)).min(r.backoff_max_secs);
+        self.awaiting_list = Some((Instant::now() + Duration::from_secs(wait), failures + 1));
+        let why = self.shared.get().last_error.unwrap_or_else(|| "no answer".into());
+        let reason = format!("no VPN servers yet: the NordVPN list could not be fetched ({why}); next try in {wait} s");
+        tracing::warn!(reason = %reason, "vpn waiting for its server list");
+        self.set_state(VpnState::Unavailable, Some(reason));
+    }
+
+    /// A list arrived while start-up waited for one: carry on with it.
+    async fn list_arrived(&mut self) {
+        self.awaiting_list = None;
+        tracing::info!(servers = self.servers.len(), "vpn server list in; starting the tunnel");
+        self.set_state(VpnState::Connecting, None);
+        self.bring_up().await;
+    }
+
     fn publish_servers(&self) {
         *self.shared.servers.write().unwrap_or_else(|e| e.into_inner()) = self.servers.clone();
     }
@@ -327,8 +367,14 @@ impl Supervisor {
                     self.publish_servers();
                 }
             }
-            Ok(_) => tracing::warn!("NordVPN returned no WireGuard servers; keeping the last list"),
-            Err(e) => tracing::warn!(error = %e, "NordVPN server list not refreshed; keeping the last list"),
+            Ok(_) => {
+                tracing::warn!("NordVPN returned no WireGuard servers; keeping the last list");
+                self.shared.update(|s| s.last_error = Some("NordVPN returned no WireGuard servers".into()));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "NordVPN server list not refreshed; keeping the last list");
+                self.shared.update(|s| s.last_error = Some(format!("NordVPN: {e}")));
+            }
         }
     }
 
@@ -575,6 +621,17 @@ impl Supervisor {
         if self.halted {
             return;
         }
+        if let Some((at, failures)) = self.awaiting_list {
+            if Instant::now() >= at {
+                self.refresh_provider().await;
+                if self.servers.is_empty() {
+                    self.await_list(failures);
+                } else {
+                    self.list_arrived().await;
+                }
+            }
+            return;
+        }
         let ratio = self.uptime.add(self.state.passes());
         metrics::gauge!("vpn_uptime_ratio").set(ratio);
         self.shared.update(|s| s.uptime_ratio_24h = ratio);
@@ -712,7 +769,7 @@ impl Supervisor {
                     self.halted = false;
                     self.set_state(VpnState::Connecting, None);
                     self.attempt(true).await;
-                } else if !self.halted {
+                } else if !self.halted && self.awaiting_list.is_none() {
                     self.attempt(false).await;
                 }
                 Ok(format!("private key stored; public key {public}"))
@@ -731,6 +788,10 @@ impl Supervisor {
                 self.load_servers().await;
                 if self.servers.is_empty() {
                     return Err("no servers left: configure [[vpn.servers]] or give a list".into());
+                }
+                if self.awaiting_list.is_some() {
+                    self.list_arrived().await;
+                    return Ok(format!("{} servers in effect", self.servers.len()));
                 }
                 self.pos = current.and_then(|n| self.servers.iter().position(|s| s.name == n)).unwrap_or(0);
                 self.save_position(self.pos).await;
