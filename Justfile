@@ -60,7 +60,7 @@ ui-test:
     cargo build
     cd tests/ui && npm ci --no-audit --no-fund && npm test
 
-# Screenshots of every UI page (light, dark, 360 px) into docs/screenshots/
+# Screenshots of every UI page (light, dark, 360 px) into assets/screenshots/
 ui-screenshots:
     cargo build
     cd tests/ui && npm ci --no-audit --no-fund && npm run screenshots

@@ -97,14 +97,14 @@ async fn openapi_document_matches_the_committed_file() {
     let dir = tempfile::tempdir().unwrap();
     let state = state(dir.path()).await;
     let spec = openapi_json(state.clone());
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi.json");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/openapi.json");
     if std::env::var_os("UPDATE_OPENAPI").is_some() {
         std::fs::write(&path, format!("{spec}\n")).unwrap();
     }
     let committed = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         committed.trim_end() == spec.trim_end(),
-        "openapi.json differs from the code's spec; review the API change and run `UPDATE_OPENAPI=1 cargo test --test http`"
+        "assets/openapi.json differs from the code's spec; review the API change and run `UPDATE_OPENAPI=1 cargo test --test http`"
     );
     // The served document is the same one.
     let cli = TestClient::new(build_app(state.clone()));

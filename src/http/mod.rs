@@ -44,7 +44,7 @@ pub fn openapi_service(state: Arc<AppState>) -> OpenApiService<api::Apis, ()> {
     )
 }
 
-/// The OpenAPI document as pretty JSON, as committed in `openapi.json`.
+/// The OpenAPI document as pretty JSON, as committed in `assets/openapi.json`.
 pub fn openapi_json(state: Arc<AppState>) -> String {
     openapi_service(state).spec()
 }

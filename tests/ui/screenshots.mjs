@@ -1,10 +1,10 @@
-// Screenshots of every page, light and dark, into docs/screenshots/ (run: npm run screenshots).
+// Screenshots of every page, light and dark, into assets/screenshots/ (run: npm run screenshots).
 import { mkdirSync } from "node:fs";
 import { resolve, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { startGate, launch, signIn, setupAdmin, ADMIN } from "./harness.mjs";
 
-const out = resolve(dirname(fileURLToPath(import.meta.url)), "../../docs/screenshots");
+const out = resolve(dirname(fileURLToPath(import.meta.url)), "../../assets/screenshots");
 mkdirSync(out, { recursive: true });
 const gate = await startGate();
 const browser = await launch();
