@@ -175,6 +175,45 @@ pub fn is_reserved_path(path: &str) -> bool {
     path == "/" || RESERVED_PREFIXES.iter().any(|p| is_under(path, p))
 }
 
+/// Whether `path` has a `.` or `..` segment, also when its dots, slashes or backslashes are
+/// percent-encoded (`/media/..%2Fapi`, `/media/%2e%2e/api`). Such a path could match one
+/// route here and mean another to an upstream that normalises it, so it is never proxied.
+/// No allocation unless the path has a `%`.
+pub fn has_dot_segment(path: &str) -> bool {
+    if !path.contains(['.', '%', '\\']) {
+        return false;
+    }
+    // `..;x` counts too: servlet containers drop path parameters before normalising.
+    let dotted = |p: &str| {
+        p.split(['/', '\\']).any(|seg| {
+            let seg = seg.split(';').next().unwrap_or(seg);
+            seg == "." || seg == ".."
+        })
+    };
+    if !path.contains('%') {
+        return dotted(path);
+    }
+    let mut decoded = String::with_capacity(path.len());
+    let mut rest = path;
+    while let Some(i) = rest.find('%') {
+        decoded.push_str(&rest[..i]);
+        let code = rest.get(i + 1..i + 3).map(|h| h.to_ascii_lowercase());
+        match code.as_deref() {
+            Some("2e") => decoded.push('.'),
+            Some("2f") => decoded.push('/'),
+            Some("5c") => decoded.push('\\'),
+            _ => {
+                decoded.push('%');
+                rest = &rest[i + 1..];
+                continue;
+            }
+        }
+        rest = &rest[i + 3..];
+    }
+    decoded.push_str(rest);
+    dotted(&decoded)
+}
+
 /// Whether `path` is `prefix` or below it (segment-aligned, no allocation).
 pub fn is_under(path: &str, prefix: &str) -> bool {
     path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))

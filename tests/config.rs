@@ -131,3 +131,36 @@ fn acme_and_manual_settings_are_checked_with_the_key_named() {
     let e = load_str("[tls]\nmode = \"manual\"\n", &[]).unwrap_err();
     assert!(e.contains("tls.manual.cert_file"), "{e}");
 }
+
+#[test]
+fn dot_segments_are_found_also_when_encoded() {
+    use miauflix_gate::config::has_dot_segment;
+    for p in [
+        "/public/../api/users",
+        "/public/./x",
+        "/public/..",
+        "/public/%2e%2e/api",
+        "/public/%2E./api",
+        "/public/..%2Fapi",
+        "/public/..%2fapi",
+        "/public/.%2e%5capi",
+        "/public/..\\api",
+        "/media/%2e",
+        "/public/..;x=1/api",
+    ] {
+        assert!(has_dot_segment(p), "{p} has a dot segment");
+    }
+    for p in [
+        "/",
+        "/public/movie.2024.mkv",
+        "/public/.hidden",
+        "/public/...",
+        "/a%20b/c",
+        "/a%2",
+        "/a%",
+        "/x/%2e%2e%2e",
+        "/a;b/c",
+    ] {
+        assert!(!has_dot_segment(p), "{p} has no dot segment");
+    }
+}

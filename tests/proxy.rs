@@ -243,6 +243,15 @@ async fn route_policies_fail_closed() {
     assert!(!b.to_string().contains("127.0.0.1:1"), "no upstream internals: {b}");
     // Unknown paths are still 404; the gate's own paths are never proxied.
     assert_eq!(cli.get("/elsewhere").send().await.0.status(), 404);
+    // A dot segment could climb out of a public route into a user-only path on an upstream
+    // that normalises: never proxied, in any encoding (the echo upstream would answer 200).
+    for p in ["/public/../api/lists/1", "/public/%2e%2e/api/lists/1", "/public/..%2Fapi/lists/1", "/public/./x"] {
+        let r = cli.get(p).send().await;
+        assert_eq!(r.0.status(), 404, "{p}");
+        assert_eq!(body(r).await["type"], "urn:miauflix-gate:problem/not-found", "{p}");
+    }
+    let b = body(cli.get("/public/movie.2024.mkv").send().await).await;
+    assert_eq!(b["path"], "/base/movie.2024.mkv", "dots inside a segment are fine");
     state.store.close().await;
 }
 
@@ -301,6 +310,7 @@ async fn forward_auth_applies_route_policy() {
     assert_eq!(verify("/public/x", None).await.0.status(), 200);
     assert_eq!(verify("/not/a/route", Some(admin.clone())).await.0.status(), 403, "default deny");
     assert_eq!(verify("/api/lists/../../admin", Some(admin.clone())).await.0.status(), 403);
+    assert_eq!(verify("/api/lists/%2e%2e/%2E%2E/admin", Some(admin.clone())).await.0.status(), 403);
     let r = cli.get("/api/auth/verify").send().await;
     assert_eq!(r.0.status(), 400);
     state.store.close().await;

@@ -180,9 +180,10 @@ impl Proxy {
         Ok(self.client.request(req).await?)
     }
 
-    /// The route for a path, if any (the gate's own paths never reach here).
+    /// The route for a path, if any. The gate's own paths never reach here, nor do paths
+    /// with dot segments (they get the gate's 404).
     pub fn route_for(&self, path: &str) -> Option<Arc<ProxyRoute>> {
-        if crate::config::is_reserved_path(path) {
+        if crate::config::is_reserved_path(path) || crate::config::has_dot_segment(path) {
             return None;
         }
         self.routes.iter().find(|r| r.matches(path)).cloned()

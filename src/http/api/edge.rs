@@ -65,7 +65,7 @@ impl EdgeApi {
             })?;
         let path = uri.split(['?', '#']).next().unwrap_or("/");
         let path = if path.starts_with('/') { path.to_string() } else { format!("/{path}") };
-        if path.split('/').any(|seg| seg == ".." || seg == ".") {
+        if crate::config::has_dot_segment(&path) {
             return Err(fail(AuthError::Forbidden));
         }
         let route = self.state.proxy.route_for(&path);
@@ -116,7 +116,7 @@ impl EdgeApi {
     async fn stream_key(&self, auth: Auth, body: Json<StreamKeyRequest>) -> poem::Result<Json<StreamKeyResponse>> {
         let p = auth.require(Role::Guest)?;
         let path = body.0.path;
-        if !path.starts_with('/') || path.contains(['?', '#']) || path.split('/').any(|s| s == ".." || s == ".") {
+        if !path.starts_with('/') || path.contains(['?', '#']) || crate::config::has_dot_segment(&path) {
             return Err(
                 ApiError::bad_request("The path must be an absolute path without query or dot segments.").into()
             );
