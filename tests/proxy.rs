@@ -190,6 +190,13 @@ async fn identity_headers_reach_the_upstream_and_spoofed_ones_do_not() {
         .header("x-forwarded-for", "6.6.6.6")
         .header("connection", "keep-alive, x-drop-me")
         .header("x-drop-me", "1")
+        // CGI/WSGI-style upstreams map `_` and `-` to the same variable.
+        .header("x-miauflix_role", "admin")
+        .header("remote_user", "root")
+        .header("x_forwarded_for", "6.6.6.6")
+        .header("x-other_header", "kept")
+        .header("forwarded", "for=6.6.6.6")
+        .header("x-real-ip", "6.6.6.6")
         .send()
         .await;
     assert_eq!(r.0.status(), 200);
@@ -202,6 +209,10 @@ async fn identity_headers_reach_the_upstream_and_spoofed_ones_do_not() {
     assert_eq!(h["x-miauflix-email"], "alice@example.com");
     assert_ne!(h["x-miauflix-user"], "someone-else");
     assert!(h.get("remote-user").is_none());
+    for spelt in ["x-miauflix_role", "remote_user", "x_forwarded_for", "forwarded", "x-real-ip"] {
+        assert!(h.get(spelt).is_none(), "{spelt}: only the gate states who and where the client is: {h}");
+    }
+    assert_eq!(h["x-other_header"], "kept", "other names with `_` pass");
     assert!(h.get("authorization").is_none(), "the gate's credentials stay at the gate");
     assert_eq!(h["cookie"], "theme=dark");
     assert!(h.get("x-drop-me").is_none(), "headers named in Connection are hop-by-hop");

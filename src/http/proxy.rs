@@ -359,7 +359,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .keys()
         .filter(|n| {
             let n = n.as_str();
-            HOP_BY_HOP.contains(&n) || n.starts_with("x-miauflix-") || n.starts_with("remote-")
+            HOP_BY_HOP.contains(&n) || is_identity_header(n)
         })
         .cloned()
         .collect();
@@ -373,6 +373,23 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in out {
         headers.remove(name);
     }
+}
+
+/// Whether a client could pass `n` off as a header that only the gate may state: identity
+/// (`X-Miauflix-*`, `Remote-*`) or the client's address (`Forwarded`, `X-Real-IP`; the gate
+/// sets `X-Forwarded-*` itself), also spelt with `_` for `-`, which CGI/WSGI-style servers
+/// map to the same variable. Allocates only for names with `_`.
+fn is_identity_header(n: &str) -> bool {
+    let ours =
+        |n: &str| n.starts_with("x-miauflix-") || n.starts_with("remote-") || matches!(n, "forwarded" | "x-real-ip");
+    if ours(n) {
+        return true;
+    }
+    if !n.contains('_') {
+        return false;
+    }
+    let n = n.replace('_', "-");
+    ours(&n) || n.starts_with("x-forwarded-")
 }
 
 /// The protocol an HTTP/1.1 request asks to upgrade to (`Connection: upgrade` + `Upgrade`).
