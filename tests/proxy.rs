@@ -18,10 +18,20 @@ const PW: &str = "correct-horse-battery";
 type Client = TestClient<poem::endpoint::BoxEndpoint<'static, poem::Response>>;
 
 #[handler]
-fn echo(req: &Request) -> PJson<Value> {
+fn echo(req: &Request) -> Response {
     let headers: serde_json::Map<String, Value> =
         req.headers().iter().map(|(k, v)| (k.as_str().to_string(), json!(v.to_str().unwrap_or("")))).collect();
-    PJson(json!({"path": req.uri().path(), "query": req.uri().query(), "headers": headers}))
+    let mut resp = poem::IntoResponse::into_response(PJson(
+        json!({"path": req.uri().path(), "query": req.uri().query(), "headers": headers}),
+    ));
+    // `?cors=1`: an upstream that opens itself to every site.
+    if req.uri().query() == Some("cors=1") {
+        let h = resp.headers_mut();
+        h.insert("access-control-allow-origin", "*".parse().unwrap());
+        h.insert("access-control-allow-credentials", "true".parse().unwrap());
+        h.insert("access-control-allow-methods", "DELETE".parse().unwrap());
+    }
+    resp
 }
 
 const BIG: u64 = 100 * 1024 * 1024;
@@ -261,6 +271,11 @@ async fn route_policies_fail_closed() {
         assert_eq!(r.0.status(), 404, "{p}");
         assert_eq!(body(r).await["type"], "urn:miauflix-gate:problem/not-found", "{p}");
     }
+    // The gate answers CORS, not the upstream: an unlisted origin gets no CORS header at all.
+    let r = cli.get("/public/x?cors=1").header("origin", "https://evil.example").send().await;
+    assert_eq!(r.0.status(), 200);
+    let cors: Vec<_> = r.0.headers().keys().filter(|n| n.as_str().starts_with("access-control-")).collect();
+    assert!(cors.is_empty(), "the upstream's own CORS headers must not pass: {cors:?}");
     let b = body(cli.get("/public/movie.2024.mkv").send().await).await;
     assert_eq!(b["path"], "/base/movie.2024.mkv", "dots inside a segment are fine");
     state.store.close().await;

@@ -317,6 +317,7 @@ impl Proxy {
         }
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        strip_cors(&mut parts.headers);
         if let Some(csp) = &route.cfg.csp
             && let Ok(v) = HeaderValue::from_str(csp)
         {
@@ -371,6 +372,16 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         out.extend(named.filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok()));
     }
     for name in out {
+        headers.remove(name);
+    }
+}
+
+/// Removes an upstream's own CORS headers: the gate answers CORS for every route from its
+/// allow-list (in `EdgePolicy::finish`), so an upstream's `*` or reflected origin cannot open
+/// a route to other sites.
+fn strip_cors(headers: &mut HeaderMap) {
+    let cors: Vec<HeaderName> = headers.keys().filter(|n| n.as_str().starts_with("access-control-")).cloned().collect();
+    for name in cors {
         headers.remove(name);
     }
 }
