@@ -447,6 +447,44 @@ async fn idle_connections_close_and_shutdown_lets_requests_in_flight_finish() {
     let idle = started.elapsed();
     assert!(idle >= std::time::Duration::from_millis(900), "closed too early: {idle:?}");
 
+    // Slowloris: a request head trickled a byte every 200 ms keeps the connection busy but
+    // never completes; the gate closes it once the head is overdue (idle timeout, 1 s here).
+    let tcp = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
+    let connector =
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(client_config(&pem, &v(&[&rustls::version::TLS13]))));
+    let mut slow = connector.connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+    let head = b"GET /healthz HTTP/1.1\r\nhost: localhost\r\nx-padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let started = std::time::Instant::now();
+    let mut closed = false;
+    for byte in head.iter().cycle().take(head.len() * 4) {
+        if slow.write_all(&[*byte]).await.is_err() || slow.flush().await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        if started.elapsed() > std::time::Duration::from_secs(8) {
+            break;
+        }
+    }
+    if !closed {
+        // The write side may still be open for a moment; the read side tells (an answer such
+        // as a 408 may come before the end).
+        let mut buf = [0u8; 256];
+        closed = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+            loop {
+                match slow.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .is_ok();
+    }
+    let took = started.elapsed();
+    assert!(closed, "a trickled request head must not hold a connection ({took:?})");
+    assert!(took < std::time::Duration::from_secs(5), "closed only after {took:?}");
+
     // SIGTERM while a proxied request waits on the upstream: the request still completes.
     let mut b = keepalive_client(&gate, &pem).await;
     let in_flight = tokio::spawn(async move {

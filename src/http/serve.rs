@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use poem::listener::Acceptor;
 use poem::{Endpoint, EndpointExt, IntoEndpoint};
@@ -30,6 +30,9 @@ use http_body_util::BodyExt;
 
 use crate::http::middleware::EdgePolicy;
 use crate::http::proxy::{ClientUpgrade, ConnInfo, ProxiedBody, UpgradedIo, UpstreamSlot};
+
+/// The longest a client may take to send a request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves `app` on every connection `acceptor` yields until `stop` resolves; then stops
 /// accepting, lets open connections finish their requests for up to `grace`, and returns.
@@ -119,7 +122,11 @@ async fn connection<Io>(
             Ok::<_, Infallible>(resp.map(ProxiedBody::Right))
         })
     });
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // A client that trickles its request head a byte at a time keeps the idle watch quiet
+    // (slowloris): the head must be complete within the idle timeout (at most 30 s, hyper's
+    // default) or the connection closes.
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(idle.min(HEADER_TIMEOUT));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     tokio::select! {
