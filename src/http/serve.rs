@@ -31,9 +31,6 @@ use http_body_util::BodyExt;
 use crate::http::middleware::EdgePolicy;
 use crate::http::proxy::{ClientUpgrade, ConnInfo, ProxiedBody, UpgradedIo, UpstreamSlot};
 
-/// The longest a client may take to send a request head.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Serves `app` on every connection `acceptor` yields until `stop` resolves; then stops
 /// accepting, lets open connections finish their requests for up to `grace`, and returns.
 pub async fn run<A, E>(
@@ -124,9 +121,10 @@ async fn connection<Io>(
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // A client that trickles its request head a byte at a time keeps the idle watch quiet
-    // (slowloris): the head must be complete within the idle timeout (at most 30 s, hyper's
-    // default) or the connection closes.
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(idle.min(HEADER_TIMEOUT));
+    // (slowloris): the head must be complete within the idle timeout or the connection
+    // closes. hyper starts this clock when it waits for a head, so an idle keep-alive
+    // connection still gets the whole idle timeout.
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(idle);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     tokio::select! {
