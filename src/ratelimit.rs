@@ -163,8 +163,24 @@ impl RateLimits {
         }
     }
 
-    /// Counts one request of `key` (a client address) against `class`.
+    /// Counts one request of `key` (a client address) against `class`. An IPv6 address counts
+    /// for its /64: one home or customer network gets a whole /64, so stepping through
+    /// addresses in it gains nothing. An IPv4-mapped IPv6 address counts as the IPv4 one.
     pub fn check(&self, class: RateClass, key: &str) -> Result<Allowed, Denied> {
+        if key.contains(':')
+            && let Ok(v6) = key.parse::<std::net::Ipv6Addr>()
+        {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                let v4 = v4.to_string();
+                return self
+                    .check_hashed(class, std::hash::BuildHasher::hash_one(&self.hasher, v4.as_str()), &|| v4.clone());
+            }
+            let s = v6.segments();
+            let net = [s[0], s[1], s[2], s[3]];
+            return self.check_hashed(class, std::hash::BuildHasher::hash_one(&self.hasher, ("v6/64", net)), &|| {
+                format!("{}/64", std::net::Ipv6Addr::new(net[0], net[1], net[2], net[3], 0, 0, 0, 0))
+            });
+        }
         self.check_hashed(class, std::hash::BuildHasher::hash_one(&self.hasher, key), &|| key.to_string())
     }
 

@@ -247,6 +247,30 @@ async fn five_failures_lock_the_account_even_against_the_right_password() {
 }
 
 #[test]
+fn ipv6_clients_are_limited_per_64() {
+    let cfg = RateLimitConfig {
+        auth: miauflix_gate::ratelimit::QuotaConfig { per_minute: 60, burst: 3 },
+        ..Default::default()
+    };
+    let limits = RateLimits::new(&cfg);
+    // Four addresses of one /64: one budget of three.
+    let same: Vec<bool> = ["2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:2:ffff::9", "2001:db8:1:2::abcd"]
+        .iter()
+        .map(|ip| limits.check(RateClass::Auth, ip).is_ok())
+        .collect();
+    assert_eq!(same, [true, true, true, false]);
+    let denied = limits.check(RateClass::Auth, "2001:db8:1:2::77").unwrap_err();
+    assert!(denied.retry_after > std::time::Duration::ZERO);
+    // The next /64 has its own budget.
+    assert!(limits.check(RateClass::Auth, "2001:db8:1:3::1").is_ok());
+    // IPv4-mapped IPv6 is the IPv4 address.
+    for _ in 0..3 {
+        assert!(limits.check(RateClass::Auth, "192.0.2.7").is_ok());
+    }
+    assert!(limits.check(RateClass::Auth, "::ffff:192.0.2.7").is_err());
+}
+
+#[test]
 fn a_million_idle_keys_are_evicted() {
     let limits = RateLimits::new(&RateLimitConfig::default());
     for i in 0..1_000_000u32 {
