@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use poem::Server;
 use poem::listener::TcpAcceptor;
 
 use crate::audit::Audit;
@@ -295,12 +294,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             tracing::info!(addr = %http_bound, "plain HTTP listener redirects to https");
             let app = crate::http::redirect::app(bound.port(), acme.as_ref().map(|a| a.resolver.clone()));
             let stop = wait_stop(stop_rx.clone());
-            Some(tokio::spawn(async move {
-                Server::new_with_acceptor(acceptor)
-                    .idle_timeout(idle)
-                    .run_with_graceful_shutdown(app, stop, grace)
-                    .await
-            }))
+            // The same connection loop as the main listener (idle timeout, request-head
+            // deadline, graceful shutdown), without the proxy.
+            Some(tokio::spawn(crate::http::serve::run(acceptor, None, app, idle, stop, grace)))
         }
         _ => None,
     };
@@ -313,11 +309,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                     crate::tls::TlsAcceptor::new(tcp, tls, Duration::from_secs(config.tls.handshake_timeout_secs))
                         .with_acme_challenge(acme.as_ref().map(|a| a.challenge_config.clone()));
                 log_listening("https", bound, started);
-                tokio::spawn(crate::http::serve::run(acceptor, edge, app, idle, stop, grace))
+                tokio::spawn(crate::http::serve::run(acceptor, Some(edge), app, idle, stop, grace))
             }
             None => {
                 log_listening("http", bound, started);
-                tokio::spawn(crate::http::serve::run(tcp, edge, app, idle, stop, grace))
+                tokio::spawn(crate::http::serve::run(tcp, Some(edge), app, idle, stop, grace))
             }
         }
     };

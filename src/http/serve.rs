@@ -33,9 +33,11 @@ use crate::http::proxy::{ClientUpgrade, ConnInfo, ProxiedBody, UpgradedIo, Upstr
 
 /// Serves `app` on every connection `acceptor` yields until `stop` resolves; then stops
 /// accepting, lets open connections finish their requests for up to `grace`, and returns.
+/// With `edge`, requests for configured upstreams take the proxy's fast path; without it
+/// (the plain-HTTP redirect listener) every request goes to `app`.
 pub async fn run<A, E>(
     mut acceptor: A,
-    edge: Arc<EdgePolicy>,
+    edge: Option<Arc<EdgePolicy>>,
     app: E,
     idle: Duration,
     stop: impl Future<Output = ()>,
@@ -88,7 +90,7 @@ async fn connection<Io>(
     local: poem::web::LocalAddr,
     remote: poem::web::RemoteAddr,
     scheme: poem::http::uri::Scheme,
-    edge: Arc<EdgePolicy>,
+    edge: Option<Arc<EdgePolicy>>,
     app: Arc<dyn poem::endpoint::DynEndpoint<Output = poem::Response>>,
     idle: Duration,
     shutdown: CancellationToken,
@@ -100,7 +102,9 @@ async fn connection<Io>(
     let slot = UpstreamSlot::default();
     let peer = remote.as_socket_addr().map(|a| a.ip());
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-        if let Some(route) = edge.state.proxy.route_for(req.uri().path()) {
+        if let Some(edge) = &edge
+            && let Some(route) = edge.state.proxy.route_for(req.uri().path())
+        {
             let edge = edge.clone();
             let upgrade = crate::http::proxy::upgrade_protocol(req.headers()).map(|_| {
                 let on = hyper::upgrade::on(&mut req);
