@@ -136,7 +136,8 @@ async fn the_plain_http_listener_only_redirects() {
     let data = dir.path().join("data");
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let http = format!("127.0.0.1:{port}");
-    let gate = Gate::start(&data, &[("MIAUFLIX_HTTP_LISTEN", http.as_str())]);
+    let gate =
+        Gate::start(&data, &[("MIAUFLIX_HTTP_LISTEN", http.as_str()), ("MIAUFLIX_HTTP__IDLE_TIMEOUT_SECS", "1")]);
     let addr: SocketAddr = http.parse().unwrap();
     for path in ["/", "/api/auth/login?next=/x", "/healthz"] {
         let r = common::http_request(addr, "GET", path, None, &[]).await.unwrap();
@@ -149,5 +150,24 @@ async fn the_plain_http_listener_only_redirects() {
     // No ACME configured: no challenge answers.
     let r = common::http_request(addr, "GET", "/.well-known/acme-challenge/abc", None, &[]).await.unwrap();
     assert_eq!(r.status, 404);
+    // A request head trickled a byte every 200 ms does not hold the connection (slowloris):
+    // it is closed once the head is overdue (the idle timeout, 1 s here).
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let head = b"GET / HTTP/1.1\r\nhost: gate.test\r\nx-padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    for byte in head.iter().cycle().take(40) {
+        if slow.write_all(&[*byte]).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let mut buf = [0u8; 512];
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        while !matches!(slow.read(&mut buf).await, Ok(0) | Err(_)) {}
+    })
+    .await
+    .is_ok();
+    assert!(closed, "the trickling client still holds its connection after {:?}", started.elapsed());
     assert!(gate.terminate().success());
 }
