@@ -430,8 +430,41 @@ async fn idle_connections_close_and_shutdown_lets_requests_in_flight_finish() {
         let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow").await;
     })
     .await;
+    // One that takes 2.6 s, longer than two idle periods.
+    let slower = raw_upstream(|mut s, _| async move {
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf).await;
+        tokio::time::sleep(std::time::Duration::from_millis(2600)).await;
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nslower").await;
+    })
+    .await;
+    // One that sends 64 MiB.
+    const BIG: usize = 64 * 1024 * 1024;
+    let big = raw_upstream(|mut s, _| async move {
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf).await;
+        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {BIG}\r\n\r\n");
+        if s.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..BIG / chunk.len() {
+            if s.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let route = |prefix: &str, up: SocketAddr| {
+        format!(
+            "[[routes]]\nprefix = \"{prefix}\"\nupstream = \"http://{up}\"\nmin_role = \"public\"\ntimeout_secs = 10\n"
+        )
+    };
     let (_dir, gate, data) = start_with(&format!(
-        "[http]\nidle_timeout_secs = 1\nshutdown_grace_secs = 10\n[[routes]]\nprefix = \"/slow\"\nupstream = \"http://{up}\"\nmin_role = \"public\"\n"
+        "[http]\nidle_timeout_secs = 1\nshutdown_grace_secs = 10\n{}{}{}",
+        route("/slow", up),
+        route("/slower", slower),
+        route("/big", big)
     ));
     let pem = data.join("self-signed.pem");
 
@@ -484,6 +517,34 @@ async fn idle_connections_close_and_shutdown_lets_requests_in_flight_finish() {
     let took = started.elapsed();
     assert!(closed, "a trickled request head must not hold a connection ({took:?})");
     assert!(took < std::time::Duration::from_secs(5), "closed only after {took:?}");
+
+    // A response head that takes longer than two idle periods (within the route's timeout)
+    // is waited for: the idle timeout does not cut a request in flight.
+    let mut c = keepalive_client(&gate, &pem).await;
+    let (status, _, _) = get_json(&mut c, "/slower/x", &[]).await;
+    assert_eq!(status, 200, "a slow head within the route's timeout is waited for");
+
+    // A client that stops reading a large response: the gate cuts the connection once the
+    // response has made no progress for another idle period (nginx's `send_timeout`).
+    let tcp = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
+    let mut stalled =
+        connector.connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+    stalled.write_all(b"GET /big/x HTTP/1.1\r\nhost: localhost\r\n\r\n").await.unwrap();
+    stalled.flush().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 256 * 1024];
+    let drained = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match stalled.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got += n,
+            }
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "the stalled connection must end");
+    assert!(got < BIG, "the stalled response was cut ({got} bytes of {BIG} arrived)");
 
     // SIGTERM while a proxied request waits on the upstream: the request still completes.
     let mut b = keepalive_client(&gate, &pem).await;

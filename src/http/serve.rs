@@ -12,7 +12,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -98,10 +98,15 @@ async fn connection<Io>(
     Io: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let activity = Arc::new(AtomicU64::new(0));
+    // Requests whose response head is not out yet: their wait is bounded by the route's
+    // timeout, not by the idle timeout.
+    let heads = Arc::new(AtomicUsize::new(0));
     let io = Tracked { inner: io, activity: activity.clone() };
+    let waiting = heads.clone();
     let slot = UpstreamSlot::default();
     let peer = remote.as_socket_addr().map(|a| a.ip());
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        let pending = PendingHead::new(&waiting);
         if let Some(edge) = &edge
             && let Some(route) = edge.state.proxy.route_for(req.uri().path())
         {
@@ -114,11 +119,15 @@ async fn connection<Io>(
             let slot = (req.version() <= hyper::Version::HTTP_11).then(|| slot.clone());
             let req = req.map(|body| body.map_err(io::Error::other).boxed());
             let conn = ConnInfo { peer, upgrade, slot };
-            return Either::Left(async move { Ok::<_, Infallible>(edge.proxy(route, req, conn).await) });
+            return Either::Left(async move {
+                let _pending = pending;
+                Ok::<_, Infallible>(edge.proxy(route, req, conn).await)
+            });
         }
         let app = app.clone();
         let req = poem::Request::from((req, local.clone(), remote.clone(), scheme.clone()));
         Either::Right(async move {
+            let _pending = pending;
             let resp = hyper::Response::from(app.get_response(req).await);
             Ok::<_, Infallible>(resp.map(ProxiedBody::Right))
         })
@@ -133,24 +142,48 @@ async fn connection<Io>(
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => return,
-        _ = idle_watch(&activity, idle) => tracing::debug!("closing an idle connection"),
+        _ = idle_watch(&activity, idle, None) => tracing::debug!("closing an idle connection"),
         _ = shutdown.cancelled() => {}
     }
-    // Finish the requests in flight, take no new ones.
+    // Finish the requests in flight, take no new ones. A response still makes progress, or
+    // waits for its head within the route's timeout; one that moves no byte for another idle
+    // period (a client that stopped reading) is cut, like nginx's `send_timeout`.
     conn.as_mut().graceful_shutdown();
-    let _ = conn.await;
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = idle_watch(&activity, idle, Some(&heads)) => {
+            tracing::debug!("dropping a connection whose response made no progress");
+        }
+    }
+}
+
+/// Counts a request as waiting for its response head while it lives.
+struct PendingHead(Arc<AtomicUsize>);
+
+impl PendingHead {
+    fn new(count: &Arc<AtomicUsize>) -> PendingHead {
+        count.fetch_add(1, Ordering::Relaxed);
+        PendingHead(count.clone())
+    }
+}
+
+impl Drop for PendingHead {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Resolves once the connection has read and written nothing for `idle` (checked four times
-/// per period, so it closes between `idle` and 1.25 × `idle` after the last byte).
-async fn idle_watch(activity: &AtomicU64, idle: Duration) {
+/// per period, so it closes between `idle` and 1.25 × `idle` after the last byte) — and, with
+/// `heads`, while no request waits for its response head.
+async fn idle_watch(activity: &AtomicU64, idle: Duration, heads: Option<&AtomicUsize>) {
     let tick = (idle / 4).max(Duration::from_millis(10));
     let mut last = activity.load(Ordering::Relaxed);
     let mut quiet = Duration::ZERO;
     loop {
         tokio::time::sleep(tick).await;
         let now = activity.load(Ordering::Relaxed);
-        if now == last {
+        if now == last && heads.is_none_or(|h| h.load(Ordering::Relaxed) == 0) {
             quiet += tick;
             if quiet >= idle {
                 return;
