@@ -98,6 +98,38 @@ impl RateLimitConfig {
 /// instead of a string when a spray of addresses fills the maps.
 type Limiter = RateLimiter<u64, DefaultKeyedStateStore<u64>, DefaultClock, StateInformationMiddleware>;
 
+/// What a client address counts as: an IPv4 address (IPv4-mapped IPv6 included) or the /64
+/// of an IPv6 one.
+#[derive(Clone, Copy, Hash)]
+enum AddrKey {
+    V4(std::net::Ipv4Addr),
+    V6Net([u16; 4]),
+}
+
+impl AddrKey {
+    fn of(ip: std::net::IpAddr) -> AddrKey {
+        match ip {
+            std::net::IpAddr::V4(v4) => AddrKey::V4(v4),
+            std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => AddrKey::V4(v4),
+                None => {
+                    let s = v6.segments();
+                    AddrKey::V6Net([s[0], s[1], s[2], s[3]])
+                }
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for AddrKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AddrKey::V4(v4) => v4.fmt(f),
+            AddrKey::V6Net([a, b, c, d]) => write!(f, "{}/64", std::net::Ipv6Addr::new(*a, *b, *c, *d, 0, 0, 0, 0)),
+        }
+    }
+}
+
 /// A request that may pass, with what is left.
 #[derive(Debug, Clone)]
 pub struct Allowed {
@@ -167,21 +199,15 @@ impl RateLimits {
     /// for its /64: one home or customer network gets a whole /64, so stepping through
     /// addresses in it gains nothing. An IPv4-mapped IPv6 address counts as the IPv4 one.
     pub fn check(&self, class: RateClass, key: &str) -> Result<Allowed, Denied> {
-        if key.contains(':')
-            && let Ok(v6) = key.parse::<std::net::Ipv6Addr>()
-        {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                let v4 = v4.to_string();
-                return self
-                    .check_hashed(class, std::hash::BuildHasher::hash_one(&self.hasher, v4.as_str()), &|| v4.clone());
+        match key.parse::<std::net::IpAddr>() {
+            Ok(ip) => {
+                let addr = AddrKey::of(ip);
+                self.check_hashed(class, std::hash::BuildHasher::hash_one(&self.hasher, addr), &|| addr.to_string())
             }
-            let s = v6.segments();
-            let net = [s[0], s[1], s[2], s[3]];
-            return self.check_hashed(class, std::hash::BuildHasher::hash_one(&self.hasher, ("v6/64", net)), &|| {
-                format!("{}/64", std::net::Ipv6Addr::new(net[0], net[1], net[2], net[3], 0, 0, 0, 0))
-            });
+            Err(_) => {
+                self.check_hashed(class, std::hash::BuildHasher::hash_one(&self.hasher, key), &|| key.to_string())
+            }
         }
-        self.check_hashed(class, std::hash::BuildHasher::hash_one(&self.hasher, key), &|| key.to_string())
     }
 
     /// Counts one request of a signed-in user against `class`, whatever address they use.

@@ -422,22 +422,18 @@ async fn the_listener_proxies_with_one_upstream_connection_per_client_connection
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_connections_close_and_shutdown_lets_requests_in_flight_finish() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    // An upstream that takes 1.5 s to answer.
-    let up = raw_upstream(|mut s, _| async move {
-        let mut buf = [0u8; 4096];
-        let _ = s.read(&mut buf).await;
-        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow").await;
-    })
-    .await;
-    // One that takes 2.6 s, longer than two idle periods.
-    let slower = raw_upstream(|mut s, _| async move {
-        let mut buf = [0u8; 4096];
-        let _ = s.read(&mut buf).await;
-        tokio::time::sleep(std::time::Duration::from_millis(2600)).await;
-        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nslower").await;
-    })
-    .await;
+    // Upstreams that take 1.5 s, and 2.6 s (longer than two idle periods), to answer.
+    let delayed = |ms: u64, body: &'static str| {
+        raw_upstream(move |mut s, _| async move {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+            let _ = s.write_all(head.as_bytes()).await;
+        })
+    };
+    let up = delayed(1500, "slow").await;
+    let slower = delayed(2600, "slower").await;
     // One that sends 64 MiB.
     const BIG: usize = 64 * 1024 * 1024;
     let big = raw_upstream(|mut s, _| async move {
@@ -486,35 +482,7 @@ async fn idle_connections_close_and_shutdown_lets_requests_in_flight_finish() {
     let connector =
         tokio_rustls::TlsConnector::from(std::sync::Arc::new(client_config(&pem, &v(&[&rustls::version::TLS13]))));
     let mut slow = connector.connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
-    let head = b"GET /healthz HTTP/1.1\r\nhost: localhost\r\nx-padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-    let started = std::time::Instant::now();
-    let mut closed = false;
-    for byte in head.iter().cycle().take(head.len() * 4) {
-        if slow.write_all(&[*byte]).await.is_err() || slow.flush().await.is_err() {
-            closed = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        if started.elapsed() > std::time::Duration::from_secs(8) {
-            break;
-        }
-    }
-    if !closed {
-        // The write side may still be open for a moment; the read side tells (an answer such
-        // as a 408 may come before the end).
-        let mut buf = [0u8; 256];
-        closed = tokio::time::timeout(std::time::Duration::from_secs(1), async {
-            loop {
-                match slow.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
-                }
-            }
-        })
-        .await
-        .is_ok();
-    }
-    let took = started.elapsed();
+    let (closed, took) = common::trickle_until_closed(&mut slow).await;
     assert!(closed, "a trickled request head must not hold a connection ({took:?})");
     assert!(took < std::time::Duration::from_secs(5), "closed only after {took:?}");
 

@@ -152,22 +152,8 @@ async fn the_plain_http_listener_only_redirects() {
     assert_eq!(r.status, 404);
     // A request head trickled a byte every 200 ms does not hold the connection (slowloris):
     // it is closed once the head is overdue (the idle timeout, 1 s here).
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let started = std::time::Instant::now();
-    let head = b"GET / HTTP/1.1\r\nhost: gate.test\r\nx-padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-    for byte in head.iter().cycle().take(40) {
-        if slow.write_all(&[*byte]).await.is_err() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
-    let mut buf = [0u8; 512];
-    let closed = tokio::time::timeout(std::time::Duration::from_secs(1), async {
-        while !matches!(slow.read(&mut buf).await, Ok(0) | Err(_)) {}
-    })
-    .await
-    .is_ok();
-    assert!(closed, "the trickling client still holds its connection after {:?}", started.elapsed());
+    let (closed, took) = common::trickle_until_closed(&mut slow).await;
+    assert!(closed, "the trickling client still holds its connection after {took:?}");
     assert!(gate.terminate().success());
 }

@@ -329,11 +329,13 @@ impl Supervisor {
     /// No server list yet: unavailable (routes closed), the next fetch after the reconnect
     /// backoff for `failures` failed fetches.
     fn await_list(&mut self, failures: u32) {
-        let r = &self.cfg.reconnect;
-        let wait = r.backoff_base_secs.saturating_mul(1 << failures.min(20)).min(r.backoff_max_secs);
-        self.awaiting_list = Some((Instant::now() + Duration::from_secs(wait), failures + 1));
+        let wait = self.backoff_after(failures);
+        self.awaiting_list = Some((Instant::now() + wait, failures + 1));
         let why = self.shared.get().last_error.unwrap_or_else(|| "no answer".into());
-        let reason = format!("no VPN servers yet: the NordVPN list could not be fetched ({why}); next try in {wait} s");
+        let reason = format!(
+            "no VPN servers yet: the NordVPN list could not be fetched ({why}); next try in {} s",
+            wait.as_secs()
+        );
         tracing::warn!(reason = %reason, "vpn waiting for its server list");
         self.set_state(VpnState::Unavailable, Some(reason));
     }
@@ -453,9 +455,13 @@ impl Supervisor {
     }
 
     fn backoff(&self) -> Duration {
+        self.backoff_after(self.total_failures.saturating_sub(1))
+    }
+
+    /// The reconnect backoff after `n` doublings: base × 2ⁿ, at most the maximum.
+    fn backoff_after(&self, n: u32) -> Duration {
         let r = &self.cfg.reconnect;
-        let exp = self.total_failures.saturating_sub(1).min(20);
-        Duration::from_secs(r.backoff_base_secs.saturating_mul(1 << exp).min(r.backoff_max_secs))
+        Duration::from_secs(r.backoff_base_secs.saturating_mul(1 << n.min(20)).min(r.backoff_max_secs))
     }
 
     /// Brings the tunnel up on the current server. `initial`: the first attempt of this

@@ -290,3 +290,32 @@ where
     let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes().to_vec();
     Ok(Reply { status, headers, body, alpn: None, tls_version: None })
 }
+
+/// Slowloris: trickles a request head that never ends into `stream`, one byte every 200 ms,
+/// for up to 8 s; returns whether the server closed the connection, and after how long.
+pub async fn trickle_until_closed<S>(stream: &mut S) -> (bool, Duration)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let head = b"GET / HTTP/1.1\r\nhost: localhost\r\nx-padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let started = Instant::now();
+    for byte in head.iter().cycle() {
+        if stream.write_all(&[*byte]).await.is_err() || stream.flush().await.is_err() {
+            return (true, started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if started.elapsed() > Duration::from_secs(8) {
+            break;
+        }
+    }
+    // The write side may stay open for a moment; the read side tells (an answer such as a
+    // 408 may come before the end).
+    let mut buf = [0u8; 512];
+    let closed = tokio::time::timeout(Duration::from_secs(1), async {
+        while !matches!(stream.read(&mut buf).await, Ok(0) | Err(_)) {}
+    })
+    .await
+    .is_ok();
+    (closed, started.elapsed())
+}
