@@ -1,6 +1,7 @@
 //! GCRA rate limits (governor) per class, keyed by client IP or user. Idle keys are evicted
 //! in the background so memory stays bounded however many distinct keys arrive; denials are
-//! reported once per key per window so a flood cannot flood the log.
+//! reported once per key per window so a flood cannot flood the log ([`RefusalTally`], also
+//! used for the other refusals a client can repeat for free: CSRF, a locked account).
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -121,15 +122,6 @@ impl AddrKey {
     }
 }
 
-impl std::fmt::Display for AddrKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            AddrKey::V4(v4) => v4.fmt(f),
-            AddrKey::V6Net([a, b, c, d]) => write!(f, "{}/64", std::net::Ipv6Addr::new(*a, *b, *c, *d, 0, 0, 0, 0)),
-        }
-    }
-}
-
 /// A request that may pass, with what is left.
 #[derive(Debug, Clone)]
 pub struct Allowed {
@@ -145,8 +137,9 @@ pub struct Denied {
     pub limit: u32,
     pub window_secs: u64,
     pub retry_after: Duration,
-    /// True for the first denial of this key in this window (log it); false afterwards.
-    pub first_in_window: bool,
+    /// `Some(n)` for the first denial of this key in this window (record it, with the `n`
+    /// denials of its previous window that were counted, not recorded); `None` afterwards.
+    pub first_in_window: Option<u64>,
 }
 
 /// Every class's limiter.
@@ -158,8 +151,8 @@ pub struct RateLimits {
     global: Limiter,
     clock: DefaultClock,
     hasher: std::hash::RandomState,
-    /// (class, key) → when its denial was last reported.
-    reported: Mutex<HashMap<(RateClass, String), std::time::Instant>>,
+    /// Rate-limit denials and the edge's other free refusals (CSRF), once per key per window.
+    refusals: RefusalTally,
 }
 
 fn limiter(q: QuotaConfig) -> Limiter {
@@ -182,7 +175,7 @@ impl RateLimits {
             global: limiter(cfg.global),
             clock: DefaultClock::default(),
             hasher: std::hash::RandomState::new(),
-            reported: Mutex::new(HashMap::new()),
+            refusals: RefusalTally::new(),
         }
     }
 
@@ -202,22 +195,19 @@ impl RateLimits {
         match key.parse::<std::net::IpAddr>() {
             Ok(ip) => {
                 let addr = AddrKey::of(ip);
-                self.check_hashed(class, std::hash::BuildHasher::hash_one(&self.hasher, addr), &|| addr.to_string())
+                self.check_hashed(class, std::hash::BuildHasher::hash_one(&self.hasher, addr))
             }
-            Err(_) => {
-                self.check_hashed(class, std::hash::BuildHasher::hash_one(&self.hasher, key), &|| key.to_string())
-            }
+            Err(_) => self.check_hashed(class, std::hash::BuildHasher::hash_one(&self.hasher, key)),
         }
     }
 
     /// Counts one request of a signed-in user against `class`, whatever address they use.
     pub fn check_user(&self, class: RateClass, user_id: &str) -> Result<Allowed, Denied> {
         let hashed = std::hash::BuildHasher::hash_one(&self.hasher, ("user", user_id));
-        self.check_hashed(class, hashed, &|| format!("user:{user_id}"))
+        self.check_hashed(class, hashed)
     }
 
-    /// `key` names the key in denial reports (only called on a denial).
-    fn check_hashed(&self, class: RateClass, hashed: u64, key: &dyn Fn() -> String) -> Result<Allowed, Denied> {
+    fn check_hashed(&self, class: RateClass, hashed: u64) -> Result<Allowed, Denied> {
         let q = self.cfg.quota(class);
         match self.limiter(class).check_key(&hashed) {
             Ok(snapshot) => {
@@ -225,29 +215,20 @@ impl RateLimits {
             }
             Err(not_until) => {
                 let retry_after = not_until.wait_time_from(self.clock.now());
-                let first_in_window = self.note_denial(class, &key());
+                let first_in_window = self.refusals.note(class.as_str(), hashed, std::time::Instant::now());
                 Err(Denied { class, limit: q.per_minute, window_secs: 60, retry_after, first_in_window })
             }
         }
     }
 
-    fn note_denial(&self, class: RateClass, key: &str) -> bool {
-        let Ok(mut reported) = self.reported.lock() else { return false };
-        let now = std::time::Instant::now();
-        match reported.get(&(class, key.to_string())) {
-            Some(at) if now.duration_since(*at) < REPORT_WINDOW => false,
-            _ => {
-                // Bounded: a spray of distinct keys cannot grow this without limit.
-                if reported.len() >= 100_000 {
-                    reported.retain(|_, at| now.duration_since(*at) < REPORT_WINDOW);
-                    if reported.len() >= 100_000 {
-                        return false;
-                    }
-                }
-                reported.insert((class, key.to_string()), now);
-                true
-            }
-        }
+    /// Notes a refusal other than a rate limit (e.g. `csrf`) of the client address `key`;
+    /// see [`RefusalTally::note`].
+    pub fn note_refusal(&self, kind: &'static str, key: &str) -> Option<u64> {
+        let hashed = match key.parse::<std::net::IpAddr>() {
+            Ok(ip) => std::hash::BuildHasher::hash_one(&self.hasher, AddrKey::of(ip)),
+            Err(_) => std::hash::BuildHasher::hash_one(&self.hasher, key),
+        };
+        self.refusals.note(kind, hashed, std::time::Instant::now())
     }
 
     /// Drops keys whose state is back to fresh, and stale denial reports.
@@ -256,11 +237,7 @@ impl RateLimits {
             l.retain_recent();
             l.shrink_to_fit();
         }
-        if let Ok(mut reported) = self.reported.lock() {
-            let now = std::time::Instant::now();
-            reported.retain(|_, at| now.duration_since(*at) < REPORT_WINDOW);
-            reported.shrink_to_fit();
-        }
+        self.refusals.evict(std::time::Instant::now());
     }
 
     /// Keys held across all classes.
@@ -271,5 +248,123 @@ impl RateLimits {
     /// Whether no key is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// One key's refusals in its current window.
+struct Tally {
+    window_start: std::time::Instant,
+    /// Refusals in this window after the recorded one.
+    counted: u64,
+}
+
+/// Most keys tallied; past this, refusals of new keys are counted in a metric only.
+const MAX_TALLIED: usize = 100_000;
+
+/// Refusals that cost the gate nothing to repeat (rate limited, CSRF, a locked account),
+/// aggregated per (kind, key) per [`REPORT_WINDOW`]: the first of a window is recorded, the
+/// rest only counted — in `refusals_suppressed_total{kind}` at once, and in the detail
+/// `suppressed` of the first record of the key's next window. Bounded memory.
+pub struct RefusalTally {
+    keys: Mutex<HashMap<(&'static str, u64), Tally>>,
+}
+
+impl Default for RefusalTally {
+    fn default() -> Self {
+        RefusalTally::new()
+    }
+}
+
+impl RefusalTally {
+    pub fn new() -> RefusalTally {
+        RefusalTally { keys: Mutex::new(HashMap::new()) }
+    }
+
+    /// Notes one refusal of `key` (a keyed hash) at `now`. `Some(n)`: record it, and say that
+    /// `n` refusals of the key's previous window went unrecorded; `None`: counted only.
+    pub fn note(&self, kind: &'static str, key: u64, now: std::time::Instant) -> Option<u64> {
+        let Ok(mut keys) = self.keys.lock() else { return None };
+        if let Some(t) = keys.get_mut(&(kind, key)) {
+            if now.saturating_duration_since(t.window_start) < REPORT_WINDOW {
+                t.counted += 1;
+                drop(keys);
+                metrics::counter!("refusals_suppressed_total", "kind" => kind).increment(1);
+                return None;
+            }
+            let carried = t.counted;
+            *t = Tally { window_start: now, counted: 0 };
+            return Some(carried);
+        }
+        if keys.len() >= MAX_TALLIED {
+            keys.retain(|_, t| now.saturating_duration_since(t.window_start) < REPORT_WINDOW);
+            if keys.len() >= MAX_TALLIED {
+                drop(keys);
+                metrics::counter!("refusals_suppressed_total", "kind" => kind).increment(1);
+                return None;
+            }
+        }
+        keys.insert((kind, key), Tally { window_start: now, counted: 0 });
+        Some(0)
+    }
+
+    /// Drops windows that are over. A key whose last window counted refusals is kept one
+    /// window longer, so its next record still carries the count.
+    pub fn evict(&self, now: std::time::Instant) {
+        if let Ok(mut keys) = self.keys.lock() {
+            keys.retain(|_, t| {
+                let age = now.saturating_duration_since(t.window_start);
+                age < REPORT_WINDOW || (t.counted > 0 && age < 2 * REPORT_WINDOW)
+            });
+            keys.shrink_to_fit();
+        }
+    }
+
+    /// Keys tallied.
+    pub fn len(&self) -> usize {
+        self.keys.lock().map(|k| k.len()).unwrap_or(0)
+    }
+
+    /// Whether no key is tallied.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn the_first_refusal_of_a_window_is_recorded_and_the_rest_carried_into_the_next() {
+        let tally = RefusalTally::new();
+        let t0 = Instant::now();
+        assert_eq!(tally.note("csrf", 1, t0), Some(0));
+        for i in 0..1999 {
+            assert_eq!(tally.note("csrf", 1, t0 + Duration::from_millis(i)), None);
+        }
+        // Another key and another kind have their own windows.
+        assert_eq!(tally.note("csrf", 2, t0), Some(0));
+        assert_eq!(tally.note("locked", 1, t0), Some(0));
+        // The next window's first record carries the count.
+        assert_eq!(tally.note("csrf", 1, t0 + REPORT_WINDOW), Some(1999));
+        assert_eq!(tally.note("csrf", 1, t0 + REPORT_WINDOW + Duration::from_secs(1)), None);
+        // A window with a count survives one eviction; quiet ones go.
+        tally.evict(t0 + REPORT_WINDOW + Duration::from_secs(30));
+        assert_eq!(tally.len(), 1);
+        tally.evict(t0 + 3 * REPORT_WINDOW);
+        assert!(tally.is_empty());
+    }
+
+    #[test]
+    fn a_spray_of_keys_stays_bounded() {
+        let tally = RefusalTally::new();
+        let t0 = Instant::now();
+        for k in 0..(MAX_TALLIED as u64 + 10) {
+            tally.note("csrf", k, t0);
+        }
+        assert_eq!(tally.len(), MAX_TALLIED);
+        // Once the windows are over, new keys are recorded again.
+        assert_eq!(tally.note("csrf", u64::MAX, t0 + REPORT_WINDOW), Some(0));
     }
 }

@@ -1,5 +1,6 @@
 //! The edge stack every request passes, in this order: request id → client address (trusted
-//! proxies) → CORS preflight → CSRF origin check → rate limits → body limit → endpoint; then
+//! proxies) → global per-address rate limit → CORS preflight → CSRF origin check → the
+//! request's class rate limit → body limit → endpoint; then
 //! every error becomes `application/problem+json`, and every response gets the security
 //! headers, CORS headers (allowed origins only) and `X-Request-Id`.
 //!
@@ -179,11 +180,16 @@ impl EdgePolicy {
         if claimed.as_deref().is_some_and(|o| self.origin_trusted_for_csrf(headers, uri, o)) {
             return Ok(());
         }
-        SecurityEvent::new(EventKind::CsrfRejected, Severity::Warning, client)
-            .target(uri.path())
-            .detail("origin", claimed.unwrap_or_else(|| "none".into()))
-            .record(self.state.auth.audit())
-            .await;
+        // Free to repeat: recorded once per address per window, the rest counted.
+        if let Some(suppressed) = self.limits.note_refusal("csrf", &client.ip) {
+            let mut ev = SecurityEvent::new(EventKind::CsrfRejected, Severity::Warning, client)
+                .target(uri.path())
+                .detail("origin", claimed.unwrap_or_else(|| "none".into()));
+            if suppressed > 0 {
+                ev = ev.detail("suppressed", suppressed.to_string());
+            }
+            ev.record(self.state.auth.audit()).await;
+        }
         Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "csrf-rejected",
@@ -192,56 +198,56 @@ impl EdgePolicy {
         ))
     }
 
-    /// Rate limits: the global per-IP ceiling, then the request's class — per user when the
-    /// caller is known (except for `auth`, always per IP). Allowed requests collect their
-    /// `RateLimit` headers in `rate`.
-    async fn check_limits(
+    /// One rate limit: `Global` (per address, before every other check), or the request's
+    /// class — per user when the caller is known (except for `auth`, always per address).
+    /// Allowed requests of a class collect their `RateLimit` headers in `rate`.
+    async fn check_limit(
         &self,
-        class: Option<RateClass>,
+        class: RateClass,
         user: Option<&str>,
         path: &str,
         client: &ClientInfo,
         rate: &mut RateHeaders,
     ) -> Result<(), ApiError> {
-        for class in std::iter::once(RateClass::Global).chain(class) {
-            let checked = match (class, user) {
-                (RateClass::Global | RateClass::Auth, _) | (_, None) => self.limits.check(class, &client.ip),
-                (_, Some(user)) => self.limits.check_user(class, user),
-            };
-            match checked {
-                Ok(allowed) => {
-                    if class != RateClass::Global {
-                        *rate = Some((allowed.limit, allowed.window_secs, allowed.remaining));
-                    }
+        let checked = match (class, user) {
+            (RateClass::Global | RateClass::Auth, _) | (_, None) => self.limits.check(class, &client.ip),
+            (_, Some(user)) => self.limits.check_user(class, user),
+        };
+        match checked {
+            Ok(allowed) => {
+                if class != RateClass::Global {
+                    *rate = Some((allowed.limit, allowed.window_secs, allowed.remaining));
                 }
-                Err(denied) => {
-                    metrics::counter!("rate_limited_total", "class" => denied.class.as_str()).increment(1);
-                    if denied.first_in_window {
-                        SecurityEvent::new(EventKind::RateLimited, Severity::Warning, client)
-                            .target(path)
-                            .detail("class", denied.class.as_str())
-                            .record(self.state.auth.audit())
-                            .await;
+            }
+            Err(denied) => {
+                metrics::counter!("rate_limited_total", "class" => denied.class.as_str()).increment(1);
+                if let Some(suppressed) = denied.first_in_window {
+                    let mut ev = SecurityEvent::new(EventKind::RateLimited, Severity::Warning, client)
+                        .target(path)
+                        .detail("class", denied.class.as_str());
+                    if suppressed > 0 {
+                        ev = ev.detail("suppressed", suppressed.to_string());
                     }
-                    let secs = denied.retry_after.as_secs_f64().ceil().max(1.0) as u64;
-                    return Err(ApiError::new(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "rate-limited",
-                        "Too many requests",
-                        "Too many requests; slow down and try again later.",
-                    )
-                    .with_header(header::RETRY_AFTER, HeaderValue::from(secs))
-                    .with_header(
-                        HeaderName::from_static("ratelimit-policy"),
-                        HeaderValue::from_str(&format!("{};w={}", denied.limit, denied.window_secs))
-                            .unwrap_or(HeaderValue::from_static("0")),
-                    )
-                    .with_header(
-                        HeaderName::from_static("ratelimit"),
-                        HeaderValue::from_str(&format!("limit={}, remaining=0, reset={secs}", denied.limit))
-                            .unwrap_or(HeaderValue::from_static("0")),
-                    ));
+                    ev.record(self.state.auth.audit()).await;
                 }
+                let secs = denied.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                return Err(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate-limited",
+                    "Too many requests",
+                    "Too many requests; slow down and try again later.",
+                )
+                .with_header(header::RETRY_AFTER, HeaderValue::from(secs))
+                .with_header(
+                    HeaderName::from_static("ratelimit-policy"),
+                    HeaderValue::from_str(&format!("{};w={}", denied.limit, denied.window_secs))
+                        .unwrap_or(HeaderValue::from_static("0")),
+                )
+                .with_header(
+                    HeaderName::from_static("ratelimit"),
+                    HeaderValue::from_str(&format!("limit={}, remaining=0, reset={secs}", denied.limit))
+                        .unwrap_or(HeaderValue::from_static("0")),
+                ));
             }
         }
         Ok(())
@@ -321,11 +327,12 @@ impl EdgePolicy {
         client: &ClientInfo,
         rate: &mut RateHeaders,
     ) -> Result<poem::http::Response<ProxiedBody>, ApiError> {
+        let path = parts.uri.path();
+        self.check_limit(RateClass::Global, None, path, client, rate).await?;
         if let Some(resp) = self.preflight(&parts.method, &parts.headers) {
             return Ok(poem::http::Response::from(resp).map(ProxiedBody::Right));
         }
         self.check_csrf(&parts.method, &parts.headers, &parts.uri, client).await?;
-        let path = parts.uri.path();
         let auth = crate::http::auth::authenticate_request(
             &self.state,
             &parts.headers,
@@ -336,7 +343,7 @@ impl EdgePolicy {
             Ok(Some(a)) => Some(a.0.user_id.as_str()),
             _ => None,
         };
-        self.check_limits(Some(route.cfg.rate_class), user, path, client, rate).await?;
+        self.check_limit(route.cfg.rate_class, user, path, client, rate).await?;
         let principal = auth.map_err(crate::http::auth::auth_error)?.map(|a| a.0);
         let policy = || {
             if let Some(min) = crate::http::proxy::min_role(route) {
@@ -367,15 +374,21 @@ type RateHeaders = Option<(u32, u64, u32)>;
 
 /// The rate class of a request to the gate's own API.
 fn rate_class(method: &Method, path: &str) -> Option<RateClass> {
-    let auth_paths = ["/api/auth/login", "/api/auth/token", "/api/auth/token/refresh", "/api/auth/setup"];
+    // Everything that checks a password or a secret token (a password change checks the
+    // current password).
+    let auth_paths =
+        ["/api/auth/login", "/api/auth/token", "/api/auth/token/refresh", "/api/auth/setup", "/api/me/password"];
     if *method == Method::POST && (auth_paths.contains(&path) || path.starts_with("/api/auth/refresh/")) {
         return Some(RateClass::Auth);
     }
     path.starts_with("/api/").then_some(RateClass::Api)
 }
 
+/// Every method but GET, HEAD and OPTIONS. Methods are case-sensitive tokens, so `post`,
+/// `get` or `PROPFIND` are extension methods — which an upstream may still treat as POST or
+/// GET, or as a write (WebDAV, `PURGE`) — and count as unsafe.
 fn is_unsafe(method: &Method) -> bool {
-    matches!(*method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE)
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
 /// Whether the request carries one of the gate's session cookies.
@@ -414,11 +427,12 @@ impl<E: Endpoint> RequestContextEndpoint<E> {
     /// A request for the gate itself.
     async fn guarded(&self, mut req: Request, client: &ClientInfo, rate: &mut RateHeaders) -> poem::Result<Response> {
         let p = &self.policy;
+        let path = req.uri().path().to_string();
+        p.check_limit(RateClass::Global, None, &path, client, rate).await?;
         if let Some(resp) = p.preflight(req.method(), req.headers()) {
             return Ok(resp);
         }
         p.check_csrf(req.method(), req.headers(), req.uri(), client).await?;
-        let path = req.uri().path().to_string();
         // Credentials are read once: a known user is limited as that user (except for the
         // auth class), whatever address they use, and endpoints reuse the verification.
         let auth = path
@@ -431,7 +445,9 @@ impl<E: Endpoint> RequestContextEndpoint<E> {
             }
             _ => None,
         };
-        p.check_limits(rate_class(req.method(), &path), actor.as_deref(), &path, client, rate).await?;
+        if let Some(class) = rate_class(req.method(), &path) {
+            p.check_limit(class, actor.as_deref(), &path, client, rate).await?;
+        }
         if path.starts_with("/api/") {
             limit_body(&mut req, p.max_body).await?;
         }
