@@ -2,6 +2,11 @@
 //! account exists, so a lock reveals nothing): after `max_failures` in `window_secs` the
 //! email is locked for `base_lock_secs`, doubling with each further lock up to `max_lock_secs`.
 //! While locked, attempts never reach the password check.
+//!
+//! An attempt reserves its place in the budget before the password is hashed
+//! ([`Lockout::reserve`]), so failures counted plus attempts in flight never exceed
+//! `max_failures`: parallel guesses from many addresses cannot outrun the count. A spent
+//! budget refuses the attempt before the hash, whatever the password.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -45,6 +50,8 @@ impl LockoutConfig {
 #[derive(Debug, Default, Clone)]
 struct Entry {
     failures: u32,
+    /// Attempts reserved and not yet resolved (their password is being checked).
+    in_flight: u32,
     window_start: i64,
     /// Locks so far (the next one lasts base × 2^locks).
     locks: u32,
@@ -53,7 +60,7 @@ struct Entry {
 }
 
 /// Most emails tracked; beyond this the stalest entries go (a spray of random emails
-/// cannot exhaust memory).
+/// cannot exhaust memory). Entries with attempts in flight are never dropped.
 const MAX_ENTRIES: usize = 100_000;
 
 /// The lockout table, in memory.
@@ -70,6 +77,40 @@ pub enum FailureOutcome {
     Locked(i64),
 }
 
+/// One reserved attempt. Resolve it with [`Attempt::failed`] or [`Attempt::succeeded`]; dropped
+/// unresolved (an error, a cancelled request), it gives its place back uncounted.
+pub struct Attempt<'a> {
+    lockout: &'a Lockout,
+    key: String,
+    resolved: bool,
+}
+
+impl Attempt<'_> {
+    /// The password was wrong (or the account unusable): counts a failure, which may lock.
+    pub fn failed(mut self, now: i64) -> FailureOutcome {
+        self.resolved = true;
+        self.lockout.resolve(&self.key, now, false)
+    }
+
+    /// The password was right: clears the failures, unless a lock is in force (one set by
+    /// attempts that failed meanwhile stays).
+    pub fn succeeded(mut self, now: i64) {
+        self.resolved = true;
+        self.lockout.resolve(&self.key, now, true);
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if !self.resolved
+            && let Ok(mut entries) = self.lockout.entries.lock()
+            && let Some(e) = entries.get_mut(&self.key)
+        {
+            e.in_flight = e.in_flight.saturating_sub(1);
+        }
+    }
+}
+
 impl Lockout {
     pub fn new(cfg: LockoutConfig) -> Lockout {
         Lockout { cfg, entries: Mutex::new(HashMap::new()) }
@@ -82,26 +123,60 @@ impl Lockout {
         (e.locked_until > now).then(|| e.locked_until - now)
     }
 
-    /// Records a failed attempt.
-    pub fn record_failure(&self, email: &str, now: i64) -> FailureOutcome {
-        let Ok(mut entries) = self.entries.lock() else { return FailureOutcome::Counted };
+    /// Reserves one attempt for `email` at `now`, before its password is checked. `Err(secs)`
+    /// when the email is locked, or when failures counted plus attempts in flight already
+    /// fill `max_failures` (then `secs` is 1: the budget frees as those attempts resolve).
+    pub fn reserve(&self, email: &str, now: i64) -> Result<Attempt<'_>, i64> {
+        let Ok(mut entries) = self.entries.lock() else { return Err(1) };
         if entries.len() >= MAX_ENTRIES && !entries.contains_key(email) {
             let cutoff = now - self.cfg.window_secs;
-            entries.retain(|_, e| e.locked_until > now || e.last_seen > cutoff);
+            entries.retain(|_, e| e.in_flight > 0 || e.locked_until > now || e.last_seen > cutoff);
             if entries.len() >= MAX_ENTRIES
-                && let Some(oldest) = entries.iter().min_by_key(|(_, e)| e.last_seen).map(|(k, _)| k.clone())
+                && let Some(oldest) = entries
+                    .iter()
+                    .filter(|(_, e)| e.in_flight == 0)
+                    .min_by_key(|(_, e)| e.last_seen)
+                    .map(|(k, _)| k.clone())
             {
                 entries.remove(&oldest);
             }
         }
         let e = entries.entry(email.to_string()).or_default();
         e.last_seen = now;
+        if e.locked_until > now {
+            return Err(e.locked_until - now);
+        }
+        if now - e.window_start >= self.cfg.window_secs {
+            e.window_start = now;
+            e.failures = 0;
+        }
+        if e.failures.saturating_add(e.in_flight) >= self.cfg.max_failures {
+            return Err(1);
+        }
+        e.in_flight += 1;
+        Ok(Attempt { lockout: self, key: email.to_string(), resolved: false })
+    }
+
+    fn resolve(&self, email: &str, now: i64, success: bool) -> FailureOutcome {
+        let Ok(mut entries) = self.entries.lock() else { return FailureOutcome::Counted };
+        let e = entries.entry(email.to_string()).or_default();
+        e.in_flight = e.in_flight.saturating_sub(1);
+        e.last_seen = now;
+        if success {
+            if e.locked_until <= now {
+                e.failures = 0;
+                if e.in_flight == 0 {
+                    entries.remove(email);
+                }
+            }
+            return FailureOutcome::Counted;
+        }
         if now - e.window_start >= self.cfg.window_secs {
             e.window_start = now;
             e.failures = 0;
         }
         e.failures += 1;
-        if e.failures >= self.cfg.max_failures {
+        if e.failures >= self.cfg.max_failures && e.locked_until <= now {
             let factor = 1i64.checked_shl(e.locks.min(20)).unwrap_or(i64::MAX);
             let secs = self.cfg.base_lock_secs.saturating_mul(factor).min(self.cfg.max_lock_secs);
             e.locks += 1;
@@ -113,18 +188,79 @@ impl Lockout {
         FailureOutcome::Counted
     }
 
-    /// A successful login clears the failures (the lock history decays with the window).
-    pub fn record_success(&self, email: &str) {
-        if let Ok(mut entries) = self.entries.lock() {
-            entries.remove(email);
-        }
-    }
-
-    /// Lifts a lock (admin action). Returns whether there was one.
+    /// Lifts a lock (admin action). Returns whether there was one. Attempts in flight keep
+    /// their places.
     pub fn unlock(&self, email: &str, now: i64) -> bool {
         let Ok(mut entries) = self.entries.lock() else { return false };
-        let was = entries.get(email).is_some_and(|e| e.locked_until > now);
-        entries.remove(email);
+        let Some(e) = entries.get_mut(email) else { return false };
+        let was = e.locked_until > now;
+        if e.in_flight == 0 {
+            entries.remove(email);
+        } else {
+            *e = Entry { in_flight: e.in_flight, last_seen: now, window_start: now, ..Entry::default() };
+        }
         was
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lockout() -> Lockout {
+        Lockout::new(LockoutConfig::default())
+    }
+
+    #[test]
+    fn attempts_in_flight_fill_the_budget() {
+        let l = lockout();
+        let held: Vec<_> = (0..5).map(|_| l.reserve("a@x", 100).unwrap()).collect();
+        assert_eq!(l.reserve("a@x", 100).err(), Some(1), "a sixth attempt waits for none of the five");
+        assert!(l.reserve("b@x", 100).is_ok(), "other emails have their own budget");
+        let mut outcomes: Vec<_> = held.into_iter().map(|a| a.failed(101)).collect();
+        assert_eq!(outcomes.pop(), Some(FailureOutcome::Locked(60)));
+        assert_eq!(l.reserve("a@x", 101).err(), Some(60));
+    }
+
+    #[test]
+    fn a_success_holds_its_place_so_failures_meanwhile_cannot_lock_and_a_dropped_attempt_is_free() {
+        let l = lockout();
+        for _ in 0..3 {
+            l.reserve("a@x", 100).unwrap().failed(100);
+        }
+        let right = l.reserve("a@x", 100).unwrap();
+        drop(l.reserve("a@x", 100).unwrap());
+        let wrong = l.reserve("a@x", 100).unwrap();
+        assert!(l.reserve("a@x", 100).is_err(), "three failures and two in flight fill the budget");
+        assert_eq!(wrong.failed(100), FailureOutcome::Counted);
+        right.succeeded(100);
+        assert_eq!(l.locked_for("a@x", 100), None);
+        // The success cleared the failures.
+        for _ in 0..4 {
+            assert_eq!(l.reserve("a@x", 100).unwrap().failed(100), FailureOutcome::Counted);
+        }
+        assert_eq!(l.reserve("a@x", 100).unwrap().failed(100), FailureOutcome::Locked(60));
+        assert!(l.reserve("a@x", 100).is_err(), "the right password is refused while locked");
+    }
+
+    #[test]
+    fn the_window_resets_the_count_and_locks_double() {
+        let l = lockout();
+        for _ in 0..4 {
+            l.reserve("a@x", 0).unwrap().failed(0);
+        }
+        assert_eq!(l.reserve("a@x", 900).unwrap().failed(900), FailureOutcome::Counted);
+        for _ in 0..4 {
+            l.reserve("a@x", 900).unwrap().failed(900);
+        }
+        assert!(l.locked_for("a@x", 900).is_some());
+        for _ in 0..5 {
+            if let Ok(a) = l.reserve("a@x", 1000) {
+                a.failed(1000);
+            }
+        }
+        assert_eq!(l.locked_for("a@x", 1000), Some(120));
+        assert!(l.unlock("a@x", 1000));
+        assert!(l.reserve("a@x", 1000).is_ok());
     }
 }

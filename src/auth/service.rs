@@ -10,7 +10,7 @@ use redb::{ReadableTable, WriteTransaction};
 use zeroize::Zeroizing;
 
 use super::events::{ClientInfo, EventKind, SecurityEvent, Severity};
-use super::lockout::{FailureOutcome, Lockout, LockoutConfig};
+use super::lockout::{Attempt, FailureOutcome, Lockout, LockoutConfig};
 use super::model::{
     RefreshRecord, Role, SessionKind, SessionRecord, UserRecord, check_password, default_display_name, normalize_email,
 };
@@ -145,6 +145,9 @@ pub struct AuthService {
     setup_token_path: PathBuf,
     setup_lock: tokio::sync::Mutex<()>,
     lockout: Lockout,
+    /// Refused attempts on a locked email, recorded once per email per window.
+    locked_refusals: crate::ratelimit::RefusalTally,
+    refusal_keys: std::hash::RandomState,
     stream_keys: super::stream_keys::StreamKeys,
     audit: crate::audit::Audit,
 }
@@ -303,6 +306,8 @@ impl AuthService {
             setup_token_path,
             setup_lock: tokio::sync::Mutex::new(()),
             lockout: Lockout::new(lockout),
+            locked_refusals: crate::ratelimit::RefusalTally::new(),
+            refusal_keys: std::hash::RandomState::new(),
             stream_keys,
             audit,
         };
@@ -503,14 +508,14 @@ impl AuthService {
         let normalized = normalize_email(email).ok();
         // Counted per submitted email (normalised when it parses), existing or not.
         let lock_key = normalized.clone().unwrap_or_else(|| email.trim().to_lowercase().chars().take(254).collect());
-        if let Some(secs) = self.lockout.locked_for(&lock_key, now()) {
-            SecurityEvent::new(EventKind::LoginFailed, Severity::Warning, client)
-                .target(&lock_key)
-                .detail("reason", "account locked")
-                .record(&self.audit)
-                .await;
-            return Err(AuthError::Locked(secs));
-        }
+        // The attempt takes its place in the budget before the hash (released on success).
+        let attempt = match self.lockout.reserve(&lock_key, now()) {
+            Ok(attempt) => attempt,
+            Err(secs) => {
+                self.refused_locked(&lock_key, None, client).await;
+                return Err(AuthError::Locked(secs));
+            }
+        };
         let user = match &normalized {
             Some(e) => self.find_user_by_email(e)?,
             None => None,
@@ -518,17 +523,19 @@ impl AuthService {
         if password.chars().count() > 256 {
             // Never hash unbounded input; still costs one hash.
             let _ = self.hasher.verify(None, Zeroizing::new(String::new())).await;
-            return Err(self.login_failed(&lock_key, user.as_ref(), "password too long", client).await);
+            return Err(self.login_failed(attempt, &lock_key, user.as_ref(), "password too long", client).await);
         }
         let ok = self.hasher.verify(user.as_ref().map(|u| u.password_hash.clone()), password.clone()).await?;
         let mut user = match user {
             Some(u) if ok => u,
-            other => return Err(self.login_failed(&lock_key, other.as_ref(), "bad credentials", client).await),
+            other => {
+                return Err(self.login_failed(attempt, &lock_key, other.as_ref(), "bad credentials", client).await);
+            }
         };
         if user.disabled {
-            return Err(self.login_failed(&lock_key, Some(&user), "user disabled", client).await);
+            return Err(self.login_failed(attempt, &lock_key, Some(&user), "user disabled", client).await);
         }
-        self.lockout.record_success(&lock_key);
+        attempt.succeeded(now());
         if self.hasher.needs_rehash(&user.password_hash) {
             user.password_hash = self.hasher.hash(password).await?;
             user.updated_at = now();
@@ -536,15 +543,38 @@ impl AuthService {
         Ok(user)
     }
 
-    /// Records a failed sign-in (and the lock it may cause). The submitted email is the
-    /// target; an existing account's id goes in `detail.user`, so its owner sees the attempt.
+    /// Records an attempt refused because the email is locked (or its budget is spent by
+    /// attempts in flight): free to repeat, so once per email per window, with the count of
+    /// the previous window's unrecorded refusals.
+    async fn refused_locked(&self, lock_key: &str, user: Option<&UserRecord>, client: &ClientInfo) {
+        let key = std::hash::BuildHasher::hash_one(&self.refusal_keys, lock_key);
+        let Some(suppressed) = self.locked_refusals.note("account_locked", key, std::time::Instant::now()) else {
+            return;
+        };
+        let mut ev = SecurityEvent::new(EventKind::LoginFailed, Severity::Warning, client)
+            .target(lock_key)
+            .detail("reason", "account locked");
+        if let Some(u) = user {
+            ev = ev.actor(&u.id).detail("user", &u.id);
+        }
+        if suppressed > 0 {
+            ev = ev.detail("suppressed", suppressed.to_string());
+        }
+        ev.record(&self.audit).await;
+    }
+
+    /// Counts a failed attempt (which may lock the email) and records it, and the lock. The
+    /// submitted email is the target; an existing account's id goes in `detail.user`, so its
+    /// owner sees the attempt.
     async fn login_failed(
         &self,
+        attempt: Attempt<'_>,
         lock_key: &str,
         user: Option<&UserRecord>,
         reason: &str,
         client: &ClientInfo,
     ) -> AuthError {
+        let outcome = attempt.failed(now());
         let mut ev = SecurityEvent::new(EventKind::LoginFailed, Severity::Warning, client)
             .target(lock_key)
             .detail("reason", reason);
@@ -552,7 +582,7 @@ impl AuthService {
             ev = ev.detail("user", &u.id);
         }
         ev.record(&self.audit).await;
-        if let FailureOutcome::Locked(secs) = self.lockout.record_failure(lock_key, now()) {
+        if let FailureOutcome::Locked(secs) = outcome {
             let mut ev = SecurityEvent::new(EventKind::AccountLocked, Severity::Warning, client)
                 .target(lock_key)
                 .detail("seconds", secs.to_string());
@@ -987,15 +1017,34 @@ impl AuthService {
         client: &ClientInfo,
     ) -> Result<usize, AuthError> {
         let user = self.read_user(&principal.user_id)?.ok_or(AuthError::Unauthorized)?;
+        // Guessing the current password spends the account's sign-in budget.
+        let attempt = match self.lockout.reserve(&user.email, now()) {
+            Ok(attempt) => attempt,
+            Err(secs) => {
+                self.refused_locked(&user.email, Some(&user), client).await;
+                return Err(AuthError::Locked(secs));
+            }
+        };
         if !self.hasher.verify(Some(user.password_hash.clone()), current).await? {
+            let outcome = attempt.failed(now());
             SecurityEvent::new(EventKind::LoginFailed, Severity::Warning, client)
                 .actor(&user.id)
                 .target(&user.email)
                 .detail("reason", "wrong current password on password change")
                 .record(&self.audit)
                 .await;
+            if let FailureOutcome::Locked(secs) = outcome {
+                SecurityEvent::new(EventKind::AccountLocked, Severity::Warning, client)
+                    .actor(&user.id)
+                    .target(&user.email)
+                    .detail("seconds", secs.to_string())
+                    .detail("user", &user.id)
+                    .record(&self.audit)
+                    .await;
+            }
             return Err(AuthError::InvalidCredentials);
         }
+        attempt.succeeded(now());
         self.validate_new_password(&new, &user.email)?;
         let ended = self.set_password(&user.id, new, Some(&principal.session_id)).await?;
         SecurityEvent::new(EventKind::PasswordChanged, Severity::Info, client)

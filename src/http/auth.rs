@@ -211,7 +211,7 @@ pub fn auth_error(e: AuthError) -> ApiError {
             StatusCode::TOO_MANY_REQUESTS,
             "account-locked",
             "Too many requests",
-            "Too many failed sign-in attempts for this account; try again later.",
+            "Too many requests: too many failed sign-in attempts for this account; try again later.",
         )
         .with_header(poem::http::header::RETRY_AFTER, poem::http::HeaderValue::from(secs.max(1))),
         AuthError::Internal(cause) => {
