@@ -141,6 +141,25 @@ impl AuthApi {
     }
 }
 
+impl AuthApi {
+    /// Whether the request proves it holds session `sid`: a bearer token of that session, the
+    /// session's access cookie, or its refresh cookie. Knowing the id is not enough.
+    fn holds_session(&self, req: &Request, sid: &str) -> bool {
+        let auth = &self.state.auth;
+        let headers = req.headers();
+        let bearer = headers
+            .get(poem::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+        bearer.is_some_and(|t| auth.authenticate(t.trim(), Some(sid)).is_ok())
+            || cookie(headers, &format!("{ACCESS_COOKIE}{sid}"))
+                .is_some_and(|t| auth.authenticate(&t, Some(sid)).is_ok())
+            || cookie(headers, &format!("{REFRESH_COOKIE}{sid}"))
+                .and_then(|t| auth.refresh_token_session(&t))
+                .is_some_and(|(found, _)| found == sid)
+    }
+}
+
 /// Creates a user as an admin (shared by `/api/auth/users` and `/api/users`).
 pub async fn create_user(
     state: &AppState,
@@ -213,11 +232,15 @@ impl AuthApi {
         Ok(self.with_session_cookies(Response::new(Json(body)), &issued))
     }
 
-    /// End a session and clear its cookies. Always 200, even for an unknown session.
+    /// End a session and clear its cookies. Always 200, even for an unknown session; the
+    /// session ends only when the request holds it (its refresh or access cookie, or a bearer
+    /// token of that session).
     #[oai(path = "/api/auth/logout/:session", method = "post")]
     async fn logout(&self, req: &Request, session: Path<String>) -> poem::Result<Response<Json<MessageDto>>> {
         let sid = session.0;
-        self.state.auth.logout(&sid, &client_info(req)).await.map_err(fail)?;
+        if is_session_id(&sid) && self.holds_session(req, &sid) {
+            self.state.auth.logout(&sid, &client_info(req)).await.map_err(fail)?;
+        }
         let mut resp =
             Response::new(Json(MessageDto { message: "Logged out".into() })).header("Cache-Control", "no-store");
         if is_session_id(&sid) {
