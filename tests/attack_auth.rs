@@ -1,0 +1,526 @@
+//! Attacks on the auth surface against the real binary over TLS: parallel guesses against the
+//! lockout (login, token and password change share one reserved budget), floods of free
+//! refusals that must not flood the audit log, logout of a session the caller does not hold,
+//! and CSRF with lowercase and extension methods.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use common::{Gate, Reply, client_config, https_request_from};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+
+const ADMIN: &str = "root@example.com";
+const PW: &str = "a-very-long-passphrase";
+const WRONG: &str = "wrong-wrong-wrong";
+
+struct Lab {
+    _dir: tempfile::TempDir,
+    gate: Gate,
+    pem: std::path::PathBuf,
+}
+
+impl Lab {
+    /// The binary with `toml` as its config and the first admin made.
+    async fn start(toml: &str) -> Lab {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let cfg = dir.path().join("gate.toml");
+        std::fs::write(&cfg, toml).unwrap();
+        let gate = Gate::start(&data, &[("MIAUFLIX_CONFIG", cfg.to_str().unwrap())]);
+        let lab = Lab { pem: data.join("self-signed.pem"), _dir: dir, gate };
+        let token = std::fs::read_to_string(data.join("setup-token")).unwrap();
+        let r = lab
+            .call(
+                Some("127.0.0.2"),
+                "POST",
+                "/api/auth/setup",
+                Some(json!({"email": ADMIN, "password": PW, "setupToken": token.trim()})),
+                &[],
+            )
+            .await;
+        assert_eq!(r.status, 201);
+        lab
+    }
+
+    fn config(&self) -> rustls::ClientConfig {
+        client_config(&self.pem, &[&rustls::version::TLS13])
+    }
+
+    async fn call(
+        &self,
+        from: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, String)],
+    ) -> Reply {
+        https_request_from(
+            from.map(|f| f.parse().unwrap()),
+            self.gate.addr,
+            "localhost",
+            self.config(),
+            method,
+            path,
+            body.map(|b| b.to_string().into_bytes()).as_deref(),
+            headers,
+        )
+        .await
+        .unwrap()
+    }
+
+    /// A bearer access token and the session id.
+    async fn token(&self, from: &str, email: &str, pw: &str) -> (String, String) {
+        let r =
+            self.call(Some(from), "POST", "/api/auth/token", Some(json!({"email": email, "password": pw})), &[]).await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let access = r.json()["access_token"].as_str().unwrap().to_string();
+        let sid = claims(&access)["sid"].as_str().unwrap().to_string();
+        (access, sid)
+    }
+
+    /// A browser login: the session id and its `name=value` cookies.
+    async fn browser(&self, from: &str, email: &str, pw: &str) -> (String, Vec<String>) {
+        let r =
+            self.call(Some(from), "POST", "/api/auth/login", Some(json!({"email": email, "password": pw})), &[]).await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let sid = r.json()["session"].as_str().unwrap().to_string();
+        let cookies = r
+            .headers
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string())
+            .collect();
+        (sid, cookies)
+    }
+
+    /// Every audit record's (seq, type), read by the admin from 127.0.0.2.
+    async fn audit(&self, admin: &str) -> Vec<(u64, String)> {
+        let r = self.call(Some("127.0.0.2"), "GET", "/api/audit?limit=1000", None, &bearer(admin)).await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        r.json()["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["seq"].as_u64().unwrap(), e["type"].as_str().unwrap_or_default().to_string()))
+            .collect()
+    }
+}
+
+fn bearer(token: &str) -> Vec<(&'static str, String)> {
+    vec![("authorization", format!("Bearer {token}"))]
+}
+
+fn claims(jwt: &str) -> Value {
+    use base64::Engine;
+    let payload = jwt.split('.').nth(1).unwrap();
+    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+}
+
+/// One keep-alive HTTP/1.1 connection over TLS from `local`, for floods.
+async fn connection(lab: &Lab, local: IpAddr) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(SocketAddr::new(local, 0)).unwrap();
+    let tcp = sock.connect(lab.gate.addr).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(lab.config()));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// Sends `n` copies of a request on one connection; returns the statuses seen.
+async fn flood(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    n: usize,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> std::collections::BTreeMap<u16, usize> {
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..n {
+        sender.ready().await.unwrap();
+        let mut b = hyper::Request::builder().method(method).uri(path).header("host", "localhost");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let resp = sender.send_request(b.body(Full::new(Bytes::from(body.to_string()))).unwrap()).await.unwrap();
+        *seen.entry(resp.status().as_u16()).or_default() += 1;
+        let _ = resp.into_body().collect().await;
+    }
+    seen
+}
+
+/// Sends every (path, password) at once, each from its own client address (`X-Forwarded-For`
+/// through the trusted 127.0.0.1); returns the answers in order.
+async fn in_parallel(lab: &Arc<Lab>, attempts: Vec<(&'static str, &'static str)>) -> Vec<Reply> {
+    let start = Arc::new(tokio::sync::Barrier::new(attempts.len()));
+    let mut tasks = Vec::new();
+    for (i, (path, pw)) in attempts.into_iter().enumerate() {
+        let (lab, start) = (lab.clone(), start.clone());
+        tasks.push(tokio::spawn(async move {
+            let xff = [("x-forwarded-for", format!("198.51.100.{}", i + 1))];
+            start.wait().await;
+            lab.call(None, "POST", path, Some(json!({"email": ADMIN, "password": pw})), &xff).await
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+fn statuses(replies: &[Reply]) -> Vec<u16> {
+    replies.iter().map(|r| r.status).collect()
+}
+
+/// Every 429 is the lockout answer, in the contract's words.
+fn assert_locked_answers(replies: &[Reply]) {
+    for r in replies.iter().filter(|r| r.status == 429) {
+        let b = r.json();
+        assert_eq!(b["type"], "urn:miauflix-gate:problem/account-locked", "{b}");
+        assert!(b["message"].as_str().unwrap().starts_with("Too many requests"), "{b}");
+        assert!(r.headers.contains_key("retry-after"));
+    }
+}
+
+const SPREAD: &str = "[http]\ntrusted_proxies = [\"127.0.0.1/32\"]\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn parallel_guesses_never_get_past_the_lockout_budget_on_login_and_token() {
+    let lab = Arc::new(Lab::start(SPREAD).await);
+    // 39 wrong and the right one at once from 40 addresses, over both login doors.
+    let mut attempts: Vec<(&str, &str)> =
+        (0..39).map(|i| (if i % 2 == 0 { "/api/auth/login" } else { "/api/auth/token" }, WRONG)).collect();
+    attempts.insert(20, ("/api/auth/login", PW));
+    let replies = in_parallel(&lab, attempts).await;
+    let s = statuses(&replies);
+    let hashed = s.iter().filter(|s| matches!(s, 200 | 401)).count();
+    assert!(hashed <= 5, "at most max_failures attempts may reach the password check: {s:?}");
+    assert_eq!(s.iter().filter(|s| **s == 429).count(), 40 - hashed, "{s:?}");
+    assert_locked_answers(&replies);
+    // Either the right one got in before the budget was spent (then fewer than five failures
+    // counted), or five failures locked the account and the right password is refused now.
+    if s[20] == 200 {
+        assert!(s.iter().filter(|s| **s == 401).count() <= 4, "{s:?}");
+    } else {
+        assert_eq!(s.iter().filter(|s| **s == 401).count(), 5, "{s:?}");
+        let r = lab
+            .call(Some("127.0.0.3"), "POST", "/api/auth/token", Some(json!({"email": ADMIN, "password": PW})), &[])
+            .await;
+        assert_eq!(r.status, 429, "the lock holds");
+    }
+
+    // 9 wrong and 1 right at once on a fresh account: the same bound, and a lock set by the
+    // failures is not lifted by a success.
+    let lab = Arc::new(Lab::start(SPREAD).await);
+    let mut attempts: Vec<(&str, &str)> = (0..9).map(|_| ("/api/auth/token", WRONG)).collect();
+    attempts.push(("/api/auth/token", PW));
+    let replies = in_parallel(&lab, attempts).await;
+    let s = statuses(&replies);
+    assert!(s.iter().filter(|s| matches!(s, 200 | 401)).count() <= 5, "{s:?}");
+    assert_locked_answers(&replies);
+    if s.iter().filter(|s| **s == 401).count() == 5 {
+        let r = lab
+            .call(Some("127.0.0.3"), "POST", "/api/auth/login", Some(json!({"email": ADMIN, "password": PW})), &[])
+            .await;
+        assert_eq!(r.status, 429, "{s:?}: the lock holds after the burst");
+    }
+
+    // Unknown emails: the same budget, the same answer.
+    let replies = {
+        let start = Arc::new(tokio::sync::Barrier::new(12));
+        let mut tasks = Vec::new();
+        for i in 0..12 {
+            let (lab, start) = (lab.clone(), start.clone());
+            tasks.push(tokio::spawn(async move {
+                let xff = [("x-forwarded-for", format!("203.0.113.{}", i + 1))];
+                start.wait().await;
+                let body = json!({"email": "ghost@example.com", "password": WRONG});
+                lab.call(None, "POST", "/api/auth/token", Some(body), &xff).await
+            }));
+        }
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    };
+    let s = statuses(&replies);
+    assert!(s.iter().filter(|s| **s == 401).count() <= 5, "{s:?}");
+    assert!(s.iter().filter(|s| **s == 429).count() >= 7, "{s:?}");
+    assert_locked_answers(&replies);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn password_change_guesses_spend_the_lockout_budget_and_the_auth_rate() {
+    // Per-IP auth limit raised: the lockout alone must stop 30 parallel guesses on one token.
+    let lab = Arc::new(Lab::start("[rate_limits.auth]\nper_minute = 100000\nburst = 10000\n").await);
+    let (access, _) = lab.token("127.0.0.2", ADMIN, PW).await;
+    let start = Arc::new(tokio::sync::Barrier::new(30));
+    let mut tasks = Vec::new();
+    for i in 0..30 {
+        let (lab, start, access) = (lab.clone(), start.clone(), access.clone());
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            let body =
+                json!({"currentPassword": format!("guess-number-{i}"), "newPassword": "another-long-passphrase"});
+            lab.call(Some("127.0.0.4"), "POST", "/api/me/password", Some(body), &bearer(&access)).await
+        }));
+    }
+    let mut replies = Vec::new();
+    for t in tasks {
+        replies.push(t.await.unwrap());
+    }
+    let s = statuses(&replies);
+    assert!(s.iter().filter(|s| **s == 401).count() <= 5, "{s:?}");
+    assert!(s.iter().filter(|s| **s == 429).count() >= 25, "{s:?}");
+    assert_locked_answers(&replies);
+    // The guesses locked the account for sign-in too, and the right current password as well.
+    let r = lab
+        .call(Some("127.0.0.5"), "POST", "/api/auth/token", Some(json!({"email": ADMIN, "password": PW})), &[])
+        .await;
+    assert_eq!(r.status, 429);
+    let body = json!({"currentPassword": PW, "newPassword": "another-long-passphrase"});
+    let r = lab.call(Some("127.0.0.4"), "POST", "/api/me/password", Some(body), &bearer(&access)).await;
+    assert_eq!(r.status, 429);
+
+    // With the default per-IP auth limit (burst 5), the sixth call from one address is refused
+    // by the rate limit before the lockout is reached.
+    let lab = Lab::start("[lockout]\nmax_failures = 50\n").await;
+    let (access, _) = lab.token("127.0.0.2", ADMIN, PW).await;
+    let mut seen = Vec::new();
+    for i in 0..6 {
+        let body = json!({"currentPassword": format!("guess-number-{i}"), "newPassword": "another-long-passphrase"});
+        let r = lab.call(Some("127.0.0.4"), "POST", "/api/me/password", Some(body), &bearer(&access)).await;
+        seen.push((r.status, r.json()["type"].as_str().unwrap_or_default().to_string()));
+    }
+    assert_eq!(seen[..5].iter().map(|s| s.0).collect::<Vec<_>>(), [401; 5], "{seen:?}");
+    assert_eq!(seen[5], (429, "urn:miauflix-gate:problem/rate-limited".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logout_ends_only_a_session_the_request_holds() {
+    let lab = Lab::start("").await;
+    let (admin, _) = lab.token("127.0.0.2", ADMIN, PW).await;
+    let r = lab
+        .call(
+            Some("127.0.0.2"),
+            "POST",
+            "/api/users",
+            Some(json!({"email": "other@example.com", "password": "other-long-passphrase", "role": "user"})),
+            &bearer(&admin),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let (victim, victim_cookies) = lab.browser("127.0.0.3", ADMIN, PW).await;
+    let victim_cookie = victim_cookies.join("; ");
+    let (other_sid, other_cookies) = lab.browser("127.0.0.4", "other@example.com", "other-long-passphrase").await;
+    let (other_bearer, _) = lab.token("127.0.0.4", "other@example.com", "other-long-passphrase").await;
+    let other_access =
+        other_cookies.iter().find(|c| c.starts_with("__miauflix_at_")).unwrap().split('=').nth(1).unwrap();
+    let alive = |sid: String, cookie: String| {
+        let lab = &lab;
+        async move {
+            let h = [("x-session-id", sid), ("cookie", cookie)];
+            lab.call(Some("127.0.0.3"), "GET", "/api/auth/session", None, &h).await.status
+        }
+    };
+    assert_eq!(alive(victim.clone(), victim_cookie.clone()).await, 200);
+
+    let origin = ("origin", "https://localhost".to_string());
+    let path = format!("/api/auth/logout/{victim}");
+    let attempts: Vec<Vec<(&str, String)>> = vec![
+        // Anonymous, knowing only the id.
+        vec![],
+        vec![origin.clone()],
+        // Another user's own cookies and bearer token.
+        vec![("cookie", other_cookies.join("; ")), origin.clone()],
+        bearer(&other_bearer),
+        // Someone else's tokens under the victim's cookie names.
+        vec![("cookie", format!("__miauflix_at_{victim}={other_access}")), origin.clone()],
+        vec![("cookie", format!("__miauflix_rt_{victim}=forged-forged-forged")), origin.clone()],
+        vec![("cookie", format!("__miauflix_RT_{victim}=x; __miauflix_at_{other_sid}={other_access}")), origin.clone()],
+        // A bearer token for another session with the victim's id as the header.
+        vec![("authorization", format!("Bearer {other_bearer}")), ("x-session-id", victim.clone())],
+    ];
+    for headers in &attempts {
+        let r = lab.call(Some("127.0.0.5"), "POST", &path, None, headers).await;
+        assert_eq!(r.status, 200, "logout answers 200 whatever: {headers:?}");
+        assert_eq!(r.json()["message"], "Logged out");
+        let cleared: Vec<&str> = r.headers.get_all("set-cookie").iter().map(|v| v.to_str().unwrap()).collect();
+        assert!(cleared.iter().any(|c| c.starts_with(&format!("__miauflix_rt_{victim}=;")) && c.contains("Max-Age=0")));
+        assert_eq!(alive(victim.clone(), victim_cookie.clone()).await, 200, "{headers:?} ended someone else's session");
+    }
+    // The other user's own session is still alive too (their cookie rode along).
+    assert_eq!(alive(other_sid.clone(), other_cookies.join("; ")).await, 200);
+
+    // Holding the session ends it: its refresh cookie alone, its access cookie alone, or a
+    // bearer token of that session.
+    let rt = victim_cookies.iter().find(|c| c.starts_with("__miauflix_rt_")).unwrap().clone();
+    let r = lab.call(Some("127.0.0.3"), "POST", &path, None, &[("cookie", rt), origin.clone()]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(alive(victim.clone(), victim_cookie.clone()).await, 401);
+
+    let (s2, c2) = lab.browser("127.0.0.3", ADMIN, PW).await;
+    let at = c2.iter().find(|c| c.starts_with("__miauflix_at_")).unwrap().clone();
+    let r = lab
+        .call(Some("127.0.0.3"), "POST", &format!("/api/auth/logout/{s2}"), None, &[("cookie", at), origin.clone()])
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(alive(s2, c2.join("; ")).await, 401);
+
+    let (b3, s3) = lab.token("127.0.0.3", ADMIN, PW).await;
+    let r = lab.call(Some("127.0.0.3"), "POST", &format!("/api/auth/logout/{s3}"), None, &bearer(&b3)).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(lab.call(Some("127.0.0.3"), "GET", "/api/me", None, &bearer(&b3)).await.status, 401);
+    assert!(lab.gate.terminate().success());
+}
+
+/// A loopback upstream answering 200 to everything; counts the requests it got.
+async fn counting_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = listener.accept().await.unwrap();
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req: hyper::Request<hyper::body::Incoming>| {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    async { Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from("ok")))) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc).await;
+            });
+        }
+    });
+    (addr, hits)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn csrf_covers_every_method_but_get_head_options_in_any_case() {
+    let (up, hits) = counting_upstream().await;
+    let lab =
+        Lab::start(&format!("[[routes]]\nprefix = \"/app\"\nupstream = \"http://{up}\"\nmin_role = \"public\"\n"))
+            .await;
+    let cookie = ("cookie", "__miauflix_at_AAAAAAAAAAAAAAAAAAAAAA=x".to_string());
+    for method in [
+        "post",
+        "Post",
+        "pOST",
+        "put",
+        "delete",
+        "patch",
+        "PROPFIND",
+        "PROPPATCH",
+        "MKCOL",
+        "PURGE",
+        "LOCK",
+        "COPY",
+        "MOVE",
+        "get",
+        "head",
+        "options",
+        "TRACE",
+        "CONNECTX",
+    ] {
+        let r = lab.call(Some("127.0.0.3"), method, "/app/thing", None, std::slice::from_ref(&cookie)).await;
+        assert_eq!(r.status, 403, "{method} with a session cookie and no origin reached the upstream");
+        assert_eq!(r.json()["type"], "urn:miauflix-gate:problem/csrf-rejected", "{method}");
+        let r = lab
+            .call(
+                Some("127.0.0.3"),
+                method,
+                "/app/thing",
+                None,
+                &[cookie.clone(), ("origin", "https://evil.example".into())],
+            )
+            .await;
+        assert_eq!(r.status, 403, "{method} from a foreign origin");
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 0, "no refused request reached the upstream");
+    // The gate's own API too (before its 404/405).
+    for method in ["post", "PROPFIND", "PURGE"] {
+        let r = lab
+            .call(
+                Some("127.0.0.3"),
+                method,
+                "/api/auth/logout/AAAAAAAAAAAAAAAAAAAAAA",
+                None,
+                std::slice::from_ref(&cookie),
+            )
+            .await;
+        assert_eq!(r.status, 403, "{method}");
+    }
+    // Safe methods and same-origin unsafe ones still pass.
+    for method in ["GET", "HEAD", "OPTIONS"] {
+        let r = lab.call(Some("127.0.0.3"), method, "/app/thing", None, std::slice::from_ref(&cookie)).await;
+        assert_eq!(r.status, 200, "{method}");
+    }
+    let r = lab
+        .call(
+            Some("127.0.0.3"),
+            "PROPFIND",
+            "/app/thing",
+            None,
+            &[cookie.clone(), ("origin", "https://localhost".into())],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(hits.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn floods_of_free_refusals_add_a_handful_of_audit_records() {
+    let (up, _hits) = counting_upstream().await;
+    let lab = Lab::start(&format!(
+        "[audit]\nmax_events = 200\nprune_interval_secs = 1\n\n[rate_limits.auth]\nper_minute = 100000\nburst = 10000\n\n\
+         [[routes]]\nprefix = \"/app\"\nupstream = \"http://{up}\"\nmin_role = \"public\"\n"
+    ))
+    .await;
+    let (admin, _) = lab.token("127.0.0.2", ADMIN, PW).await;
+    let before = lab.audit(&admin).await;
+    assert!(!before.is_empty());
+
+    // 2,000 CSRF refusals from one address on the gate's API, then 2,000 on a proxied route.
+    let mut conn = connection(&lab, "127.0.0.6".parse().unwrap()).await;
+    let csrf = [("cookie", "__miauflix_rt_AAAAAAAAAAAAAAAAAAAAAA=x"), ("origin", "https://evil.example")];
+    let seen = flood(&mut conn, 2000, "POST", "/api/auth/logout/AAAAAAAAAAAAAAAAAAAAAA", &csrf, "").await;
+    assert!(seen.keys().all(|s| matches!(s, 403 | 429)), "{seen:?}");
+    let mut conn = connection(&lab, "127.0.0.7".parse().unwrap()).await;
+    let seen = flood(&mut conn, 2000, "POST", "/app/x", &csrf, "").await;
+    assert!(seen.keys().all(|s| matches!(s, 403 | 429)), "{seen:?}");
+    let mid = lab.audit(&admin).await;
+    let added = mid.len() - before.len();
+    println!("4,000 CSRF refusals ({seen:?} on the proxied route) added {added} records: {:?}", &mid[..added]);
+    assert!(added <= 6, "4,000 refusals from two addresses added {added} audit records: {:?}", &mid[..added.min(20)]);
+
+    // A locked account: five failures lock it, then 300 more attempts from one address.
+    let mut conn = connection(&lab, "127.0.0.8".parse().unwrap()).await;
+    let wrong = json!({"email": "ghost@example.com", "password": WRONG}).to_string();
+    let json_ct = [("content-type", "application/json")];
+    let seen = flood(&mut conn, 305, "POST", "/api/auth/token", &json_ct, &wrong).await;
+    assert_eq!(seen.get(&401), Some(&5), "{seen:?}");
+    assert_eq!(seen.get(&429), Some(&300), "{seen:?}");
+    let after = lab.audit(&admin).await;
+    let added = after.len() - mid.len();
+    println!("305 attempts on one email ({seen:?}) added {added} records: {:?}", &after[..added]);
+    // Five login_failed, one account_locked, then the refusals of the lock as one record.
+    assert!(added <= 8, "a flood on a locked account added {added} audit records: {:?}", &after[..added.min(20)]);
+
+    // Nothing earlier was pruned to make room.
+    let seqs: std::collections::HashSet<u64> = after.iter().map(|(s, _)| *s).collect();
+    for (seq, kind) in &before {
+        assert!(seqs.contains(seq), "record {seq} ({kind}) is gone");
+    }
+}
