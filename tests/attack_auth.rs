@@ -204,6 +204,7 @@ async fn parallel_guesses_never_get_past_the_lockout_budget_on_login_and_token()
     let replies = in_parallel(&lab, attempts).await;
     let s = statuses(&replies);
     let hashed = s.iter().filter(|s| matches!(s, 200 | 401)).count();
+    println!("39 wrong + 1 right in parallel: {hashed} reached the password check, answers {s:?}");
     assert!(hashed <= 5, "at most max_failures attempts may reach the password check: {s:?}");
     assert_eq!(s.iter().filter(|s| **s == 429).count(), 40 - hashed, "{s:?}");
     assert_locked_answers(&replies);
@@ -484,7 +485,8 @@ async fn csrf_covers_every_method_but_get_head_options_in_any_case() {
 async fn floods_of_free_refusals_add_a_handful_of_audit_records() {
     let (up, _hits) = counting_upstream().await;
     let lab = Lab::start(&format!(
-        "[audit]\nmax_events = 200\nprune_interval_secs = 1\n\n[rate_limits.auth]\nper_minute = 100000\nburst = 10000\n\n\
+        "[http]\ntrusted_proxies = [\"127.0.0.1/32\"]\n\n[audit]\nmax_events = 200\nprune_interval_secs = 1\n\n\
+         [rate_limits.auth]\nper_minute = 100000\nburst = 10000\n\n\
          [[routes]]\nprefix = \"/app\"\nupstream = \"http://{up}\"\nmin_role = \"public\"\n"
     ))
     .await;
@@ -517,6 +519,17 @@ async fn floods_of_free_refusals_add_a_handful_of_audit_records() {
     println!("305 attempts on one email ({seen:?}) added {added} records: {:?}", &after[..added]);
     // Five login_failed, one account_locked, then the refusals of the lock as one record.
     assert!(added <= 8, "a flood on a locked account added {added} audit records: {:?}", &after[..added.min(20)]);
+
+    // The same locked email from 40 more addresses, over both doors: counted, not recorded.
+    for i in 0..40 {
+        let path = if i % 2 == 0 { "/api/auth/login" } else { "/api/auth/token" };
+        let xff = [("x-forwarded-for", format!("192.0.2.{}", i + 1))];
+        let body = json!({"email": "Ghost@Example.com ", "password": WRONG});
+        assert_eq!(lab.call(None, "POST", path, Some(body), &xff).await.status, 429);
+    }
+    let after = lab.audit(&admin).await;
+    let added = after.len() - mid.len();
+    assert!(added <= 8, "attempts on a locked account from many addresses added records: {:?}", &after[..added]);
 
     // Nothing earlier was pruned to make room.
     let seqs: std::collections::HashSet<u64> = after.iter().map(|(s, _)| *s).collect();

@@ -6,7 +6,9 @@
 //! An attempt reserves its place in the budget before the password is hashed
 //! ([`Lockout::reserve`]), so failures counted plus attempts in flight never exceed
 //! `max_failures`: parallel guesses from many addresses cannot outrun the count. A spent
-//! budget refuses the attempt before the hash, whatever the password.
+//! budget refuses the attempt before the hash, whatever the password. A success gives back
+//! only its own place: failures decay with the window, so at most `max_failures` wrong
+//! passwords per window are ever checked, however often the owner signs in meanwhile.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -92,8 +94,8 @@ impl Attempt<'_> {
         self.lockout.resolve(&self.key, now, false)
     }
 
-    /// The password was right: clears the failures, unless a lock is in force (one set by
-    /// attempts that failed meanwhile stays).
+    /// The password was right: gives the place back. Failures counted stay (they decay with
+    /// the window), and so does a lock.
     pub fn succeeded(mut self, now: i64) {
         self.resolved = true;
         self.lockout.resolve(&self.key, now, true);
@@ -163,11 +165,8 @@ impl Lockout {
         e.in_flight = e.in_flight.saturating_sub(1);
         e.last_seen = now;
         if success {
-            if e.locked_until <= now {
-                e.failures = 0;
-                if e.in_flight == 0 {
-                    entries.remove(email);
-                }
+            if e.in_flight == 0 && e.failures == 0 && e.locked_until <= now && e.locks == 0 {
+                entries.remove(email);
             }
             return FailureOutcome::Counted;
         }
@@ -223,7 +222,7 @@ mod tests {
     }
 
     #[test]
-    fn a_success_holds_its_place_so_failures_meanwhile_cannot_lock_and_a_dropped_attempt_is_free() {
+    fn a_success_holds_its_place_and_gives_back_only_that_and_a_dropped_attempt_is_free() {
         let l = lockout();
         for _ in 0..3 {
             l.reserve("a@x", 100).unwrap().failed(100);
@@ -235,12 +234,16 @@ mod tests {
         assert_eq!(wrong.failed(100), FailureOutcome::Counted);
         right.succeeded(100);
         assert_eq!(l.locked_for("a@x", 100), None);
-        // The success cleared the failures.
-        for _ in 0..4 {
-            assert_eq!(l.reserve("a@x", 100).unwrap().failed(100), FailureOutcome::Counted);
-        }
+        // The success gave back its place only: four failures stand, the fifth locks.
         assert_eq!(l.reserve("a@x", 100).unwrap().failed(100), FailureOutcome::Locked(60));
         assert!(l.reserve("a@x", 100).is_err(), "the right password is refused while locked");
+        // In the next window the count starts again.
+        let l = lockout();
+        for _ in 0..4 {
+            l.reserve("b@x", 100).unwrap().failed(100);
+        }
+        l.reserve("b@x", 100).unwrap().succeeded(100);
+        assert_eq!(l.reserve("b@x", 1000).unwrap().failed(1000), FailureOutcome::Counted);
     }
 
     #[test]

@@ -508,7 +508,7 @@ impl AuthService {
         let normalized = normalize_email(email).ok();
         // Counted per submitted email (normalised when it parses), existing or not.
         let lock_key = normalized.clone().unwrap_or_else(|| email.trim().to_lowercase().chars().take(254).collect());
-        // The attempt takes its place in the budget before the hash (released on success).
+        // The attempt takes its place in the budget before the hash (given back on success).
         let attempt = match self.lockout.reserve(&lock_key, now()) {
             Ok(attempt) => attempt,
             Err(secs) => {
