@@ -537,3 +537,46 @@ async fn floods_of_free_refusals_add_a_handful_of_audit_records() {
         assert!(seqs.contains(seq), "record {seq} ({kind}) is gone");
     }
 }
+
+/// Clients that hang up while their password is being hashed: each hash still runs to its
+/// end, so each must still spend its place in the lockout budget (else cancelling buys
+/// unlimited password checks, and argon2 work beyond the hashing pool's bound).
+#[tokio::test(flavor = "multi_thread")]
+async fn guesses_whose_clients_hang_up_mid_hash_still_spend_the_budget() {
+    let lab = Arc::new(Lab::start(SPREAD).await);
+    let mut tasks = Vec::new();
+    for i in 0..30u8 {
+        let lab = lab.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut sender = connection(&lab, "127.0.0.1".parse().unwrap()).await;
+            let body = json!({"email": ADMIN, "password": WRONG}).to_string();
+            let req = hyper::Request::post("/api/auth/login")
+                .header("host", "localhost")
+                .header("content-type", "application/json")
+                .header("x-forwarded-for", format!("198.51.100.{}", i + 1))
+                .body(Full::new(Bytes::from(body)))
+                .unwrap();
+            // Written, then abandoned before the answer: the connection closes with it.
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(5), sender.send_request(req)).await;
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // The right password never gets in: while the abandoned checks run their places are
+    // taken (429, Retry-After 1); once they end they count as failures and lock the email.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let r = lab
+            .call(Some("127.0.0.3"), "POST", "/api/auth/login", Some(json!({"email": ADMIN, "password": PW})), &[])
+            .await;
+        assert_eq!(r.status, 429, "hung-up guesses freed the budget: {}", String::from_utf8_lossy(&r.body));
+        assert_locked_answers(std::slice::from_ref(&r));
+        let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+        if retry > 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the abandoned checks never resolved into a lock");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

@@ -177,3 +177,28 @@ async fn a_hash_flood_queues_without_starving_the_runtime() {
         assert!(t.await.unwrap().unwrap().starts_with("$argon2id$"));
     }
 }
+
+/// A caller that goes away mid-hash (a client that hung up) keeps its slot until the hash it
+/// started really ends: dropping callers cannot run more hashes at once than the pool allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_hash_keeps_its_slot_until_it_ends() {
+    // Costly enough that the hash is still running when its caller is dropped.
+    let cfg = PasswordConfig { memory_kib: 65536, iterations: 4, max_concurrent: Some(1), ..Default::default() };
+    let h = PasswordHasher::new(&cfg).unwrap();
+    let abandoned = tokio::spawn({
+        let h = h.clone();
+        async move { h.hash(Zeroizing::new("pw-pw-pw-pw-pw".into())).await }
+    });
+    while h.slots() == 1 {
+        tokio::task::yield_now().await;
+    }
+    abandoned.abort();
+    let _ = abandoned.await;
+    assert_eq!(h.slots(), 0, "the slot stays taken while the abandoned hash runs");
+    // And it comes back once that hash ends.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while h.slots() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the slot never came back");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

@@ -80,14 +80,22 @@ pub enum FailureOutcome {
 }
 
 /// One reserved attempt. Resolve it with [`Attempt::failed`] or [`Attempt::succeeded`]; dropped
-/// unresolved (an error, a cancelled request), it gives its place back uncounted.
+/// unresolved before [`Attempt::checking`] (an error before the hash), it gives its place back
+/// uncounted; dropped once checking (a client that hung up mid-hash: the hash still runs to
+/// its end), it counts as a failure, so cancelling cannot buy password checks beyond the budget.
 pub struct Attempt<'a> {
     lockout: &'a Lockout,
     key: String,
     resolved: bool,
+    checking: bool,
 }
 
 impl Attempt<'_> {
+    /// The password check is about to start: from now on a drop counts as a failure.
+    pub fn checking(&mut self) {
+        self.checking = true;
+    }
+
     /// The password was wrong (or the account unusable): counts a failure, which may lock.
     pub fn failed(mut self, now: i64) -> FailureOutcome {
         self.resolved = true;
@@ -104,6 +112,13 @@ impl Attempt<'_> {
 
 impl Drop for Attempt<'_> {
     fn drop(&mut self) {
+        if !self.resolved && self.checking {
+            let now = crate::auth::now();
+            if let FailureOutcome::Locked(secs) = self.lockout.resolve(&self.key, now, false) {
+                tracing::warn!(target: "security", seconds = secs, "an email was locked by attempts whose clients hung up");
+            }
+            return;
+        }
         if !self.resolved
             && let Ok(mut entries) = self.lockout.entries.lock()
             && let Some(e) = entries.get_mut(&self.key)
@@ -156,7 +171,7 @@ impl Lockout {
             return Err(1);
         }
         e.in_flight += 1;
-        Ok(Attempt { lockout: self, key: email.to_string(), resolved: false })
+        Ok(Attempt { lockout: self, key: email.to_string(), resolved: false, checking: false })
     }
 
     fn resolve(&self, email: &str, now: i64, success: bool) -> FailureOutcome {
@@ -219,6 +234,17 @@ mod tests {
         let mut outcomes: Vec<_> = held.into_iter().map(|a| a.failed(101)).collect();
         assert_eq!(outcomes.pop(), Some(FailureOutcome::Locked(60)));
         assert_eq!(l.reserve("a@x", 101).err(), Some(60));
+    }
+
+    #[test]
+    fn an_attempt_dropped_mid_check_counts_as_a_failure() {
+        let l = lockout();
+        for _ in 0..5 {
+            let mut a = l.reserve("a@x", crate::auth::now()).unwrap();
+            a.checking();
+            drop(a);
+        }
+        assert!(l.locked_for("a@x", crate::auth::now()).is_some(), "five hung-up checks lock like five failures");
     }
 
     #[test]

@@ -509,7 +509,7 @@ impl AuthService {
         // Counted per submitted email (normalised when it parses), existing or not.
         let lock_key = normalized.clone().unwrap_or_else(|| email.trim().to_lowercase().chars().take(254).collect());
         // The attempt takes its place in the budget before the hash (given back on success).
-        let attempt = match self.lockout.reserve(&lock_key, now()) {
+        let mut attempt = match self.lockout.reserve(&lock_key, now()) {
             Ok(attempt) => attempt,
             Err(secs) => {
                 self.refused_locked(&lock_key, None, client).await;
@@ -520,6 +520,7 @@ impl AuthService {
             Some(e) => self.find_user_by_email(e)?,
             None => None,
         };
+        attempt.checking();
         if password.chars().count() > 256 {
             // Never hash unbounded input; still costs one hash.
             let _ = self.hasher.verify(None, Zeroizing::new(String::new())).await;
@@ -1018,13 +1019,14 @@ impl AuthService {
     ) -> Result<usize, AuthError> {
         let user = self.read_user(&principal.user_id)?.ok_or(AuthError::Unauthorized)?;
         // Guessing the current password spends the account's sign-in budget.
-        let attempt = match self.lockout.reserve(&user.email, now()) {
+        let mut attempt = match self.lockout.reserve(&user.email, now()) {
             Ok(attempt) => attempt,
             Err(secs) => {
                 self.refused_locked(&user.email, Some(&user), client).await;
                 return Err(AuthError::Locked(secs));
             }
         };
+        attempt.checking();
         if !self.hasher.verify(Some(user.password_hash.clone()), current).await? {
             let outcome = attempt.failed(now());
             SecurityEvent::new(EventKind::LoginFailed, Severity::Warning, client)

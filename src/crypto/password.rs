@@ -62,11 +62,16 @@ impl PasswordHasher {
 
     /// Hashes a password into a PHC string, waiting for a free slot.
     pub async fn hash(&self, password: Zeroizing<String>) -> Result<String, CryptoError> {
-        let _permit = self.slots.acquire().await.map_err(|_| CryptoError::Hash("hasher closed".into()))?;
+        // The permit moves into the blocking task: a caller that goes away (a client that hung
+        // up) does not free its slot while its hash still runs.
+        let permit = self.slots.clone().acquire_owned().await.map_err(|_| CryptoError::Hash("hasher closed".into()))?;
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.hash_blocking(password.as_bytes()))
-            .await
-            .map_err(|_| CryptoError::Hash("hashing task failed".into()))?
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            this.hash_blocking(password.as_bytes())
+        })
+        .await
+        .map_err(|_| CryptoError::Hash("hashing task failed".into()))?
     }
 
     /// Verifies a password against a PHC string. `None` (unknown user) verifies against a
@@ -79,9 +84,10 @@ impl PasswordHasher {
                 self.dummy.get_or_try_init(|| self.hash(Zeroizing::new(super::random_token::<24>()))).await?.clone()
             }
         };
-        let _permit = self.slots.acquire().await.map_err(|_| CryptoError::Hash("hasher closed".into()))?;
+        let permit = self.slots.clone().acquire_owned().await.map_err(|_| CryptoError::Hash("hasher closed".into()))?;
         let this = self.clone();
         let ok = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let parsed = PasswordHash::new(&phc).map_err(|e| CryptoError::Hash(e.to_string()))?;
             Ok::<bool, CryptoError>(this.argon2().verify_password(password.as_bytes(), &parsed).is_ok())
         })
