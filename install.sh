@@ -180,6 +180,8 @@ Environment=MIAUFLIX_CONFIG=/etc/$NAME/config.toml
 ExecStart=/usr/local/bin/$NAME serve
 Restart=on-failure
 RestartSec=2
+# Two descriptors per client connection at most (client + upstream) under http.max_connections.
+LimitNOFILE=65536
 UMask=0077
 ProtectSystem=strict
 ReadWritePaths=/var/lib/$NAME

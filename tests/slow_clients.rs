@@ -269,3 +269,38 @@ async fn an_oversized_body_still_lets_the_client_read_its_413() {
         }
     }
 }
+
+#[test]
+fn the_descriptor_limit_is_raised_to_the_hard_limit_at_start() {
+    use std::io::BufRead;
+    // systemd's default soft limit is 1024; here the gate starts with 512 of a hard 4096.
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", "ulimit -S -n 512 && ulimit -H -n 4096 && exec \"$0\"", common::BIN])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("MIAUFLIX_DATA_DIR", dir.path().join("data"))
+        .env("MIAUFLIX_LISTEN", "127.0.0.1:0")
+        .env("MIAUFLIX_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = Vec::new();
+    for line in std::io::BufReader::new(child.stderr.take().unwrap()).lines().map_while(Result::ok).take(200) {
+        let done = line.contains("listening");
+        log.push(line);
+        if done {
+            break;
+        }
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    let files = limits.lines().find(|l| l.starts_with("Max open files")).expect("limits").to_string();
+    let nums: Vec<&str> = files.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(nums, ["4096", "4096"], "soft limit raised to the hard one: {files}");
+    // The default cap (4096 connections, up to two descriptors each) does not fit in 4096.
+    let log = log.join("\n");
+    assert!(log.contains("RLIMIT_NOFILE"), "no warning about the descriptor limit:\n{log}");
+}
