@@ -285,7 +285,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let app = build_app(state.clone());
     let edge = Arc::new(crate::http::middleware::EdgePolicy::new(state.clone()));
     // One set of connection caps for every listener: they share the descriptor limit.
-    let caps = crate::http::serve::ConnectionCaps::new(config.http.max_connections, config.http.max_connections_per_ip);
+    let caps = crate::http::serve::ConnectionCaps::new(
+        config.http.max_connections,
+        config.http.max_connections_per_ip,
+        config.http.trusted_proxies.clone(),
+    );
 
     let redirect = match config.http_listen {
         Some(addr) if tls.is_some() => {

@@ -48,11 +48,13 @@ const LINGER_BYTES: usize = 4 * 1024 * 1024;
 const LINGER_TIME: Duration = Duration::from_secs(3);
 
 /// Client connections open at once, over every listener: a total (a semaphore) and a count
-/// per address (an IPv6 one by its /64, like the rate limits).
+/// per address (an IPv6 one by its /64, like the rate limits). Trusted proxies, which carry
+/// many clients' connections, count only in the total.
 pub struct ConnectionCaps {
     total: Arc<Semaphore>,
     per_addr: DashMap<AddrKey, usize>,
     max_per_addr: usize,
+    trusted: Vec<ipnet::IpNet>,
     /// When a refusal was last logged (ms since `started`, per reason): one line a minute.
     logged: [AtomicU64; 2],
     started: Instant,
@@ -66,11 +68,12 @@ pub enum Refusal {
 }
 
 impl ConnectionCaps {
-    pub fn new(max_total: usize, max_per_addr: usize) -> Arc<ConnectionCaps> {
+    pub fn new(max_total: usize, max_per_addr: usize, trusted: Vec<ipnet::IpNet>) -> Arc<ConnectionCaps> {
         Arc::new(ConnectionCaps {
             total: Arc::new(Semaphore::new(max_total.min(Semaphore::MAX_PERMITS))),
             per_addr: DashMap::new(),
             max_per_addr,
+            trusted,
             logged: [AtomicU64::new(u64::MAX), AtomicU64::new(u64::MAX)],
             started: Instant::now(),
         })
@@ -80,7 +83,7 @@ impl ConnectionCaps {
     /// only the total applies), released when the returned slot drops.
     pub fn admit(self: &Arc<Self>, peer: Option<std::net::IpAddr>) -> Result<ConnectionSlot, Refusal> {
         let permit = self.total.clone().try_acquire_owned().map_err(|_| Refusal::Total)?;
-        let key = peer.map(AddrKey::of);
+        let key = peer.filter(|ip| !self.trusted.iter().any(|net| net.contains(ip))).map(AddrKey::of);
         if let Some(key) = key {
             match self.per_addr.entry(key) {
                 Entry::Occupied(e) if *e.get() >= self.max_per_addr => return Err(Refusal::PerAddress),
@@ -264,12 +267,13 @@ async fn connection<Io>(
     // closes. hyper starts this clock when it waits for a head, so an idle keep-alive
     // connection still gets the whole idle timeout.
     builder.http1().timer(TokioTimer::new()).header_read_timeout(idle);
-    // Whether hyper ended the connection itself (rather than a timeout cutting it).
+    // Whether hyper ended the connection itself without an error (not a timeout cutting it,
+    // nor a head overdue or malformed: those close at once).
     let ended = async {
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(conn);
         tokio::select! {
-            _ = conn.as_mut() => return true,
+            r = conn.as_mut() => return r.is_ok(),
             _ = idle_watch(&activity, idle, None) => tracing::debug!("closing an idle connection"),
             _ = shutdown.cancelled() => {}
         }
@@ -279,7 +283,7 @@ async fn connection<Io>(
         // `send_timeout`.
         conn.as_mut().graceful_shutdown();
         tokio::select! {
-            _ = conn.as_mut() => true,
+            r = conn.as_mut() => r.is_ok(),
             _ = idle_watch(&activity, idle, Some(&heads)) => {
                 tracing::debug!("dropping a connection whose response made no progress");
                 false
@@ -432,7 +436,7 @@ mod tests {
 
     #[test]
     fn caps_count_per_address_and_in_total_and_release_on_drop() {
-        let caps = ConnectionCaps::new(5, 2);
+        let caps = ConnectionCaps::new(8, 2, vec!["10.0.0.0/8".parse().unwrap()]);
         let ip = |s: &str| Some(s.parse::<std::net::IpAddr>().unwrap());
         let a1 = caps.admit(ip("192.0.2.1")).unwrap();
         let _a2 = caps.admit(ip("::ffff:192.0.2.1")).unwrap();
@@ -442,8 +446,11 @@ mod tests {
         let _b2 = caps.admit(ip("2001:db8:0:1::ffff")).unwrap();
         assert_eq!(caps.admit(ip("2001:db8:0:1:abcd::1")).err(), Some(Refusal::PerAddress));
         let _c1 = caps.admit(ip("2001:db8:0:2::1")).unwrap();
+        // A trusted proxy counts only in the total.
+        let proxied: Vec<_> = (0..3).map(|_| caps.admit(ip("10.0.0.1")).unwrap()).collect();
         assert_eq!(caps.admit(ip("198.51.100.7")).err(), Some(Refusal::Total));
         assert_eq!(caps.admit(None).err(), Some(Refusal::Total));
+        drop(proxied);
         drop(a1);
         assert!(caps.per_addr.len() == 3);
         let _a3 = caps.admit(ip("192.0.2.1")).unwrap();
