@@ -1,7 +1,8 @@
 //! Slow and greedy clients against the real binary over TLS: a request body trickled to the
 //! gate's own API is cut by `http.body_timeout_secs`, connections over the per-address and
 //! total caps are closed at accept (on every listener) and the count is released when they
-//! end, and an oversized body still lets the client read its 413 (lingering close).
+//! end, an oversized body still lets the client read its 413 (lingering close), and the
+//! descriptor limit is raised at start.
 
 mod common;
 
@@ -167,7 +168,11 @@ async fn connections_over_the_caps_are_closed_at_accept_and_released_when_they_e
     let mut plain = tcp_from(ip("127.0.0.1"), redirect).await.unwrap();
     let _ = plain.write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\n\r\n").await;
     let (got, closed) = read_until_closed(&mut plain).await;
-    assert!(closed && got.is_empty(), "the redirect listener counts the same address: {got:?}");
+    assert!(
+        closed && got.is_empty(),
+        "the redirect listener counts the same address: {:?}",
+        String::from_utf8_lossy(&got)
+    );
     // The first eight still work.
     for c in &mut held {
         assert_eq!(healthz(c).await, 200);
@@ -303,4 +308,93 @@ fn the_descriptor_limit_is_raised_to_the_hard_limit_at_start() {
     // The default cap (4096 connections, up to two descriptors each) does not fit in 4096.
     let log = log.join("\n");
     assert!(log.contains("RLIMIT_NOFILE"), "no warning about the descriptor limit:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_trickled_over_http2_or_to_a_proxied_route_is_bounded_too() {
+    use http_body_util::BodyExt;
+    // An upstream that reads whatever comes and never answers (one waiting for the whole body).
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = upstream.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = upstream.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while !matches!(s.read(&mut buf).await, Ok(0) | Err(_)) {}
+            });
+        }
+    });
+    let (_dir, gate, pem) = start_with(
+        &format!(
+            "[http]\nbody_timeout_secs = 2\nidle_timeout_secs = 60\n[[routes]]\nprefix = \"/up\"\n\
+             upstream = \"http://{up}\"\nmin_role = \"public\"\ntimeout_secs = 2\n"
+        ),
+        &[],
+    );
+    let lo: IpAddr = "127.0.0.1".parse().unwrap();
+
+    // HTTP/2: a request body stream that yields a byte every 200 ms, for ever.
+    let tcp = tcp_from(lo, gate.addr).await.unwrap();
+    let mut config = client_config(&pem, &[&rustls::version::TLS13]);
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let trickle = Box::pin(futures_util::stream::unfold((), |()| async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Some((Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from_static(b"a"))), ()))
+    }));
+    let req = hyper::Request::post("https://localhost/api/auth/login")
+        .header("content-type", "application/json")
+        .body(http_body_util::StreamBody::new(trickle))
+        .unwrap();
+    let started = Instant::now();
+    let resp = tokio::time::timeout(Duration::from_secs(10), h2.send_request(req))
+        .await
+        .expect("an HTTP/2 body trickle was not cut")
+        .unwrap();
+    assert_eq!(resp.status(), 408, "HTTP/2 trickle");
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("request-timeout"));
+    eprintln!("HTTP/2: answered after {:?}", started.elapsed());
+
+    // A proxied route streams its body to the upstream (no whole-body deadline, so large
+    // uploads work); the wait for the upstream's answer is bounded by the route's timeout.
+    let tls = tls_from(&gate, &pem, lo).await.unwrap();
+    let head = "POST /up/upload HTTP/1.1\r\nhost: localhost\r\ncontent-length: 100000\r\n\r\n";
+    let (answer, closed, took) = trickle_body(tls, head, b"a").await;
+    eprintln!("proxied: answered and closed after {took:?}");
+    assert!(closed && took < Duration::from_secs(8), "the proxied trickle held the connection for {took:?}");
+    assert!(answer.starts_with("HTTP/1.1 504"), "expected the route's 504, got {answer:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_caps_hold_on_a_plain_listener_with_tls_off() {
+    let (_dir, gate, _) = start_with("[tls]\nmode = \"off\"\n[http]\nmax_connections_per_ip = 2\n", &[]);
+    let lo: IpAddr = "127.0.0.1".parse().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let tcp = tcp_from(lo, gate.addr).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.unwrap();
+        tokio::spawn(conn);
+        assert_eq!(healthz(&mut sender).await, 200);
+        held.push(sender);
+    }
+    let mut extra = tcp_from(lo, gate.addr).await.unwrap();
+    let _ = extra.write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\n").await;
+    let (got, closed) = read_until_closed(&mut extra).await;
+    assert!(
+        closed && got.is_empty(),
+        "a third connection from one address was served: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    for c in &mut held {
+        assert_eq!(healthz(c).await, 200);
+    }
 }
