@@ -118,6 +118,9 @@ data_dir = "/var/lib/$NAME"
 # cors_origins = []                   # e.g. ["https://app.example"]
 # public_origins = []                 # other origins you reach the gate under
 # trusted_proxies = []                # CIDRs whose X-Forwarded-For is believed
+# body_timeout_secs = 10             # a body for the gate's own API must arrive within this
+# max_connections = 4096              # client connections at once (LimitNOFILE below allows 2 each)
+# max_connections_per_ip = 256        # per address (IPv6 per /64); trusted proxies exempt
 
 [auth]
 # access_ttl_secs = 900
@@ -180,6 +183,8 @@ Environment=MIAUFLIX_CONFIG=/etc/$NAME/config.toml
 ExecStart=/usr/local/bin/$NAME serve
 Restart=on-failure
 RestartSec=2
+# Two descriptors per client connection at most (client + upstream) under http.max_connections.
+LimitNOFILE=65536
 UMask=0077
 ProtectSystem=strict
 ReadWritePaths=/var/lib/$NAME

@@ -359,6 +359,13 @@ pub struct HttpConfig {
     pub public_origins: Vec<String>,
     /// Peers (CIDRs) whose `X-Forwarded-For` / `Forwarded` headers are believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The whole request body of a request for the gate itself must arrive within this long
+    /// (else 408); proxied bodies are bounded by the idle timeout instead.
+    pub body_timeout_secs: u64,
+    /// Client connections open at once, over every listener; more are closed at accept.
+    pub max_connections: usize,
+    /// Client connections open at once from one address (an IPv6 one by its /64).
+    pub max_connections_per_ip: usize,
 }
 
 /// `[password]`: argon2id parameters.
@@ -421,6 +428,9 @@ impl Default for HttpConfig {
             cors_origins: Vec::new(),
             public_origins: Vec::new(),
             trusted_proxies: Vec::new(),
+            body_timeout_secs: 10,
+            max_connections: 4096,
+            max_connections_per_ip: 256,
         }
     }
 }
@@ -567,6 +577,15 @@ impl Config {
         }
         if self.http.idle_timeout_secs == 0 {
             return err("http.idle_timeout_secs", "must be at least 1".into());
+        }
+        if !(1..=3600).contains(&self.http.body_timeout_secs) {
+            return err("http.body_timeout_secs", "must be between 1 and 3600".into());
+        }
+        if !(1..=1_000_000).contains(&self.http.max_connections) {
+            return err("http.max_connections", "must be between 1 and 1000000".into());
+        }
+        if !(1..=self.http.max_connections).contains(&self.http.max_connections_per_ip) {
+            return err("http.max_connections_per_ip", "must be between 1 and http.max_connections".into());
         }
         if self.password.memory_kib < 19_456 {
             return err("password.memory_kib", "must be at least 19456 (OWASP minimum for argon2id)".into());

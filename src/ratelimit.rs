@@ -101,14 +101,14 @@ type Limiter = RateLimiter<u64, DefaultKeyedStateStore<u64>, DefaultClock, State
 
 /// What a client address counts as: an IPv4 address (IPv4-mapped IPv6 included) or the /64
 /// of an IPv6 one.
-#[derive(Clone, Copy, Hash)]
-enum AddrKey {
+#[derive(Clone, Copy, Hash, PartialEq, Eq, Debug)]
+pub(crate) enum AddrKey {
     V4(std::net::Ipv4Addr),
     V6Net([u16; 4]),
 }
 
 impl AddrKey {
-    fn of(ip: std::net::IpAddr) -> AddrKey {
+    pub(crate) fn of(ip: std::net::IpAddr) -> AddrKey {
         match ip {
             std::net::IpAddr::V4(v4) => AddrKey::V4(v4),
             std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

@@ -284,6 +284,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let idle = Duration::from_secs(config.http.idle_timeout_secs);
     let app = build_app(state.clone());
     let edge = Arc::new(crate::http::middleware::EdgePolicy::new(state.clone()));
+    // One set of connection caps for every listener: they share the descriptor limit.
+    let caps = crate::http::serve::ConnectionCaps::new(
+        config.http.max_connections,
+        config.http.max_connections_per_ip,
+        config.http.trusted_proxies.clone(),
+    );
 
     let redirect = match config.http_listen {
         Some(addr) if tls.is_some() => {
@@ -296,7 +302,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             let stop = wait_stop(stop_rx.clone());
             // The same connection loop as the main listener (idle timeout, request-head
             // deadline, graceful shutdown), without the proxy.
-            Some(tokio::spawn(crate::http::serve::run(acceptor, None, app, idle, stop, grace)))
+            Some(tokio::spawn(crate::http::serve::run(acceptor, caps.clone(), None, app, idle, stop, grace)))
         }
         _ => None,
     };
@@ -309,11 +315,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                     crate::tls::TlsAcceptor::new(tcp, tls, Duration::from_secs(config.tls.handshake_timeout_secs))
                         .with_acme_challenge(acme.as_ref().map(|a| a.challenge_config.clone()));
                 log_listening("https", bound, started);
-                tokio::spawn(crate::http::serve::run(acceptor, Some(edge), app, idle, stop, grace))
+                tokio::spawn(crate::http::serve::run(acceptor, caps, Some(edge), app, idle, stop, grace))
             }
             None => {
                 log_listening("http", bound, started);
-                tokio::spawn(crate::http::serve::run(tcp, Some(edge), app, idle, stop, grace))
+                tokio::spawn(crate::http::serve::run(tcp, caps, Some(edge), app, idle, stop, grace))
             }
         }
     };

@@ -70,6 +70,7 @@ fn install_sh_stages_a_hardened_layout_idempotently() {
         "CapabilityBoundingSet=CAP_NET_BIND_SERVICE CAP_NET_ADMIN",
         "SystemCallFilter=@system-service",
         "MemoryDenyWriteExecute=yes",
+        "LimitNOFILE=65536",
         "User=miauflix-gate",
     ] {
         assert!(unit_text.contains(needle), "unit lacks {needle}");

@@ -449,7 +449,8 @@ impl<E: Endpoint> RequestContextEndpoint<E> {
             p.check_limit(class, actor.as_deref(), &path, client, rate).await?;
         }
         if path.starts_with("/api/") {
-            limit_body(&mut req, p.max_body).await?;
+            limit_body(&mut req, p.max_body, std::time::Duration::from_secs(p.state.config.http.body_timeout_secs))
+                .await?;
         }
         let result = self.inner.call(req).await.map(IntoResponse::into_response);
         if let Err(e) = &result {
@@ -525,26 +526,44 @@ fn security_headers(h: &mut poem::http::HeaderMap, tls: bool, path: &str) {
     h.remove(header::SERVER);
 }
 
-/// Refuses bodies over `max`: at once by `Content-Length`, or while reading the body.
-async fn limit_body(req: &mut Request, max: usize) -> Result<(), ApiError> {
+/// Reads the body of a request for the gate itself: refused over `max` at once by
+/// `Content-Length`, else while reading; the whole body must arrive within `deadline`, so a
+/// client trickling it cannot hold the connection and the handler (408 otherwise).
+async fn limit_body(req: &mut Request, max: usize, deadline: std::time::Duration) -> Result<(), ApiError> {
+    let mut expected = 0;
     if let Some(len) = req.headers().get(CONTENT_LENGTH) {
         let len: u64 = len
             .to_str()
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .ok_or_else(|| ApiError::bad_request("The Content-Length header is not a number."))?;
-        return if len > max as u64 { Err(ApiError::payload_too_large(max)) } else { Ok(()) };
-    }
-    // No length given (chunked HTTP/1.1, or HTTP/2): count while reading.
-    let mut stream = req.take_body().into_bytes_stream();
-    let mut buf = BytesMut::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|_| ApiError::bad_request("The request body could not be read."))?;
-        if buf.len() + chunk.len() > max {
+        if len > max as u64 {
             return Err(ApiError::payload_too_large(max));
         }
-        buf.extend_from_slice(&chunk);
+        expected = len as usize;
     }
+    // Without a length (chunked HTTP/1.1, or HTTP/2) the limit is counted while reading. The
+    // buffer grows with what arrives, not with what the client announced.
+    let mut stream = req.take_body().into_bytes_stream();
+    let read = async {
+        let mut buf = BytesMut::with_capacity(expected.min(16 * 1024));
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|_| ApiError::bad_request("The request body could not be read."))?;
+            if buf.len() + chunk.len() > max {
+                return Err(ApiError::payload_too_large(max));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf)
+    };
+    let buf = tokio::time::timeout(deadline, read).await.map_err(|_| {
+        ApiError::new(
+            poem::http::StatusCode::REQUEST_TIMEOUT,
+            "request-timeout",
+            "Request timeout",
+            "The request body did not arrive in time.",
+        )
+    })??;
     req.set_body(Body::from(buf.freeze()));
     Ok(())
 }
