@@ -122,6 +122,15 @@ impl AddrKey {
     }
 }
 
+impl std::fmt::Display for AddrKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AddrKey::V4(v4) => v4.fmt(f),
+            AddrKey::V6Net([a, b, c, d]) => write!(f, "{}/64", std::net::Ipv6Addr::new(*a, *b, *c, *d, 0, 0, 0, 0)),
+        }
+    }
+}
+
 /// A request that may pass, with what is left.
 #[derive(Debug, Clone)]
 pub struct Allowed {

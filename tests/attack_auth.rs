@@ -580,3 +580,84 @@ async fn guesses_whose_clients_hang_up_mid_hash_still_spend_the_budget() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+/// A signed-in guest asking for admin-only answers again and again (the gate's API, forward
+/// auth, an admin-only route) costs one `permission_denied` record per window, not one each.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_hammering_admin_paths_adds_a_handful_of_audit_records() {
+    let (up, hits) = counting_upstream().await;
+    let lab = Lab::start(&format!(
+        "[rate_limits.api]\nper_minute = 100000\nburst = 10000\n\n\
+         [rate_limits.global]\nper_minute = 100000\nburst = 10000\n\n\
+         [[routes]]\nprefix = \"/vault\"\nupstream = \"http://{up}\"\nmin_role = \"admin\"\n"
+    ))
+    .await;
+    let (admin, _) = lab.token("127.0.0.2", ADMIN, PW).await;
+    let r = lab
+        .call(
+            Some("127.0.0.2"),
+            "POST",
+            "/api/users",
+            Some(json!({"email": "guest@example.com", "password": "guest-password-1", "role": "guest"})),
+            &bearer(&admin),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let (guest, _) = lab.token("127.0.0.9", "guest@example.com", "guest-password-1").await;
+    let before = lab.audit(&admin).await;
+
+    let mut conn = connection(&lab, "127.0.0.9".parse().unwrap()).await;
+    let auth = format!("Bearer {guest}");
+    let h = [("authorization", auth.as_str())];
+    let verify = [("authorization", auth.as_str()), ("x-original-uri", "/vault/secrets")];
+    for (path, headers) in [("/api/users", &h[..]), ("/vault/x", &h[..]), ("/api/auth/verify", &verify[..])] {
+        let seen = flood(&mut conn, 300, "GET", path, headers, "").await;
+        assert_eq!(seen.keys().copied().collect::<Vec<_>>(), vec![403], "{path}: {seen:?}");
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 0, "the admin-only upstream saw a guest");
+    let after = lab.audit(&admin).await;
+    let added: Vec<_> = after.iter().filter(|(s, _)| !before.iter().any(|(b, _)| b == s)).collect();
+    println!("900 refusals of a guest added {} records: {:?}", added.len(), &added[..added.len().min(10)]);
+    assert!(
+        added.len() <= 2,
+        "900 refusals of one guest added {} records: {:?}",
+        added.len(),
+        &added[..added.len().min(10)]
+    );
+    assert!(added.iter().any(|(_, k)| k == "permission_denied"), "the first refusal is still recorded");
+}
+
+/// Wrong setup tokens cost no hash: recorded once per address per window.
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_setup_tokens_add_one_record_per_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg = dir.path().join("gate.toml");
+    std::fs::write(&cfg, "[rate_limits.auth]\nper_minute = 100000\nburst = 10000\n").unwrap();
+    let gate = Gate::start(&data, &[("MIAUFLIX_CONFIG", cfg.to_str().unwrap())]);
+    let lab = Lab { pem: data.join("self-signed.pem"), _dir: dir, gate };
+    let mut conn = connection(&lab, "127.0.0.5".parse().unwrap()).await;
+    let bad = json!({"email": ADMIN, "password": PW, "setupToken": "not-the-token"}).to_string();
+    let seen = flood(&mut conn, 200, "POST", "/api/auth/setup", &[("content-type", "application/json")], &bad).await;
+    assert_eq!(seen.keys().copied().collect::<Vec<_>>(), vec![401], "{seen:?}");
+    let token = std::fs::read_to_string(data_token(&lab)).unwrap();
+    let r = lab
+        .call(
+            Some("127.0.0.2"),
+            "POST",
+            "/api/auth/setup",
+            Some(json!({"email": ADMIN, "password": PW, "setupToken": token.trim()})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let (admin, _) = lab.token("127.0.0.2", ADMIN, PW).await;
+    let records = lab.audit(&admin).await;
+    let failed = records.iter().filter(|(_, k)| k == "login_failed").count();
+    assert!(failed <= 1, "200 wrong setup tokens from one address added {failed} login_failed records");
+    assert_eq!(failed, 1, "the first wrong token is still recorded");
+}
+
+fn data_token(lab: &Lab) -> std::path::PathBuf {
+    lab.pem.with_file_name("setup-token")
+}

@@ -400,11 +400,17 @@ impl AuthService {
         }
         let expected = setup::read_token(&self.setup_token_path).ok_or(AuthError::NotFound)?;
         if !crate::crypto::constant_time_eq(expected.as_bytes(), token.trim().as_bytes()) {
-            SecurityEvent::new(EventKind::LoginFailed, Severity::Warning, client)
-                .target("setup")
-                .detail("reason", "bad setup token")
-                .record(&self.audit)
-                .await;
+            // Free to repeat (no hash): recorded once per address per window, the rest counted.
+            let key = std::hash::BuildHasher::hash_one(&self.refusal_keys, &client.ip);
+            if let Some(suppressed) = self.locked_refusals.note("setup_token", key, std::time::Instant::now()) {
+                let mut ev = SecurityEvent::new(EventKind::LoginFailed, Severity::Warning, client)
+                    .target("setup")
+                    .detail("reason", "bad setup token");
+                if suppressed > 0 {
+                    ev = ev.detail("suppressed", suppressed.to_string());
+                }
+                ev.record(&self.audit).await;
+            }
             return Err(AuthError::Unauthorized);
         }
         let email = normalize_email(email).map_err(|e| AuthError::Invalid(e.into()))?;

@@ -282,12 +282,17 @@ impl EdgePolicy {
 
     /// Records `permission_denied` when the gate itself refused a signed-in caller (403).
     async fn note_denied(&self, status: StatusCode, actor: Option<String>, path: &str, client: &ClientInfo) {
-        if let (StatusCode::FORBIDDEN, Some(actor)) = (status, actor) {
-            SecurityEvent::new(EventKind::PermissionDenied, Severity::Warning, client)
-                .actor(actor)
-                .target(path)
-                .record(self.state.auth.audit())
-                .await;
+        // A signed-in caller can repeat a refusal for free too (a guest hammering admin paths):
+        // recorded once per account per window, whatever the path, the rest counted.
+        if let (StatusCode::FORBIDDEN, Some(actor)) = (status, actor)
+            && let Some(suppressed) = self.limits.note_refusal("permission_denied", &actor)
+        {
+            let mut ev =
+                SecurityEvent::new(EventKind::PermissionDenied, Severity::Warning, client).actor(actor).target(path);
+            if suppressed > 0 {
+                ev = ev.detail("suppressed", suppressed.to_string());
+            }
+            ev.record(self.state.auth.audit()).await;
         }
     }
 
