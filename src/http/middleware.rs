@@ -605,3 +605,58 @@ fn problem_of(problem: ApiError, id: &RequestId) -> Response {
     }
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{forwarded_for, parse_node};
+    use std::net::IpAddr;
+
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    #[test]
+    fn forwarding_nodes_parse_with_ports_and_brackets() {
+        for (hop, want) in [
+            ("203.0.113.11", ip("203.0.113.11")),
+            (" 203.0.113.11 ", ip("203.0.113.11")),
+            ("203.0.113.11:4711", ip("203.0.113.11")),
+            ("203.0.113.11:_port", ip("203.0.113.11")),
+            ("\"203.0.113.11:80\"", ip("203.0.113.11")),
+            ("2001:db8::1", ip("2001:db8::1")),
+            ("[2001:db8::1]", ip("2001:db8::1")),
+            ("[2001:db8::1]:443", ip("2001:db8::1")),
+            ("\"[2001:db8::1]:443\"", ip("2001:db8::1")),
+            ("::ffff:192.0.2.1", ip("::ffff:192.0.2.1")),
+            ("", None),
+            ("unknown", None),
+            ("_hidden", None),
+            ("_", None),
+            ("203.0.113.11:", None),
+            ("203.0.113.11:65536", None),
+            ("203.0.113.11:12a", None),
+            ("203.0.113.11:80:80", None),
+            ("203.0.113.256", None),
+            ("[203.0.113.11]", None),
+            ("[2001:db8::1", None),
+            ("[2001:db8::1]443", None),
+            ("[2001:db8::1]:", None),
+            ("[2001:db8::1]:x", None),
+            ("2001:db8::1:443]", None),
+            ("evil.example", None),
+            ("\"203.0.113.11", None),
+        ] {
+            assert_eq!(parse_node(hop), want, "{hop:?}");
+        }
+    }
+
+    #[test]
+    fn forwarded_elements_give_their_for_node() {
+        assert_eq!(forwarded_for("for=192.0.2.60;proto=http;by=203.0.113.43"), ip("192.0.2.60"));
+        assert_eq!(forwarded_for(" proto=https; FOR=\"[2001:db8:cafe::17]:4711\""), ip("2001:db8:cafe::17"));
+        assert_eq!(forwarded_for("for=unknown"), None);
+        assert_eq!(forwarded_for("for=_hidden"), None);
+        assert_eq!(forwarded_for("by=203.0.113.43"), None);
+        assert_eq!(forwarded_for(""), None);
+    }
+}

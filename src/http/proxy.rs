@@ -599,3 +599,114 @@ pub const STREAM_KEY_PARAM: &str = "mf_sk";
 fn strip_stream_key(query: &str) -> String {
     query.split('&').filter(|p| !p.starts_with(&format!("{STREAM_KEY_PARAM}="))).collect::<Vec<_>>().join("&")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn identity_headers_in_both_spellings() {
+        for n in [
+            "x-miauflix-user",
+            "x_miauflix_role",
+            "remote-user",
+            "remote_groups",
+            "x-forwarded-host",
+            "x_forwarded_for",
+            "x-forwarded-preferred-username",
+            "x-forwarded-prefix",
+            "x-auth-request-email",
+            "x_auth_request_user",
+            "x-webauth-user",
+            "x-remote-user",
+            "x-user",
+            "x_email",
+            "x-original-url",
+            "x-rewrite-url",
+            "x-client-ip",
+            "true_client_ip",
+            "cf-connecting-ip",
+            "forwarded",
+            "x-real-ip",
+        ] {
+            assert!(is_identity_header(n), "{n}");
+        }
+        for n in ["x-users", "x-user-agent", "user-agent", "x-forwarded", "x-miauflix", "x-request-id", "accept", "x-e"]
+        {
+            assert!(!is_identity_header(n), "{n}");
+        }
+    }
+
+    #[test]
+    fn a_websocket_handshake_must_be_well_formed() {
+        let good: &[(&str, &str)] = &[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "WebSocket"),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ];
+        assert!(websocket_key(&map(good)).is_some());
+        let without = |name: &str| map(&good.iter().copied().filter(|(k, _)| *k != name).collect::<Vec<_>>());
+        for name in ["connection", "upgrade", "sec-websocket-version", "sec-websocket-key"] {
+            assert!(websocket_key(&without(name)).is_none(), "without {name}");
+        }
+        let with = |name: &'static str, v: &'static str| {
+            let mut h = without(name);
+            h.insert(HeaderName::from_static(name), HeaderValue::from_static(v));
+            h
+        };
+        for (name, v) in [
+            ("upgrade", "h2c"),
+            ("upgrade", "websocket, h2c"),
+            ("sec-websocket-version", "8"),
+            ("sec-websocket-key", "c2hvcnQ="),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZXg="),
+            ("connection", "keep-alive"),
+        ] {
+            assert!(websocket_key(&with(name, v)).is_none(), "{name}: {v}");
+        }
+        let mut twice = map(good);
+        twice.append(header::SEC_WEBSOCKET_KEY, HeaderValue::from_static("AAAAAAAAAAAAAAAAAAAAAA=="));
+        assert!(websocket_key(&twice).is_none());
+    }
+
+    #[test]
+    fn the_upstreams_101_must_answer_the_key() {
+        // RFC 6455 §1.3's example.
+        let key = HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ==");
+        let ok = [("upgrade", "websocket"), ("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")];
+        assert!(websocket_accepted(&map(&ok), &key));
+        assert!(!websocket_accepted(&map(&[("upgrade", "h2c"), ok[1]]), &key));
+        assert!(!websocket_accepted(&map(&ok[..1]), &key));
+        assert!(!websocket_accepted(&map(&[ok[0], ("sec-websocket-accept", "AAAAAAAAAAAAAAAAAAAAAAAAAAA=")]), &key));
+    }
+
+    #[test]
+    fn gate_cookie_names_in_set_cookie() {
+        for v in [
+            "__miauflix_at_s=x; Path=/",
+            "__MIAUFLIX_RT_s=x",
+            "__Host-__miauflix_at_s=x",
+            "__secure-__Miauflix_x=1",
+            " __miauflix_at_s =x",
+            "__miauflix_at_s",
+        ] {
+            assert!(is_gate_set_cookie(&HeaderValue::from_static(v)), "{v}");
+        }
+        for v in ["a=__miauflix_at_s", "__Host-a=1", "x__miauflix_at=1", "a=1; __miauflix_at_s=2"] {
+            assert!(!is_gate_set_cookie(&HeaderValue::from_static(v)), "{v}");
+        }
+        let mut h = map(&[("set-cookie", "a=1"), ("set-cookie", "__miauflix_at_s=x"), ("set-cookie", "b=2")]);
+        strip_gate_set_cookies(&mut h);
+        assert_eq!(h.get_all(header::SET_COOKIE).iter().collect::<Vec<_>>(), ["a=1", "b=2"]);
+    }
+}
