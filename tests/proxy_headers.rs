@@ -130,6 +130,11 @@ async fn upstream() -> SocketAddr {
 
 /// A plain-HTTP gate with a public route `/up` to `up`, trusting `PROXY_PEER` as a proxy.
 fn start(up: SocketAddr) -> (tempfile::TempDir, Gate) {
+    start_logging(up, "info")
+}
+
+/// Like [`start`], with `MIAUFLIX_LOG` set to `log`.
+fn start_logging(up: SocketAddr, log: &str) -> (tempfile::TempDir, Gate) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("gate.toml");
     std::fs::write(
@@ -140,7 +145,8 @@ fn start(up: SocketAddr) -> (tempfile::TempDir, Gate) {
         ),
     )
     .unwrap();
-    let gate = Gate::start(&dir.path().join("data"), &[("MIAUFLIX_CONFIG", cfg.to_str().unwrap())]);
+    let gate =
+        Gate::start(&dir.path().join("data"), &[("MIAUFLIX_CONFIG", cfg.to_str().unwrap()), ("MIAUFLIX_LOG", log)]);
     (dir, gate)
 }
 
@@ -452,7 +458,8 @@ async fn only_a_well_formed_websocket_upgrade_is_tunnelled() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_malformed_client_body_is_the_clients_400_not_a_502() {
     let up = upstream().await;
-    let (_dir, gate) = start(up);
+    // At debug the gate logs how it classified each failure, so the test can wait for them.
+    let (_dir, gate) = start_logging(up, "info,miauflix_gate=debug");
     for body in ["zz\r\n", "ffffffffffffffffffff\r\n", "5\r\nabcdefgh\r\n"] {
         let r = raw(
             &gate,
@@ -464,6 +471,28 @@ async fn a_malformed_client_body_is_the_clients_400_not_a_502() {
         assert_eq!(r.header("content-type"), Some("application/problem+json"));
         assert_eq!(r.json()["type"], "urn:miauflix-gate:problem/bad-request");
     }
+    // HTTP/2: a body shorter than its content-length.
+    let tcp = connect(&gate, None).await;
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::post("http://gate.test/up/hold")
+        .header("content-length", "10")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"abc")))
+        .unwrap();
+    let resp = h2.send_request(req).await;
+    // The h2 layer resets the stream itself (PROTOCOL_ERROR) and drops the request's handling:
+    // never a 502 answer, nor an upstream blamed.
+    assert_eq!(resp.map(|r| r.status().as_u16()).unwrap_or(400), 400);
+    let classified = |log: &str| log.matches("client request body unreadable").count();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while classified(&gate.log_text()) < 3 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Three chunked ones; the h2 one too when its handling ran before the reset.
+    assert!(classified(&gate.log_text()) >= 3, "{}", gate.log_text());
     // The gate is still fine, and never blamed the upstream.
     assert_eq!(get(&gate, None, "/up/after", &[]).await.status, 200);
     assert!(!gate.log_text().contains("upstream unreachable"), "{}", gate.log_text());
