@@ -29,7 +29,8 @@ fn ws_accept(key: &str) -> String {
 /// - `/up/force101`: answers 101 whatever was asked (`upgrade:` echoes the request's, else
 ///   `foo`), then echoes every byte — an upstream that tunnels anything.
 /// - `/up/wsbad`: a WebSocket 101 with a wrong `Sec-WebSocket-Accept`, then echoes.
-/// - `/up/wsgood`: with `upgrade: websocket`, a correct 101, then echoes; else JSON as below.
+/// - `/up/wsgood`: with `upgrade: websocket`, a correct 101 (setting a gate cookie among
+///   others), then echoes; else JSON as below.
 /// - `/up/cookies`: sets the gate's cookie names among others.
 /// - `/up/hold`: never answers.
 /// - anything else: 200 with JSON naming the headers it received.
@@ -71,7 +72,7 @@ async fn upstream() -> SocketAddr {
                         )),
                         "/up/wsgood" if get("upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket")) => {
                             Some(format!(
-                                "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-accept: {}\r\n\r\n",
+                                "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-accept: {}\r\nset-cookie: __miauflix_at_ws=forged\r\nset-cookie: ws=1\r\n\r\n",
                                 ws_accept(&get("sec-websocket-key").unwrap_or_default())
                             ))
                         }
@@ -435,6 +436,7 @@ async fn only_a_well_formed_websocket_upgrade_is_tunnelled() {
     let (r, mut s) = upgrade(&gate, "/up/wsgood", &[ws[0], "upgrade: WebSocket", ws[2], &key]).await;
     assert_eq!(r.status, 101, "{r:?}");
     assert_eq!(r.header("sec-websocket-accept"), Some(ws_accept(WS_KEY).as_str()));
+    assert_eq!(r.all("set-cookie"), ["ws=1"], "an upstream's 101 cannot set the gate's cookies either");
     assert!(r.header("upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket")));
     s.get_mut().write_all(b"ping").await.unwrap();
     let mut echoed = [0u8; 4];

@@ -339,6 +339,8 @@ impl Proxy {
             });
             let (mut parts, _) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
+            strip_cors(&mut parts.headers);
+            strip_gate_set_cookies(&mut parts.headers);
             parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             let empty = http_body_util::Empty::<Bytes>::new().map_err(|never| match never {}).boxed();
