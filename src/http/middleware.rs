@@ -93,26 +93,17 @@ impl EdgePolicy {
             }
             peer
         };
-        let xff = headers.get_all("x-forwarded-for");
-        if xff.iter().next().is_some() {
-            let mut hops = xff.iter().rev().flat_map(|v| {
-                v.to_str().map(|v| v.rsplit(',').map(parse_node)).into_iter().flatten().chain(
-                    // A value that is not text is one hop that does not parse.
-                    v.to_str().is_err().then_some(None),
-                )
-            });
-            return Some(walk(&mut hops));
+        // Right to left across every line of the header; a value that is not text is one hop
+        // that does not parse.
+        let hops = |name, node: fn(&str) -> Option<IpAddr>| {
+            let values = headers.get_all(name).into_iter().rev();
+            values.flat_map(move |v| v.to_str().unwrap_or("\0").rsplit(',').map(node))
+        };
+        if headers.contains_key("x-forwarded-for") {
+            return Some(walk(&mut hops(HeaderName::from_static("x-forwarded-for"), parse_node)));
         }
-        let fwd = headers.get_all(header::FORWARDED);
-        if fwd.iter().next().is_some() {
-            let mut hops = fwd.iter().rev().flat_map(|v| {
-                v.to_str()
-                    .map(|v| v.rsplit(',').map(forwarded_for))
-                    .into_iter()
-                    .flatten()
-                    .chain(v.to_str().is_err().then_some(None))
-            });
-            return Some(walk(&mut hops));
+        if headers.contains_key(header::FORWARDED) {
+            return Some(walk(&mut hops(header::FORWARDED, forwarded_for)));
         }
         Some(peer)
     }
