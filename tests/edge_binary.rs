@@ -197,7 +197,7 @@ async fn a_100_mib_download_streams_through_with_bounded_memory() {
 /// An upstream on loopback speaking raw HTTP/1.1 with keep-alive: answers every request with
 /// JSON naming the headers it received and the client port the request came from (so a test
 /// sees which upstream connection carried it); `/svc/close` answers with `connection: close`
-/// and closes; a WebSocket upgrade gets a 101 and then every byte echoed back.
+/// and closes; a WebSocket upgrade gets its 101 and then every byte echoed back.
 async fn recording_upstream() -> SocketAddr {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     raw_upstream(|s, peer| async move {
@@ -221,9 +221,17 @@ async fn recording_upstream() -> SocketAddr {
                         .map(|(k, v)| (k.trim().to_ascii_lowercase(), json!(v.trim())))
                         .collect();
                     if headers.get("upgrade").is_some_and(|u| u == "websocket") {
+                        // The RFC 6455 answer to the key; the gate tunnels nothing else.
+                        use base64::Engine;
+                        let key = headers.get("sec-websocket-key").and_then(|k| k.as_str()).unwrap_or("");
+                        let digest = aws_lc_rs::digest::digest(
+                            &aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY,
+                            format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11").as_bytes(),
+                        );
+                        let accept = base64::engine::general_purpose::STANDARD.encode(digest.as_ref());
                         let _ = s
                             .get_mut()
-                            .write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n")
+                            .write_all(format!("HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-accept: {accept}\r\n\r\n").as_bytes())
                             .await;
                         let (mut r, mut w) = s.into_inner().into_split();
                         let _ = tokio::io::copy(&mut r, &mut w).await;
@@ -407,6 +415,8 @@ async fn the_listener_proxies_with_one_upstream_connection_per_client_connection
         .header("authorization", &bearer)
         .header("connection", "upgrade")
         .header("upgrade", "websocket")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("sec-websocket-version", "13")
         .body(http_body_util::Empty::new())
         .unwrap();
     let resp = c.send_request(req).await.unwrap();

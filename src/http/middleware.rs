@@ -76,40 +76,37 @@ impl EdgePolicy {
     }
 
     /// The client's address: the socket `peer`, or, when the peer is a trusted proxy, the
-    /// right-most untrusted hop of `X-Forwarded-For` (or `Forwarded: for=`).
+    /// right-most untrusted hop of `X-Forwarded-For` (else `Forwarded: for=`). Walking right
+    /// to left, trusted hops are skipped; a hop that does not parse (`unknown`, `_hidden`,
+    /// garbage) ends the walk at the peer, since anything left of it is the client's say.
     pub fn client_addr(&self, headers: &HeaderMap, peer: Option<IpAddr>) -> Option<IpAddr> {
         let peer = peer?;
         if !self.trusted(peer) {
             return Some(peer);
         }
-        let mut hops: Vec<IpAddr> = Vec::new();
-        for v in headers.get_all("x-forwarded-for") {
-            for part in v.to_str().unwrap_or("").split(',') {
-                if let Ok(ip) = part.trim().parse() {
-                    hops.push(ip);
+        let walk = |hops: &mut dyn Iterator<Item = Option<IpAddr>>| {
+            for hop in hops {
+                match hop {
+                    Some(ip) if self.trusted(ip) => continue,
+                    Some(ip) => return ip,
+                    None => return peer,
                 }
             }
+            peer
+        };
+        // Right to left across every line of the header; a value that is not text is one hop
+        // that does not parse.
+        let hops = |name, node: fn(&str) -> Option<IpAddr>| {
+            let values = headers.get_all(name).into_iter().rev();
+            values.flat_map(move |v| v.to_str().unwrap_or("\0").rsplit(',').map(node))
+        };
+        if headers.contains_key("x-forwarded-for") {
+            return Some(walk(&mut hops(HeaderName::from_static("x-forwarded-for"), parse_node)));
         }
-        if hops.is_empty() {
-            for v in headers.get_all(header::FORWARDED) {
-                for elem in v.to_str().unwrap_or("").split(',') {
-                    for pair in elem.split(';') {
-                        if let Some((k, val)) = pair.trim().split_once('=')
-                            && k.eq_ignore_ascii_case("for")
-                        {
-                            let val = val.trim_matches('"');
-                            let val = val.strip_prefix('[').and_then(|v| v.split(']').next()).unwrap_or(val);
-                            let val =
-                                if val.matches(':').count() == 1 { val.split(':').next().unwrap_or(val) } else { val };
-                            if let Ok(ip) = val.parse() {
-                                hops.push(ip);
-                            }
-                        }
-                    }
-                }
-            }
+        if headers.contains_key(header::FORWARDED) {
+            return Some(walk(&mut hops(header::FORWARDED, forwarded_for)));
         }
-        Some(hops.into_iter().rev().find(|ip| !self.trusted(*ip)).unwrap_or(peer))
+        Some(peer)
     }
 
     /// The `route_class` label of a request to the gate itself: the rate class of its API,
@@ -374,6 +371,46 @@ impl EdgePolicy {
     }
 }
 
+/// One hop of `X-Forwarded-For` or one `for=` node of `Forwarded` (RFC 7239 §6): an IPv4
+/// address with an optional port, an IPv6 address bare or in brackets with an optional port.
+/// Anything else (`unknown`, an obfuscated `_name`, garbage) is `None`.
+pub fn parse_node(hop: &str) -> Option<IpAddr> {
+    let hop = hop.trim();
+    let hop = hop.strip_prefix('"').and_then(|h| h.strip_suffix('"')).unwrap_or(hop);
+    let port_ok = |p: &str| {
+        (!p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok())
+            || (p.len() > 1
+                && p.starts_with('_')
+                && p.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')))
+    };
+    if let Some(rest) = hop.strip_prefix('[') {
+        let (ip, after) = rest.split_once(']')?;
+        let ip: std::net::Ipv6Addr = ip.parse().ok()?;
+        return match after {
+            "" => Some(IpAddr::V6(ip)),
+            _ => after.strip_prefix(':').filter(|p| port_ok(p)).map(|_| IpAddr::V6(ip)),
+        };
+    }
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    let (ip, port) = hop.split_once(':')?;
+    let ip: std::net::Ipv4Addr = ip.parse().ok()?;
+    port_ok(port).then_some(IpAddr::V4(ip))
+}
+
+/// The `for=` node of one `Forwarded` element (`for=1.2.3.4;proto=https`), parsed by
+/// [`parse_node`]; an element without `for=` names no address and counts as unparsable.
+fn forwarded_for(element: &str) -> Option<IpAddr> {
+    element
+        .split(';')
+        .find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            k.trim().eq_ignore_ascii_case("for").then_some(v)
+        })
+        .and_then(parse_node)
+}
+
 /// The `RateLimit` figures of the request's class: (limit, window seconds, remaining).
 type RateHeaders = Option<(u32, u64, u32)>;
 
@@ -598,4 +635,59 @@ fn problem_of(problem: ApiError, id: &RequestId) -> Response {
         resp.headers_mut().insert(name, value);
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{forwarded_for, parse_node};
+    use std::net::IpAddr;
+
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    #[test]
+    fn forwarding_nodes_parse_with_ports_and_brackets() {
+        for (hop, want) in [
+            ("203.0.113.11", ip("203.0.113.11")),
+            (" 203.0.113.11 ", ip("203.0.113.11")),
+            ("203.0.113.11:4711", ip("203.0.113.11")),
+            ("203.0.113.11:_port", ip("203.0.113.11")),
+            ("\"203.0.113.11:80\"", ip("203.0.113.11")),
+            ("2001:db8::1", ip("2001:db8::1")),
+            ("[2001:db8::1]", ip("2001:db8::1")),
+            ("[2001:db8::1]:443", ip("2001:db8::1")),
+            ("\"[2001:db8::1]:443\"", ip("2001:db8::1")),
+            ("::ffff:192.0.2.1", ip("::ffff:192.0.2.1")),
+            ("", None),
+            ("unknown", None),
+            ("_hidden", None),
+            ("_", None),
+            ("203.0.113.11:", None),
+            ("203.0.113.11:65536", None),
+            ("203.0.113.11:12a", None),
+            ("203.0.113.11:80:80", None),
+            ("203.0.113.256", None),
+            ("[203.0.113.11]", None),
+            ("[2001:db8::1", None),
+            ("[2001:db8::1]443", None),
+            ("[2001:db8::1]:", None),
+            ("[2001:db8::1]:x", None),
+            ("2001:db8::1:443]", None),
+            ("evil.example", None),
+            ("\"203.0.113.11", None),
+        ] {
+            assert_eq!(parse_node(hop), want, "{hop:?}");
+        }
+    }
+
+    #[test]
+    fn forwarded_elements_give_their_for_node() {
+        assert_eq!(forwarded_for("for=192.0.2.60;proto=http;by=203.0.113.43"), ip("192.0.2.60"));
+        assert_eq!(forwarded_for(" proto=https; FOR=\"[2001:db8:cafe::17]:4711\""), ip("2001:db8:cafe::17"));
+        assert_eq!(forwarded_for("for=unknown"), None);
+        assert_eq!(forwarded_for("for=_hidden"), None);
+        assert_eq!(forwarded_for("by=203.0.113.43"), None);
+        assert_eq!(forwarded_for(""), None);
+    }
 }

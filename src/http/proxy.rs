@@ -33,6 +33,9 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
+/// The gate's session header, a credential like the cookies it names.
+const SESSION_ID: HeaderName = HeaderName::from_static("x-session-id");
+
 /// Request bodies as the proxy streams them upstream.
 pub type ProxyBody = BoxBody<Bytes, io::Error>;
 
@@ -158,7 +161,10 @@ impl Proxy {
         // fails drops its connection with it, and the next one dials a fresh one.
         match sender.try_send_request(req).await {
             Ok(resp) => {
-                slot.put(&route.authority, sender);
+                // After a 101 the connection is no longer HTTP.
+                if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                    slot.put(&route.authority, sender);
+                }
                 Ok(resp)
             }
             // Not written before the connection failed: safe to send again, through the pool.
@@ -217,21 +223,33 @@ impl Proxy {
 
         // The client's headers, edited in place: connection-level and identity headers out.
         let mut headers = std::mem::take(&mut parts.headers);
-        let original_host = headers.remove(header::HOST);
-        let upgrade = upgrade_protocol(&headers);
+        // The host the client asked for: `Host`, else HTTP/2's `:authority` (in the URI).
+        let original_host = headers.remove(header::HOST).or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_maybe_shared(Bytes::copy_from_slice(a.as_str().as_bytes())).ok())
+        });
+        // Only a well-formed WebSocket handshake upgrades; any other upgrade request goes on
+        // as a plain request (its upgrade headers are hop-by-hop and removed below).
+        let ws_key = (parts.method == poem::http::Method::GET && parts.version == poem::http::Version::HTTP_11)
+            .then(|| websocket_key(&headers))
+            .flatten();
         let has_body = has_body(&headers);
         strip_hop_by_hop(&mut headers);
-        // WebSocket (and other) upgrades pass through: keep the two headers that ask for it.
-        let client_upgrade = match &upgrade {
-            Some(proto) => {
+        let client_upgrade = match &ws_key {
+            Some(key) => {
                 headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-                headers.insert(header::UPGRADE, proto.clone());
+                headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+                headers.insert(header::SEC_WEBSOCKET_KEY, key.clone());
+                headers.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
                 conn.upgrade
             }
             None => None,
         };
         if !route.cfg.forward_credentials {
             headers.remove(header::AUTHORIZATION);
+            headers.remove(SESSION_ID);
             strip_gate_cookies(&mut headers);
         }
         // Identity: whatever the client claimed is gone; the gate says who it is.
@@ -283,6 +301,11 @@ impl Proxy {
                     "The service behind the gate did not answer in time.",
                 ));
             }
+            Ok(Err(e)) if is_client_body_error(&*e) => {
+                // The client's own body was malformed (bad chunk, HTTP/2 length mismatch).
+                tracing::debug!(route = %route.cfg.prefix, error = %e, "client request body unreadable");
+                return Err(ApiError::bad_request("The request body could not be read."));
+            }
             Ok(Err(e)) => {
                 tracing::warn!(route = %route.cfg.prefix, error = %e, "upstream unreachable");
                 return Err(ApiError::new(
@@ -295,9 +318,15 @@ impl Proxy {
             Ok(Ok(r)) => r,
         };
         let mut resp = resp;
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
-            && let (Some(client_upgrade), Some(proto)) = (client_upgrade, upgrade)
-        {
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // A 101 the gate did not ask for, or not the WebSocket answer to this key: the
+            // upstream would tunnel whatever follows past the gate.
+            let (Some(client_upgrade), Some(key)) = (client_upgrade, ws_key) else {
+                return Err(bad_upgrade(route));
+            };
+            if !websocket_accepted(resp.headers(), &key) {
+                return Err(bad_upgrade(route));
+            }
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             let prefix = route.cfg.prefix.clone();
             tokio::spawn(async move {
@@ -310,14 +339,17 @@ impl Proxy {
             });
             let (mut parts, _) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
+            strip_cors(&mut parts.headers);
+            strip_gate_set_cookies(&mut parts.headers);
             parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            parts.headers.insert(header::UPGRADE, proto);
+            parts.headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             let empty = http_body_util::Empty::<Bytes>::new().map_err(|never| match never {}).boxed();
             return Ok(hyper::Response::from_parts(parts, ProxiedBody::Right(empty)));
         }
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         strip_cors(&mut parts.headers);
+        strip_gate_set_cookies(&mut parts.headers);
         if let Some(csp) = &route.cfg.csp
             && let Ok(v) = HeaderValue::from_str(csp)
         {
@@ -387,30 +419,128 @@ fn strip_cors(headers: &mut HeaderMap) {
 }
 
 /// Whether a client could pass `n` off as a header that only the gate may state: identity
-/// (`X-Miauflix-*`, `Remote-*`) or the client's address (`Forwarded`, `X-Real-IP`; the gate
-/// sets `X-Forwarded-*` itself), also spelt with `_` for `-`, which CGI/WSGI-style servers
-/// map to the same variable. Allocates only for names with `_`.
+/// (`X-Miauflix-*`, `Remote-*` and the names other auth proxies use), the client's address or
+/// the request's original host, scheme, port or URL (`Forwarded`, `X-Forwarded-*`, `X-Real-IP`,
+/// …; the gate sets `X-Forwarded-Host/Proto/For` itself), also spelt with `_` for `-`, which
+/// CGI/WSGI-style servers map to the same variable. No allocation: `_` and `-` compare equal.
 fn is_identity_header(n: &str) -> bool {
-    let ours =
-        |n: &str| n.starts_with("x-miauflix-") || n.starts_with("remote-") || matches!(n, "forwarded" | "x-real-ip");
-    if ours(n) {
-        return true;
-    }
-    if !n.contains('_') {
-        return false;
-    }
-    let n = n.replace('_', "-");
-    ours(&n) || n.starts_with("x-forwarded-")
+    const PREFIXES: &[&str] = &["x-miauflix-", "remote-", "x-forwarded-", "x-auth-request-", "x-webauth-"];
+    const NAMES: &[&str] = &[
+        "forwarded",
+        "x-real-ip",
+        "x-remote-user",
+        "x-user",
+        "x-email",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-client-ip",
+        "true-client-ip",
+        "cf-connecting-ip",
+    ];
+    let n = n.as_bytes();
+    let same = |a: &[u8], b: &[u8]| a.iter().zip(b).all(|(x, y)| x == y || (*x == b'_' && *y == b'-'));
+    PREFIXES.iter().any(|p| n.len() > p.len() && same(&n[..p.len()], p.as_bytes()))
+        || NAMES.iter().any(|m| n.len() == m.len() && same(n, m.as_bytes()))
 }
 
-/// The protocol an HTTP/1.1 request asks to upgrade to (`Connection: upgrade` + `Upgrade`).
+/// Whether an HTTP/1.1 request asks to upgrade to WebSocket with a well-formed handshake
+/// (`Connection: upgrade`, `Upgrade: websocket`, a valid `Sec-WebSocket-Key`, version 13),
+/// so the listener should hold on to its connection. The method and version are checked by
+/// the proxy.
 pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    websocket_key(headers).map(|_| HeaderValue::from_static("websocket"))
+}
+
+/// The `Sec-WebSocket-Key` of a well-formed WebSocket upgrade request (RFC 6455 §4.2.1).
+fn websocket_key(headers: &HeaderMap) -> Option<HeaderValue> {
     let asks = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")));
-    if asks { headers.get(header::UPGRADE).cloned() } else { None }
+    if !asks
+        || !only(headers, &header::UPGRADE)
+            .is_some_and(|u| u.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket"))
+        || only(headers, &header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v.as_bytes().trim_ascii() != b"13")
+    {
+        return None;
+    }
+    let key = only(headers, &header::SEC_WEBSOCKET_KEY)?;
+    let mut nonce = [0u8; 18];
+    use base64::Engine;
+    let decoded = base64::engine::general_purpose::STANDARD.decode_slice(key.as_bytes().trim_ascii(), &mut nonce);
+    (decoded == Ok(16)).then(|| key.clone())
+}
+
+/// The one value of `name`, or `None` when it is absent or repeated.
+fn only<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderValue> {
+    let mut all = headers.get_all(name).iter();
+    let first = all.next()?;
+    all.next().is_none().then_some(first)
+}
+
+/// Whether an upstream's 101 is the WebSocket answer to `key`: `Upgrade: websocket` and
+/// `Sec-WebSocket-Accept` = base64(SHA-1(key + GUID)) (RFC 6455 §4.2.2).
+fn websocket_accepted(headers: &HeaderMap, key: &HeaderValue) -> bool {
+    use base64::Engine;
+    const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    if !only(headers, &header::UPGRADE).is_some_and(|u| u.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket")) {
+        return false;
+    }
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    ctx.update(key.as_bytes().trim_ascii());
+    ctx.update(GUID);
+    let mut want = [0u8; 28];
+    let n = base64::engine::general_purpose::STANDARD.encode_slice(ctx.finish().as_ref(), &mut want).unwrap_or(0);
+    only(headers, &header::SEC_WEBSOCKET_ACCEPT).is_some_and(|a| a.as_bytes().trim_ascii() == &want[..n])
+}
+
+/// The gate's answer to an upgrade it will not tunnel.
+fn bad_upgrade(route: &ProxyRoute) -> ApiError {
+    tracing::warn!(route = %route.cfg.prefix, "upstream switched protocols without a valid WebSocket handshake");
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        "upstream-bad-upgrade",
+        "Bad gateway",
+        "The service behind the gate answered an upgrade the gate does not allow.",
+    )
+}
+
+/// A client's request body that failed to read (bad chunked framing, an HTTP/2 length
+/// mismatch), tagged so that the upstream's send error can tell it from an upstream failure.
+#[derive(Debug)]
+pub struct ClientBodyError(pub hyper::Error);
+
+impl std::fmt::Display for ClientBodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "client request body: {}", self.0)
+    }
+}
+
+impl std::error::Error for ClientBodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+/// The client's body as the proxy streams it upstream, its errors tagged [`ClientBodyError`].
+pub fn client_body(body: hyper::body::Incoming) -> ProxyBody {
+    body.map_err(|e| io::Error::other(ClientBodyError(e))).boxed()
+}
+
+/// Whether an upstream send failed because the client's body did (hyper reports the body's
+/// error in the send error's source chain).
+fn is_client_body_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        // `io::Error::source` skips the error it wraps, so look inside it too.
+        let inner = err.downcast_ref::<io::Error>().and_then(|io| io.get_ref()).map(|i| i as &dyn std::error::Error);
+        if err.is::<ClientBodyError>() || inner.is_some_and(|i| i.is::<ClientBodyError>()) {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// Whether HTTP/1.1 framing headers announce a request body.
@@ -436,10 +566,149 @@ fn strip_gate_cookies(headers: &mut HeaderMap) {
     }
 }
 
+/// Removes an upstream's `Set-Cookie` for a cookie the gate owns (any `__miauflix_` name,
+/// also behind `__Host-`/`__Secure-`, in any case): an upstream must not plant or replace a
+/// session. Others are kept; nothing is allocated unless one is dropped.
+fn strip_gate_set_cookies(headers: &mut HeaderMap) {
+    if !headers.get_all(header::SET_COOKIE).iter().any(is_gate_set_cookie) {
+        return;
+    }
+    let kept: Vec<HeaderValue> =
+        headers.get_all(header::SET_COOKIE).iter().filter(|v| !is_gate_set_cookie(v)).cloned().collect();
+    headers.remove(header::SET_COOKIE);
+    for v in kept {
+        headers.append(header::SET_COOKIE, v);
+    }
+}
+
+/// Whether a `Set-Cookie` value names a gate cookie. The name is what precedes `=` in the
+/// first `;` part, trimmed; with no `=` browsers keep it as a nameless cookie sent back as
+/// that text, so it counts too.
+fn is_gate_set_cookie(v: &HeaderValue) -> bool {
+    let pair = v.as_bytes().split(|b| *b == b';').next().unwrap_or(b"");
+    let name = pair.split(|b| *b == b'=').next().unwrap_or(b"").trim_ascii();
+    fn strip<'a>(n: &'a [u8], p: &[u8]) -> Option<&'a [u8]> {
+        (n.len() >= p.len() && n[..p.len()].eq_ignore_ascii_case(p)).then(|| &n[p.len()..])
+    }
+    let name = strip(name, b"__host-").or_else(|| strip(name, b"__secure-")).unwrap_or(name);
+    strip(name, b"__miauflix_").is_some()
+}
+
 /// Query-string parameter that carries a signed stream key.
 pub const STREAM_KEY_PARAM: &str = "mf_sk";
 
 /// Removes the stream key from a query string before it goes upstream.
 fn strip_stream_key(query: &str) -> String {
     query.split('&').filter(|p| !p.starts_with(&format!("{STREAM_KEY_PARAM}="))).collect::<Vec<_>>().join("&")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn identity_headers_in_both_spellings() {
+        for n in [
+            "x-miauflix-user",
+            "x_miauflix_role",
+            "remote-user",
+            "remote_groups",
+            "x-forwarded-host",
+            "x_forwarded_for",
+            "x-forwarded-preferred-username",
+            "x-forwarded-prefix",
+            "x-auth-request-email",
+            "x_auth_request_user",
+            "x-webauth-user",
+            "x-remote-user",
+            "x-user",
+            "x_email",
+            "x-original-url",
+            "x-rewrite-url",
+            "x-client-ip",
+            "true_client_ip",
+            "cf-connecting-ip",
+            "forwarded",
+            "x-real-ip",
+        ] {
+            assert!(is_identity_header(n), "{n}");
+        }
+        for n in ["x-users", "x-user-agent", "user-agent", "x-forwarded", "x-miauflix", "x-request-id", "accept", "x-e"]
+        {
+            assert!(!is_identity_header(n), "{n}");
+        }
+    }
+
+    #[test]
+    fn a_websocket_handshake_must_be_well_formed() {
+        let good: &[(&str, &str)] = &[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "WebSocket"),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ];
+        assert!(websocket_key(&map(good)).is_some());
+        let without = |name: &str| map(&good.iter().copied().filter(|(k, _)| *k != name).collect::<Vec<_>>());
+        for name in ["connection", "upgrade", "sec-websocket-version", "sec-websocket-key"] {
+            assert!(websocket_key(&without(name)).is_none(), "without {name}");
+        }
+        let with = |name: &'static str, v: &'static str| {
+            let mut h = without(name);
+            h.insert(HeaderName::from_static(name), HeaderValue::from_static(v));
+            h
+        };
+        for (name, v) in [
+            ("upgrade", "h2c"),
+            ("upgrade", "websocket, h2c"),
+            ("sec-websocket-version", "8"),
+            ("sec-websocket-key", "c2hvcnQ="),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZXg="),
+            ("connection", "keep-alive"),
+        ] {
+            assert!(websocket_key(&with(name, v)).is_none(), "{name}: {v}");
+        }
+        let mut twice = map(good);
+        twice.append(header::SEC_WEBSOCKET_KEY, HeaderValue::from_static("AAAAAAAAAAAAAAAAAAAAAA=="));
+        assert!(websocket_key(&twice).is_none());
+    }
+
+    #[test]
+    fn the_upstreams_101_must_answer_the_key() {
+        // RFC 6455 §1.3's example.
+        let key = HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ==");
+        let ok = [("upgrade", "websocket"), ("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")];
+        assert!(websocket_accepted(&map(&ok), &key));
+        assert!(!websocket_accepted(&map(&[("upgrade", "h2c"), ok[1]]), &key));
+        assert!(!websocket_accepted(&map(&ok[..1]), &key));
+        assert!(!websocket_accepted(&map(&[ok[0], ("sec-websocket-accept", "AAAAAAAAAAAAAAAAAAAAAAAAAAA=")]), &key));
+    }
+
+    #[test]
+    fn gate_cookie_names_in_set_cookie() {
+        for v in [
+            "__miauflix_at_s=x; Path=/",
+            "__MIAUFLIX_RT_s=x",
+            "__Host-__miauflix_at_s=x",
+            "__secure-__Miauflix_x=1",
+            " __miauflix_at_s =x",
+            "__miauflix_at_s",
+        ] {
+            assert!(is_gate_set_cookie(&HeaderValue::from_static(v)), "{v}");
+        }
+        for v in ["a=__miauflix_at_s", "__Host-a=1", "x__miauflix_at=1", "a=1; __miauflix_at_s=2"] {
+            assert!(!is_gate_set_cookie(&HeaderValue::from_static(v)), "{v}");
+        }
+        let mut h = map(&[("set-cookie", "a=1"), ("set-cookie", "__miauflix_at_s=x"), ("set-cookie", "b=2")]);
+        strip_gate_set_cookies(&mut h);
+        assert_eq!(h.get_all(header::SET_COOKIE).iter().collect::<Vec<_>>(), ["a=1", "b=2"]);
+    }
 }

@@ -36,7 +36,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use futures_util::future::Either;
-use http_body_util::BodyExt;
 
 use crate::http::middleware::EdgePolicy;
 use crate::http::proxy::{ClientUpgrade, ConnInfo, ProxiedBody, UpgradedIo, UpstreamSlot};
@@ -236,6 +235,9 @@ async fn connection<Io>(
     let peer = remote.as_socket_addr().map(|a| a.ip());
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         let pending = PendingHead::new(&waiting);
+        if let Some(resp) = missing_host(&req) {
+            return Either::Right(Either::Left(std::future::ready(Ok::<_, Infallible>(resp))));
+        }
         if let Some(edge) = &edge
             && let Some(route) = edge.state.proxy.route_for(req.uri().path())
         {
@@ -246,7 +248,7 @@ async fn connection<Io>(
                     as ClientUpgrade
             });
             let slot = (req.version() <= hyper::Version::HTTP_11).then(|| slot.clone());
-            let req = req.map(|body| body.map_err(io::Error::other).boxed());
+            let req = req.map(crate::http::proxy::client_body);
             let conn = ConnInfo { peer, upgrade, slot };
             return Either::Left(async move {
                 let _pending = pending;
@@ -255,11 +257,11 @@ async fn connection<Io>(
         }
         let app = app.clone();
         let req = poem::Request::from((req, local.clone(), remote.clone(), scheme.clone()));
-        Either::Right(async move {
+        Either::Right(Either::Right(async move {
             let _pending = pending;
             let resp = hyper::Response::from(app.get_response(req).await);
             Ok::<_, Infallible>(resp.map(ProxiedBody::Right))
-        })
+        }))
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // A client that trickles its request head a byte at a time keeps the idle watch quiet
@@ -315,6 +317,25 @@ async fn linger<Io: AsyncRead + AsyncWrite + Unpin>(mut io: Io) {
         }
     })
     .await;
+}
+
+/// The 400 for an HTTP/1.1 request without exactly one `Host` (RFC 9112 §3.2), for the
+/// gate's own paths and proxied ones alike: without it the gate cannot say which host was
+/// asked for. HTTP/1.0 may omit it; HTTP/2 names the host in `:authority`.
+fn missing_host<B>(req: &hyper::Request<B>) -> Option<hyper::Response<ProxiedBody>> {
+    if req.version() != hyper::Version::HTTP_11 {
+        return None;
+    }
+    let mut hosts = req.headers().get_all(hyper::header::HOST).iter();
+    if hosts.next().is_some() && hosts.next().is_none() {
+        return None;
+    }
+    let problem = crate::error::ApiError::bad_request("An HTTP/1.1 request needs exactly one Host header.");
+    let mut resp = poem::error::ResponseError::as_response(&problem);
+    resp.headers_mut()
+        .insert(hyper::header::X_CONTENT_TYPE_OPTIONS, hyper::header::HeaderValue::from_static("nosniff"));
+    resp.headers_mut().insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
+    Some(hyper::Response::from(resp).map(ProxiedBody::Right))
 }
 
 /// Counts a request as waiting for its response head while it lives.
