@@ -108,7 +108,7 @@ async fn connection<Io>(
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         let pending = PendingHead::new(&waiting);
         if let Some(edge) = &edge
-            && let Some(route) = edge.state.proxy.route_for(req.uri().path())
+            && let Some(route) = edge.state.proxy.route_request(req.uri_mut())
         {
             let edge = edge.clone();
             let upgrade = crate::http::proxy::upgrade_protocol(req.headers()).map(|_| {
