@@ -1,6 +1,8 @@
 //! The reverse proxy against a real upstream HTTP server on loopback, forward auth, and
 //! signed stream URLs.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -703,4 +705,61 @@ async fn forward_auth_can_read_x_forwarded_uri_instead() {
     assert_eq!(r.0.status(), 400);
     assert_eq!(get("x-original-uri", "/public/x").await.0.status(), 400);
     state.store.close().await;
+}
+
+/// One HTTP/1.1 request to the binary with the target sent byte for byte; (status, JSON body).
+async fn raw_get(addr: SocketAddr, method: &str, target: &str, auth: Option<&str>, body: &str) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req =
+        format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://{addr}\r\nConnection: close\r\n");
+    if let Some(t) = auth {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()));
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw)).await;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_proxies_the_canonical_path_only() {
+    let up = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gate.toml");
+    std::fs::write(&cfg, routes_toml(up)).unwrap();
+    let data = dir.path().join("data");
+    let gate = common::Gate::start(&data, &[("MIAUFLIX_TLS", "off"), ("MIAUFLIX_CONFIG", cfg.to_str().unwrap())]);
+    let setup = std::fs::read_to_string(data.join("setup-token")).unwrap();
+    let body = json!({"email": ADMIN, "password": PW, "setupToken": setup.trim()}).to_string();
+    let (status, _) = raw_get(gate.addr, "POST", "/api/auth/setup", None, &body).await;
+    assert!(status == 200 || status == 201, "setup: {status}");
+    let body = json!({"email": ADMIN, "password": PW}).to_string();
+    let (status, tok) = raw_get(gate.addr, "POST", "/api/auth/token", None, &body).await;
+    assert_eq!(status, 200);
+    let admin = tok["access_token"].as_str().unwrap().to_string();
+    for &(path, want) in NESTED_PATHS {
+        let (anon, anon_body) = raw_get(gate.addr, "GET", path, None, "").await;
+        let (_, admin_body) = raw_get(gate.addr, "GET", path, Some(&admin), "").await;
+        let ctx = format!("{path} ({want:?}): anon {anon} {anon_body}, admin {admin_body}");
+        match want {
+            Outcome::Private(seen) => {
+                assert_eq!(anon, 401, "{ctx}");
+                assert_eq!(admin_body["path"], seen, "{ctx}");
+            }
+            Outcome::Public(seen) => {
+                assert_eq!(anon, 200, "{ctx}");
+                assert_eq!(anon_body["path"], seen, "{ctx}");
+            }
+            Outcome::Refused | Outcome::NoRoute => {
+                assert!(matches!(anon, 400 | 404), "{ctx}");
+                assert!(anon_body.get("path").is_none() && admin_body.get("path").is_none(), "never upstream: {ctx}");
+            }
+        }
+    }
+    gate.terminate();
 }
