@@ -256,8 +256,9 @@ pub fn is_reserved_path(path: &str) -> bool {
 
 /// Whether `path` has a `.` or `..` segment, also when its dots, slashes or backslashes are
 /// percent-encoded (`/media/..%2Fapi`, `/media/%2e%2e/api`). Such a path could match one
-/// route here and mean another to an upstream that normalises it, so it is never proxied.
-/// No allocation unless the path has a `%`.
+/// route here and mean another to an upstream that normalises it, so it is never proxied
+/// ([`canonical_path`](crate::http::canonical::canonical_path), which routing uses, refuses
+/// these and more). No allocation unless the path has a `%`.
 pub fn has_dot_segment(path: &str) -> bool {
     if !path.contains(['.', '%', '\\']) {
         return false;
