@@ -210,6 +210,9 @@ pub fn run() -> ExitCode {
     };
     match cli.command.unwrap_or(Command::Serve) {
         Command::Config { command: ConfigCommand::Check } => {
+            for w in config.warnings() {
+                eprintln!("miauflix-gate: warning: {w}");
+            }
             println!(
                 "configuration is valid (listen {}, tls {}, data {})",
                 config.listen,

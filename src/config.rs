@@ -71,7 +71,74 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Upstreams the gate proxies to, by path prefix (longest wins).
     pub routes: Vec<RouteConfig>,
+    pub forward_auth: ForwardAuthConfig,
     pub vpn: VpnConfig,
+}
+
+/// `[forward_auth]`: which header of the reverse proxy in front names the original request.
+/// One header only: proxies that pass client headers on (Traefik, Caddy) would otherwise let a
+/// client name the path that is checked.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardAuthConfig {
+    /// `x-original-uri` (nginx sets it itself) or `x-forwarded-uri` (Caddy, Traefik).
+    pub uri_header: UriHeader,
+    /// `x-original-method` (nginx snippet) or `x-forwarded-method` (Caddy, Traefik).
+    pub method_header: MethodHeader,
+}
+
+/// The header that carries the original request URI.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UriHeader {
+    #[default]
+    XOriginalUri,
+    XForwardedUri,
+}
+
+impl UriHeader {
+    /// The header name.
+    pub fn name(self) -> &'static str {
+        match self {
+            UriHeader::XOriginalUri => "x-original-uri",
+            UriHeader::XForwardedUri => "x-forwarded-uri",
+        }
+    }
+
+    /// The header the other proxies use; refused when it disagrees.
+    pub fn other(self) -> &'static str {
+        match self {
+            UriHeader::XOriginalUri => "x-forwarded-uri",
+            UriHeader::XForwardedUri => "x-original-uri",
+        }
+    }
+}
+
+/// The header that carries the original request method.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MethodHeader {
+    #[default]
+    XOriginalMethod,
+    XForwardedMethod,
+}
+
+impl MethodHeader {
+    /// The header name.
+    pub fn name(self) -> &'static str {
+        match self {
+            MethodHeader::XOriginalMethod => "x-original-method",
+            MethodHeader::XForwardedMethod => "x-forwarded-method",
+        }
+    }
+
+    /// The header the other proxies use; refused when it disagrees.
+    pub fn other(self) -> &'static str {
+        match self {
+            MethodHeader::XOriginalMethod => "x-forwarded-method",
+            MethodHeader::XForwardedMethod => "x-original-method",
+        }
+    }
 }
 
 /// `[audit]`: retention of the audit log.
@@ -100,8 +167,8 @@ pub struct MetricsConfig {
     pub token_file: Option<PathBuf>,
 }
 
-/// Minimum role for a proxied route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+/// Minimum role for a proxied route, in order from loosest to strictest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RouteRole {
     /// No sign-in needed.
@@ -137,6 +204,18 @@ pub struct RouteConfig {
     /// Forward the client's `Authorization` header and the gate's cookies to the upstream.
     #[serde(default)]
     pub forward_credentials: bool,
+}
+
+impl RouteRole {
+    /// The name used in config files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteRole::Public => "public",
+            RouteRole::Guest => "guest",
+            RouteRole::User => "user",
+            RouteRole::Admin => "admin",
+        }
+    }
 }
 
 fn default_min_role() -> RouteRole {
@@ -177,8 +256,9 @@ pub fn is_reserved_path(path: &str) -> bool {
 
 /// Whether `path` has a `.` or `..` segment, also when its dots, slashes or backslashes are
 /// percent-encoded (`/media/..%2Fapi`, `/media/%2e%2e/api`). Such a path could match one
-/// route here and mean another to an upstream that normalises it, so it is never proxied.
-/// No allocation unless the path has a `%`.
+/// route here and mean another to an upstream that normalises it, so it is never proxied
+/// ([`canonical_path`](crate::http::canonical::canonical_path), which routing uses, refuses
+/// these and more). No allocation unless the path has a `%`.
 pub fn has_dot_segment(path: &str) -> bool {
     if !path.contains(['.', '%', '\\']) {
         return false;
@@ -217,6 +297,13 @@ pub fn has_dot_segment(path: &str) -> bool {
 /// Whether `path` is `prefix` or below it (segment-aligned, no allocation).
 pub fn is_under(path: &str, prefix: &str) -> bool {
     path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// [`is_under`], ASCII letters compared without case.
+pub fn is_under_ignore_case(path: &str, prefix: &str) -> bool {
+    path.len() >= prefix.len()
+        && path.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+        && path.as_bytes().get(prefix.len()).is_none_or(|&b| b == b'/')
 }
 
 /// `[auth]`: sessions and tokens.
@@ -396,6 +483,7 @@ impl Default for Config {
             audit: AuditConfig::default(),
             metrics: MetricsConfig::default(),
             routes: Vec::new(),
+            forward_auth: ForwardAuthConfig::default(),
             vpn: VpnConfig::default(),
         }
     }
@@ -645,6 +733,15 @@ impl Config {
             if !r.prefix.starts_with('/') || r.prefix.contains(['?', '#', ' ', '\\']) || r.prefix.contains("..") {
                 return err(&key, format!("prefix `{}` must be an absolute path", r.prefix));
             }
+            if crate::http::canonical::canonical_path(&r.prefix).is_none_or(|c| c != r.prefix) {
+                return err(
+                    &key,
+                    format!(
+                        "prefix `{}` must be a canonical path (no %-encoded letters, digits or -._~, no //, no ;)",
+                        r.prefix
+                    ),
+                );
+            }
             if r.prefix == "/" || is_reserved_path(&r.prefix) || is_reserved_path(r.prefix.trim_end_matches('/')) {
                 return err(&key, format!("prefix `{}` would shadow the gate's own paths", r.prefix));
             }
@@ -669,6 +766,37 @@ impl Config {
             return err("password.max_concurrent", "must be at least 1".into());
         }
         Ok(())
+    }
+
+    /// What is valid but probably not meant, one line each (`config check` prints them): a
+    /// route nested under a looser one, whose paths the looser upstream also serves whenever
+    /// the stricter prefix is spelt differently there (another case, an encoding the gate does
+    /// not decode).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, inner) in self.routes.iter().enumerate() {
+            let inner_prefix = inner.prefix.trim_end_matches('/');
+            for (j, outer) in self.routes.iter().enumerate() {
+                let outer_prefix = outer.prefix.trim_end_matches('/');
+                if i != j
+                    && outer_prefix.len() < inner_prefix.len()
+                    && is_under(inner_prefix, outer_prefix)
+                    && (inner.min_role > outer.min_role || (inner.requires_vpn && !outer.requires_vpn))
+                {
+                    out.push(format!(
+                        "routes[{i}] `{}` ({}) nests under the looser routes[{j}] `{}` ({}): \
+                         `{}`'s upstream must not serve `{}` under another spelling",
+                        inner.prefix,
+                        inner.min_role.as_str(),
+                        outer.prefix,
+                        outer.min_role.as_str(),
+                        outer.prefix,
+                        inner.prefix
+                    ));
+                }
+            }
+        }
+        out
     }
 
     /// Where the master key lives.

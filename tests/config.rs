@@ -164,3 +164,52 @@ fn dot_segments_are_found_also_when_encoded() {
         assert!(!has_dot_segment(p), "{p} has no dot segment");
     }
 }
+
+#[test]
+fn route_prefixes_must_be_canonical() {
+    let route = |prefix: &str| format!("[[routes]]\nprefix = \"{prefix}\"\nupstream = \"http://127.0.0.1:3000\"\n");
+    for bad in ["/m%65dia", "/media//x", "/media;x", "/media/%2fx", "/caf%c3%a9"] {
+        let e = load_str(&route(bad), &[]).unwrap_err();
+        assert!(e.contains("routes[0]") && e.contains("canonical"), "{bad}: {e}");
+    }
+    for good in ["/media", "/media/", "/caf%C3%A9", "/a+b"] {
+        assert!(load_str(&route(good), &[]).is_ok(), "{good}");
+    }
+}
+
+#[test]
+fn forward_auth_headers_are_one_explicit_choice() {
+    use miauflix_gate::config::{MethodHeader, UriHeader};
+    let c = load_str("", &[]).unwrap();
+    assert_eq!(c.forward_auth.uri_header, UriHeader::XOriginalUri, "nginx's snippet works as it is");
+    assert_eq!(c.forward_auth.method_header, MethodHeader::XOriginalMethod);
+    let c = load_str("[forward_auth]\nuri_header = \"x-forwarded-uri\"\nmethod_header = \"x-forwarded-method\"\n", &[])
+        .unwrap();
+    assert_eq!(c.forward_auth.uri_header, UriHeader::XForwardedUri);
+    assert_eq!(c.forward_auth.method_header, MethodHeader::XForwardedMethod);
+    let e = load_str("[forward_auth]\nuri_header = \"x-real-uri\"\n", &[]).unwrap_err();
+    assert!(e.contains("forward_auth.uri_header"), "{e}");
+}
+
+#[test]
+fn config_check_warns_about_a_stricter_route_nested_under_a_looser_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gate.toml");
+    let routes = "[[routes]]\nprefix = \"/media\"\nupstream = \"http://127.0.0.1:3000\"\nmin_role = \"public\"\n\
+                  [[routes]]\nprefix = \"/media/private\"\nupstream = \"http://127.0.0.1:3001\"\nmin_role = \"admin\"\n\
+                  [[routes]]\nprefix = \"/media/open\"\nupstream = \"http://127.0.0.1:3001\"\nmin_role = \"public\"\n";
+    std::fs::write(&cfg, routes).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_miauflix-gate"))
+        .env_clear()
+        .args(["config", "check", "--config", cfg.to_str().unwrap()])
+        .env("MIAUFLIX_DATA_DIR", dir.path().join("data"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "a warning, not an error: {err}");
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("warning")).collect();
+    assert_eq!(warnings.len(), 1, "only the stricter nested route: {err}");
+    assert!(warnings[0].contains("/media/private") && warnings[0].contains("admin"), "{err}");
+    let config = load_str(routes, &[]).unwrap();
+    assert_eq!(config.warnings().len(), 1);
+}

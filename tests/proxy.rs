@@ -1,6 +1,8 @@
 //! The reverse proxy against a real upstream HTTP server on loopback, forward auth, and
 //! signed stream URLs.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -135,6 +137,14 @@ prefix = "/files"
 upstream = "http://{up}"
 min_role = "user"
 strip_prefix = true
+[[routes]]
+prefix = "/media"
+upstream = "http://{up}"
+min_role = "public"
+[[routes]]
+prefix = "/media/private"
+upstream = "http://{up}"
+min_role = "admin"
 [[routes]]
 prefix = "/adminonly"
 upstream = "http://{up}"
@@ -444,4 +454,312 @@ async fn websocket_upgrades_pass_through_with_identity() {
     let err = tokio_tungstenite::client_async(req, tcp).await.unwrap_err();
     assert!(err.to_string().contains("401"), "{err}");
     state.store.close().await;
+}
+
+/// What one spelling of a path must come to, at the proxy and at forward auth.
+#[derive(Clone, Copy, Debug)]
+enum Outcome {
+    /// The admin route: anonymous 401, admin 200 with this path upstream.
+    Private(&'static str),
+    /// The public route: 200 with this path upstream.
+    Public(&'static str),
+    /// Refused: the gate's 404 (400 for encoded bytes that are not UTF-8), forward auth 403;
+    /// never upstream.
+    Refused,
+    /// Falls under another route when case-folded (or no route at all): 404, forward auth
+    /// 401 for anonymous; never upstream.
+    NoRoute,
+}
+
+/// Spellings an attacker tries to reach `/media/private` (admin) through `/media` (public).
+const NESTED_PATHS: &[(&str, Outcome)] = {
+    use Outcome::*;
+    &[
+        ("/media/private/x", Private("/media/private/x")),
+        ("/media/private", Private("/media/private")),
+        ("/media/private/", Private("/media/private/")),
+        ("/media/%70rivate/x", Private("/media/private/x")),
+        ("/media/privat%65/x", Private("/media/private/x")),
+        ("/media/privat%65", Private("/media/private")),
+        ("/media/%70%72%69%76%61%74%65/x", Private("/media/private/x")),
+        ("/%6dedia/private/x", Private("/media/private/x")),
+        ("/%6Dedia/%70rivate/x", Private("/media/private/x")),
+        ("/m%65dia/priv%61te/x", Private("/media/private/x")),
+        ("/media/pr%69vate/%78", Private("/media/private/x")),
+        ("/media/private/%7euser", Private("/media/private/~user")),
+        ("/media/private/a%20b", Private("/media/private/a%20b")),
+        ("/media/private/caf%c3%a9", Private("/media/private/caf%C3%A9")),
+        ("/media/private/%2570", Private("/media/private/%2570")),
+        ("/media/private/x?q=%70", Private("/media/private/x")),
+        ("/media/private/a+b", Private("/media/private/a+b")),
+        ("/media//private/x", Refused),
+        ("/media///private", Refused),
+        ("/media/private//x", Refused),
+        ("/media/private;/x", Refused),
+        ("/media/private;jsessionid=1/x", Refused),
+        ("/media;x/private/x", Refused),
+        ("/media/x;/../private", Refused),
+        ("/media/%2e%2e/media/private/x", Refused),
+        ("/media/../media/private/x", Refused),
+        ("/media/./private/x", Refused),
+        ("/media/.%2e/media/private", Refused),
+        ("/media/%2E/private", Refused),
+        ("/media%2Fprivate/x", Refused),
+        ("/media/%2fprivate/x", Refused),
+        ("/media/x%5c..%5cprivate", Refused),
+        ("/media/x%5Cprivate", Refused),
+        ("/media/%00private", Refused),
+        ("/media/private%00", Refused),
+        ("/media/%0aprivate", Refused),
+        ("/media/%0D%0Aprivate", Refused),
+        ("/media/%1f", Refused),
+        ("/media/%7f", Refused),
+        ("/media/%zz", Refused),
+        ("/media/%7", Refused),
+        ("/media/%", Refused),
+        ("/media/%g1x", Refused),
+        ("/media/%c0%af", Refused),
+        ("/media/%e0%80%af", Refused),
+        ("/media/%c0%aeprivate", Refused),
+        ("/media/%ff", Refused),
+        ("/media/%c3", Refused),
+        ("/media/%80x", Refused),
+        ("/media/x%2F..%2Fprivate", Refused),
+        ("/media/PRIVATE/x", NoRoute),
+        ("/media/Private/x", NoRoute),
+        ("/media/privatE", NoRoute),
+        ("/media/%50RIVATE/x", NoRoute),
+        ("/media/privat%45/x", NoRoute),
+        ("/Media/private/x", NoRoute),
+        ("/MEDIA/x", NoRoute),
+        ("/mediaX", NoRoute),
+        ("/media%58", NoRoute),
+        ("/media/x", Public("/media/x")),
+        ("/media", Public("/media")),
+        ("/media/", Public("/media/")),
+        ("/media/privatex", Public("/media/privatex")),
+        ("/media/private-x", Public("/media/private-x")),
+        ("/media/private%2Dx", Public("/media/private-x")),
+        ("/media/private.x", Public("/media/private.x")),
+        ("/media/x/private", Public("/media/x/private")),
+        ("/media/%2570rivate/x", Public("/media/%2570rivate/x")),
+        ("/media/%252e%252e/private", Public("/media/%252e%252e/private")),
+        ("/media/x%3Bprivate", Public("/media/x%3Bprivate")),
+        ("/media/x%3bprivate", Public("/media/x%3Bprivate")),
+        ("/media/a+b", Public("/media/a+b")),
+        ("/media/a%2bb", Public("/media/a%2Bb")),
+        ("/media/%7Euser", Public("/media/~user")),
+        ("/media/%41", Public("/media/A")),
+        ("/media/a%20b", Public("/media/a%20b")),
+        ("/media/caf%C3%A9", Public("/media/caf%C3%A9")),
+        ("/media/caf%c3%A9", Public("/media/caf%C3%A9")),
+        ("/media/movie.2024.mkv", Public("/media/movie.2024.mkv")),
+        ("/media/.hidden", Public("/media/.hidden")),
+        ("/media/...", Public("/media/...")),
+        ("/media/x:y@z!$&'()*,=", Public("/media/x:y@z!$&'()*,=")),
+    ]
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_routes_hold_for_every_spelling_of_a_path() {
+    let up = upstream().await;
+    let (cli, state, _d) = open(up).await;
+    let admin = token(&cli, ADMIN).await;
+    let guest = user(&cli, &admin, "kid@example.com", "guest").await;
+    assert!(NESTED_PATHS.len() >= 60);
+    let bearer = |t: &str| format!("Bearer {t}");
+    for &(path, want) in NESTED_PATHS {
+        let anon = cli.get(path).send().await;
+        let anon_status = anon.0.status().as_u16();
+        let anon_body = body(anon).await;
+        let as_admin = body(cli.get(path).header("authorization", bearer(&admin)).send().await).await;
+        let as_guest = cli.get(path).header("authorization", bearer(&guest)).send().await.0.status().as_u16();
+        let verify = |tok: Option<&String>| {
+            let mut r = cli.get("/api/auth/verify").header("x-original-uri", path);
+            if let Some(t) = tok {
+                r = r.header("authorization", bearer(t));
+            }
+            r.send()
+        };
+        let verify_anon = verify(None).await.0.status().as_u16();
+        let verify_admin = verify(Some(&admin)).await.0.status().as_u16();
+        let verify_guest = verify(Some(&guest)).await.0.status().as_u16();
+        let ctx = format!("{path} ({want:?}): anon {anon_status} {anon_body}, admin {as_admin}");
+        match want {
+            Outcome::Private(seen) => {
+                assert_eq!(anon_status, 401, "{ctx}");
+                assert_eq!(as_guest, 403, "{ctx}");
+                assert_eq!(as_admin["path"], seen, "the upstream gets the canonical path: {ctx}");
+                assert_eq!((verify_anon, verify_guest, verify_admin), (401, 403, 200), "verify {ctx}");
+                if let Some((_, q)) = path.split_once('?') {
+                    assert_eq!(as_admin["query"], q, "the query goes on as it is: {ctx}");
+                }
+            }
+            Outcome::Public(seen) => {
+                assert_eq!(anon_status, 200, "{ctx}");
+                assert_eq!(anon_body["path"], seen, "the upstream gets the canonical path: {ctx}");
+                assert_eq!((verify_anon, verify_guest, verify_admin), (200, 200, 200), "verify {ctx}");
+            }
+            Outcome::Refused | Outcome::NoRoute => {
+                // The gate's 404 (or its router's 400 for bytes that are not UTF-8), never upstream.
+                let gate_own = |b: &Value| {
+                    ["urn:miauflix-gate:problem/not-found", "urn:miauflix-gate:problem/bad-request"]
+                        .contains(&b["type"].as_str().unwrap_or(""))
+                };
+                assert!(matches!(anon_status, 404 | 400), "{ctx}");
+                assert!(gate_own(&anon_body) && gate_own(&as_admin), "never upstream: {ctx}");
+                let anon_verify = if matches!(want, Outcome::Refused) { 403 } else { 401 };
+                assert_eq!((verify_anon, verify_guest, verify_admin), (anon_verify, 403, 403), "verify {ctx}");
+            }
+        }
+    }
+    state.store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_auth_reads_one_uri_header() {
+    let up = upstream().await;
+    let (cli, state, _d) = open(up).await;
+    let admin = token(&cli, ADMIN).await;
+    let guest = user(&cli, &admin, "kid@example.com", "guest").await;
+    let verify = |headers: &[(&'static str, &'static str)], tok: Option<&String>| {
+        let mut r = cli.get("/api/auth/verify");
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        if let Some(t) = tok {
+            r = r.header("authorization", format!("Bearer {t}"));
+        }
+        r.send()
+    };
+    // The default header is X-Original-URI (nginx sets it itself): a client's X-Forwarded-Uri
+    // that a proxy passed on cannot point the check at a public route.
+    for spoof in ["/public/x", "/media/x"] {
+        for tok in [None, Some(&guest)] {
+            let r = verify(&[("x-original-uri", "/adminonly/x"), ("x-forwarded-uri", spoof)], tok).await;
+            assert_eq!(r.0.status(), 400, "two URI headers that disagree");
+            assert_eq!(r.0.headers().get("content-type").unwrap(), "application/problem+json");
+            let r = verify(&[("x-forwarded-uri", spoof), ("x-original-uri", "/adminonly/x")], tok).await;
+            assert_eq!(r.0.status(), 400, "in either order");
+            let r = verify(&[("x-forwarded-uri", spoof)], tok).await;
+            assert_eq!(r.0.status(), 400, "only the other header: refused, not believed");
+        }
+    }
+    // Two X-Original-URI lines: which one a proxy set cannot be told.
+    let r = verify(&[("x-original-uri", "/public/x"), ("x-original-uri", "/adminonly/x")], None).await;
+    assert_eq!(r.0.status(), 400);
+    assert_eq!(body(r).await["type"], "urn:miauflix-gate:problem/bad-request");
+    let r = verify(&[("x-original-uri", "/adminonly/x"), ("x-original-uri", "/adminonly/x")], Some(&admin)).await;
+    assert_eq!(r.0.status(), 400, "duplicates are refused even when equal");
+    // The same value in both is one answer.
+    let r = verify(&[("x-original-uri", "/public/x"), ("x-forwarded-uri", "/public/x")], None).await;
+    assert_eq!(r.0.status(), 200);
+    // The method header: once, and a method.
+    let r = verify(&[("x-original-uri", "/public/x"), ("x-original-method", "GET")], None).await;
+    assert_eq!(r.0.status(), 200);
+    let r =
+        verify(&[("x-original-uri", "/public/x"), ("x-original-method", "GET"), ("x-original-method", "POST")], None)
+            .await;
+    assert_eq!(r.0.status(), 400);
+    let r = verify(
+        &[("x-original-uri", "/public/x"), ("x-original-method", "GET"), ("x-forwarded-method", "DELETE")],
+        None,
+    )
+    .await;
+    assert_eq!(r.0.status(), 400);
+    let r = verify(&[("x-original-uri", "/public/x"), ("x-original-method", "G E T")], None).await;
+    assert_eq!(r.0.status(), 400);
+    assert_eq!(verify(&[("x-original-uri", "/adminonly/x")], Some(&guest)).await.0.status(), 403);
+    assert_eq!(verify(&[("x-original-uri", "/adminonly/x")], Some(&admin)).await.0.status(), 200);
+    state.store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_auth_can_read_x_forwarded_uri_instead() {
+    let up = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gate.toml");
+    let toml = format!(
+        "[forward_auth]\nuri_header = \"x-forwarded-uri\"\nmethod_header = \"x-forwarded-method\"\n{}",
+        routes_toml(up)
+    );
+    std::fs::write(&file, toml).unwrap();
+    let flags = Overrides {
+        data_dir: Some(dir.path().join("data")),
+        listen: Some("127.0.0.1:0".into()),
+        tls: Some("off".into()),
+    };
+    let state =
+        miauflix_gate::server::open(Config::load(Some(&file), Vec::new(), &flags).unwrap()).await.unwrap().state;
+    let cli = TestClient::new(build_app(state.clone()).boxed()).default_header("host", "gate.test");
+    let get = |h: &'static str, v: &'static str| cli.get("/api/auth/verify").header(h, v).send();
+    assert_eq!(get("x-forwarded-uri", "/public/x").await.0.status(), 200);
+    assert_eq!(get("x-forwarded-uri", "/adminonly/x").await.0.status(), 401);
+    // Caddy sets X-Forwarded-Uri and passes a client's X-Original-URI on: refused, not read.
+    let r = cli
+        .get("/api/auth/verify")
+        .header("x-forwarded-uri", "/adminonly/x")
+        .header("x-original-uri", "/public/x")
+        .send()
+        .await;
+    assert_eq!(r.0.status(), 400);
+    assert_eq!(get("x-original-uri", "/public/x").await.0.status(), 400);
+    state.store.close().await;
+}
+
+/// One HTTP/1.1 request to the binary with the target sent byte for byte; (status, JSON body).
+async fn raw_get(addr: SocketAddr, method: &str, target: &str, auth: Option<&str>, body: &str) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req =
+        format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://{addr}\r\nConnection: close\r\n");
+    if let Some(t) = auth {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()));
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw)).await;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_proxies_the_canonical_path_only() {
+    let up = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gate.toml");
+    std::fs::write(&cfg, routes_toml(up)).unwrap();
+    let data = dir.path().join("data");
+    let gate = common::Gate::start(&data, &[("MIAUFLIX_TLS", "off"), ("MIAUFLIX_CONFIG", cfg.to_str().unwrap())]);
+    let setup = std::fs::read_to_string(data.join("setup-token")).unwrap();
+    let body = json!({"email": ADMIN, "password": PW, "setupToken": setup.trim()}).to_string();
+    let (status, _) = raw_get(gate.addr, "POST", "/api/auth/setup", None, &body).await;
+    assert!(status == 200 || status == 201, "setup: {status}");
+    let body = json!({"email": ADMIN, "password": PW}).to_string();
+    let (status, tok) = raw_get(gate.addr, "POST", "/api/auth/token", None, &body).await;
+    assert_eq!(status, 200);
+    let admin = tok["access_token"].as_str().unwrap().to_string();
+    for &(path, want) in NESTED_PATHS {
+        let (anon, anon_body) = raw_get(gate.addr, "GET", path, None, "").await;
+        let (_, admin_body) = raw_get(gate.addr, "GET", path, Some(&admin), "").await;
+        let ctx = format!("{path} ({want:?}): anon {anon} {anon_body}, admin {admin_body}");
+        match want {
+            Outcome::Private(seen) => {
+                assert_eq!(anon, 401, "{ctx}");
+                assert_eq!(admin_body["path"], seen, "{ctx}");
+            }
+            Outcome::Public(seen) => {
+                assert_eq!(anon, 200, "{ctx}");
+                assert_eq!(anon_body["path"], seen, "{ctx}");
+            }
+            Outcome::Refused | Outcome::NoRoute => {
+                assert!(matches!(anon, 400 | 404), "{ctx}");
+                assert!(anon_body.get("path").is_none() && admin_body.get("path").is_none(), "never upstream: {ctx}");
+            }
+        }
+    }
+    gate.terminate();
 }

@@ -527,7 +527,7 @@ impl<E: Endpoint> Endpoint for RequestContextEndpoint<E> {
     type Output = Response;
 
     async fn call(&self, mut req: Request) -> poem::Result<Response> {
-        if let Some(route) = self.policy.state.proxy.route_for(req.uri().path()) {
+        if let Some(route) = self.policy.state.proxy.route_request(req.uri_mut()) {
             return Ok(self.proxied(req, route).await);
         }
         let started = std::time::Instant::now();

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod canonical;
 pub mod middleware;
 pub mod proxy;
 pub mod redirect;

@@ -3,6 +3,7 @@
 //! both ways without buffering; hop-by-hop headers are removed; the client's identity
 //! headers are replaced by the gate's.
 
+use std::borrow::Cow;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -186,13 +187,42 @@ impl Proxy {
         Ok(self.client.request(req).await?)
     }
 
-    /// The route for a path, if any. The gate's own paths never reach here, nor do paths
-    /// with dot segments (they get the gate's 404).
-    pub fn route_for(&self, path: &str) -> Option<Arc<ProxyRoute>> {
-        if crate::config::is_reserved_path(path) || crate::config::has_dot_segment(path) {
+    /// The route for a request path and the path's canonical form
+    /// ([`canonical_path`](crate::http::canonical::canonical_path)), if any. The gate's own
+    /// paths never reach here, nor do refused paths (they get the gate's 404, forward auth
+    /// 403), nor a path whose case-folded form falls under another route than its exact form
+    /// (`/media/PRIVATE` with `/media` and `/media/private`: case-insensitive upstreams would
+    /// serve the stricter route's path under the looser policy).
+    pub fn route_for<'a>(&self, path: &'a str) -> Option<(Arc<ProxyRoute>, Cow<'a, str>)> {
+        let path = crate::http::canonical::canonical_path(path)?;
+        if crate::config::is_reserved_path(&path) {
             return None;
         }
-        self.routes.iter().find(|r| r.matches(path)).cloned()
+        let exact = self.routes.iter().find(|r| r.matches(&path))?;
+        if path.bytes().any(|b| b.is_ascii_uppercase())
+            && let Some(folded) = self.routes.iter().find(|r| crate::config::is_under_ignore_case(&path, &r.prefix))
+            && !Arc::ptr_eq(folded, exact)
+        {
+            return None;
+        }
+        Some((exact.clone(), path))
+    }
+
+    /// The route for a request, with its URI rewritten to the canonical path (the query as it
+    /// is) when that differs, so that every later step — policy, stream keys, the path sent
+    /// upstream — reads the one canonical form. Allocates nothing when the path is canonical.
+    pub fn route_request(&self, uri: &mut Uri) -> Option<Arc<ProxyRoute>> {
+        let (route, path) = self.route_for(uri.path())?;
+        if let Cow::Owned(path) = path {
+            let pq = match uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path,
+            };
+            let mut parts = std::mem::take(uri).into_parts();
+            parts.path_and_query = Some(pq.parse().ok()?);
+            *uri = Uri::from_parts(parts).ok()?;
+        }
+        Some(route)
     }
 
     /// Forwards the request to the route's upstream and streams the answer back.

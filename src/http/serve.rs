@@ -239,7 +239,7 @@ async fn connection<Io>(
             return Either::Right(Either::Left(std::future::ready(Ok::<_, Infallible>(resp))));
         }
         if let Some(edge) = &edge
-            && let Some(route) = edge.state.proxy.route_for(req.uri().path())
+            && let Some(route) = edge.state.proxy.route_request(req.uri_mut())
         {
             let edge = edge.clone();
             let upgrade = crate::http::proxy::upgrade_protocol(req.headers()).map(|_| {

@@ -54,22 +54,25 @@ pub struct StreamKeyResponse {
 #[OpenApi(tag = "ApiTags::Auth")]
 impl EdgeApi {
     /// Forward auth for nginx `auth_request`, Traefik `forwardAuth` and Caddy `forward_auth`:
-    /// applies the policy of the route for `X-Original-URI` / `X-Forwarded-Uri`.
+    /// applies the policy of the route for the original URI, read from the one header
+    /// `[forward_auth] uri_header` names (`X-Original-URI` by default).
     #[oai(path = "/api/auth/verify", method = "get")]
     async fn verify(&self, req: &Request) -> poem::Result<VerifyResponse> {
-        let uri = ["x-original-uri", "x-forwarded-uri"]
-            .iter()
-            .find_map(|h| req.headers().get(*h).and_then(|v| v.to_str().ok()))
-            .ok_or_else(|| {
-                poem::Error::from(ApiError::bad_request("X-Original-URI or X-Forwarded-Uri is required."))
-            })?;
-        let path = uri.split(['?', '#']).next().unwrap_or("/");
-        let path = if path.starts_with('/') { path.to_string() } else { format!("/{path}") };
-        if crate::config::has_dot_segment(&path) {
-            return Err(fail(AuthError::Forbidden));
+        let fa = &self.state.config.forward_auth;
+        let uri = original_header(req, fa.uri_header.name(), fa.uri_header.other())?.ok_or_else(|| {
+            poem::Error::from(ApiError::bad_request(format!("The {} header is required.", fa.uri_header.name())))
+        })?;
+        if let Some(method) = original_header(req, fa.method_header.name(), fa.method_header.other())?
+            && poem::http::Method::from_bytes(method.as_bytes()).is_err()
+        {
+            return Err(
+                ApiError::bad_request(format!("The {} header is not a method.", fa.method_header.name())).into()
+            );
         }
-        let route = self.state.proxy.route_for(&path);
-        let stream_path = route.as_ref().filter(|r| r.cfg.stream_keys).map(|_| path.as_str());
+        let path = uri.split(['?', '#']).next().unwrap_or("/");
+        // A refused path (see `canonical_path`) or one no route covers: 403 below.
+        let route = self.state.proxy.route_for(path);
+        let stream_path = route.as_ref().filter(|(r, _)| r.cfg.stream_keys).map(|(_, p)| p.as_ref());
         // Stream keys arrive in the original URI's query string.
         let principal = match stream_path {
             Some(p) => match uri
@@ -81,6 +84,10 @@ impl EdgeApi {
             },
             None => authenticate_request(&self.state, req.headers(), req.uri(), None).map_err(fail)?.map(|a| a.0),
         };
+        let route = route.map(|(r, _)| r);
+        if route.is_none() && crate::http::canonical::canonical_path(path).is_none() {
+            return Err(fail(AuthError::Forbidden));
+        }
         // Default deny: a path no route covers is refused.
         let Some(route) = route else {
             return Err(fail(if principal.is_some() { AuthError::Forbidden } else { AuthError::Unauthorized }));
@@ -116,13 +123,15 @@ impl EdgeApi {
     async fn stream_key(&self, auth: Auth, body: Json<StreamKeyRequest>) -> poem::Result<Json<StreamKeyResponse>> {
         let p = auth.require(Role::Guest)?;
         let path = body.0.path;
-        if !path.starts_with('/') || path.contains(['?', '#']) || crate::config::has_dot_segment(&path) {
-            return Err(
-                ApiError::bad_request("The path must be an absolute path without query or dot segments.").into()
-            );
-        }
-        let route =
-            self.state.proxy.route_for(&path).filter(|r| r.cfg.stream_keys).ok_or_else(|| {
+        let canonical = (!path.contains(['?', '#'])).then(|| crate::http::canonical::canonical_path(&path)).flatten();
+        let Some(path) = canonical.map(|p| p.into_owned()) else {
+            return Err(ApiError::bad_request(
+                "The path must be an absolute path without query, dot segments, empty segments or parameters.",
+            )
+            .into());
+        };
+        let (route, _) =
+            self.state.proxy.route_for(&path).filter(|(r, _)| r.cfg.stream_keys).ok_or_else(|| {
                 poem::Error::from(ApiError::bad_request("No route with stream keys covers this path."))
             })?;
         if let Some(min) = min_role(&route) {
@@ -131,4 +140,31 @@ impl EdgeApi {
         let (key, expires_at) = self.state.auth.sign_stream_key(p, &path, body.0.ttl_seconds);
         Ok(Json(StreamKeyResponse { url: format!("{path}?{STREAM_KEY_PARAM}={key}"), expires_at }))
     }
+}
+
+/// The value of the original-request header `name` (the one `[forward_auth]` chooses), if
+/// present; 400 when it is sent twice, is not text, or when `other` (the header the other
+/// proxies use) is present with a different value: a proxy that passes client headers on
+/// would otherwise let the client name the path that is checked.
+fn original_header<'a>(req: &'a Request, name: &str, other: &str) -> poem::Result<Option<&'a str>> {
+    let one = |h: &str| -> poem::Result<Option<&'a str>> {
+        let mut all = req.headers().get_all(h).iter();
+        let (first, second) = (all.next(), all.next());
+        if second.is_some() {
+            return Err(ApiError::bad_request(format!("The {h} header must be sent once.")).into());
+        }
+        match first {
+            None => Ok(None),
+            Some(v) => {
+                v.to_str().map(Some).map_err(|_| ApiError::bad_request(format!("The {h} header is not text.")).into())
+            }
+        }
+    };
+    let value = one(name)?;
+    if let Some(o) = one(other)?
+        && value != Some(o)
+    {
+        return Err(ApiError::bad_request(format!("{name} and {other} disagree; the gate reads {name}.")).into());
+    }
+    Ok(value)
 }
