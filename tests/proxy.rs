@@ -103,6 +103,12 @@ fn routes_toml(up: SocketAddr) -> String {
 [rate_limits.auth]
 per_minute = 100000
 burst = 10000
+[rate_limits.api]
+per_minute = 100000
+burst = 10000
+[rate_limits.global]
+per_minute = 100000
+burst = 10000
 [[routes]]
 prefix = "/api/lists"
 upstream = "http://{up}"
