@@ -401,21 +401,41 @@ fn admin_request(cmd: Command) -> anyhow::Result<(Request, Option<PathBuf>)> {
     Ok((req, out))
 }
 
-/// Where a payload goes: a new 0600 file, or standard output.
-fn payload_sink(out: Option<&PathBuf>) -> anyhow::Result<Box<dyn std::io::Write>> {
-    use std::os::unix::fs::OpenOptionsExt;
-    Ok(match out {
-        Some(path) => Box::new(std::io::BufWriter::new(
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?,
-        )),
-        None => Box::new(std::io::BufWriter::new(std::io::stdout())),
-    })
+/// Where a payload goes: a new 0600 file renamed over `--out` when complete (an existing file
+/// is replaced, never written through, so neither its old mode nor a symlink there survives),
+/// or standard output.
+enum PayloadSink {
+    File(crate::store::files::Replacement),
+    Stdout(std::io::BufWriter<std::io::Stdout>),
+}
+
+impl PayloadSink {
+    fn open(out: Option<&PathBuf>) -> anyhow::Result<PayloadSink> {
+        Ok(match out {
+            Some(path) => PayloadSink::File(
+                crate::store::files::Replacement::new(path, 0o600)
+                    .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?,
+            ),
+            None => PayloadSink::Stdout(std::io::BufWriter::new(std::io::stdout())),
+        })
+    }
+
+    fn writer(&mut self) -> &mut dyn std::io::Write {
+        match self {
+            PayloadSink::File(f) => f,
+            PayloadSink::Stdout(s) => s,
+        }
+    }
+
+    fn finish(self, out: Option<&PathBuf>) -> anyhow::Result<()> {
+        use std::io::Write;
+        match self {
+            PayloadSink::File(f) => f.commit().map_err(|e| {
+                anyhow::anyhow!("cannot write {}: {e}", out.map(|p| p.display().to_string()).unwrap_or_default())
+            }),
+            PayloadSink::Stdout(mut s) => s.flush().map_err(Into::into),
+        }
+    }
 }
 
 async fn run_admin(config: &Config, req: &Request, out: Option<&PathBuf>) -> anyhow::Result<(serde_json::Value, bool)> {
@@ -426,7 +446,7 @@ async fn run_admin(config: &Config, req: &Request, out: Option<&PathBuf>) -> any
             anyhow::bail!("{}", resp.error.unwrap_or_else(|| "the command failed".into()));
         }
         if resp.payload_bytes > 0 {
-            let mut sink = payload_sink(out)?;
+            let mut sink = PayloadSink::open(out)?;
             let mut left = resp.payload_bytes;
             let mut buf = vec![0u8; 64 * 1024];
             while left > 0 {
@@ -435,10 +455,10 @@ async fn run_admin(config: &Config, req: &Request, out: Option<&PathBuf>) -> any
                 if n == 0 {
                     anyhow::bail!("the gate ended the transfer early");
                 }
-                sink.write_all(&buf[..n])?;
+                sink.writer().write_all(&buf[..n])?;
                 left -= n as u64;
             }
-            sink.flush()?;
+            sink.finish(out)?;
         }
         return Ok((resp.data, true));
     }
@@ -451,10 +471,11 @@ async fn run_admin(config: &Config, req: &Request, out: Option<&PathBuf>) -> any
             let written = match payload {
                 None => Ok(()),
                 Some(crate::admin::Payload::TempFile(path)) => {
-                    let r = payload_sink(out).and_then(|mut s| {
-                        let mut f = std::fs::File::open(&path)?;
-                        std::io::copy(&mut f, &mut s)?;
-                        s.flush().map_err(Into::into)
+                    let r = PayloadSink::open(out).and_then(|mut s| {
+                        // Our own temporary file in the data directory: never through a symlink.
+                        let mut f = crate::store::files::open_existing(&path)?;
+                        std::io::copy(&mut f, s.writer())?;
+                        s.finish(out)
                     });
                     let _ = std::fs::remove_file(&path);
                     r

@@ -74,11 +74,34 @@ pub async fn restore(config: &Config, from: &std::path::Path) -> anyhow::Result<
         );
     }
     crate::server::prepare_data_dir(config)?;
+    // Root may run this in a directory the service user owns: no entry is followed.
+    use crate::store::files;
+    for path in [&store_path, &key_path] {
+        files::refuse_symlink(path)?;
+    }
     let staging = config.data_dir.join(".restore-check.redb");
-    let _ = std::fs::remove_file(&staging);
-    std::fs::copy(from, &staging).with_context(|| format!("cannot copy {}", from.display()))?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600))?;
+    match std::fs::symlink_metadata(&staging) {
+        Ok(_) => std::fs::remove_file(&staging).with_context(|| format!("cannot remove {}", staging.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", staging.display())),
+    }
+    let copy = || -> anyhow::Result<std::fs::File> {
+        let mut source = std::fs::File::open(from).with_context(|| format!("cannot read {}", from.display()))?;
+        let mut file =
+            files::create_new(&staging, 0o600).with_context(|| format!("cannot create {}", staging.display()))?;
+        std::io::copy(&mut source, &mut file).with_context(|| format!("cannot copy {}", from.display()))?;
+        file.sync_all()?;
+        Ok(file)
+    };
+    let staged = match copy() {
+        Ok(f) => f,
+        Err(e) => {
+            if !std::fs::symlink_metadata(&staging).is_ok_and(|m| m.file_type().is_symlink()) {
+                let _ = std::fs::remove_file(&staging);
+            }
+            return Err(e);
+        }
+    };
     let checked = async {
         let store = Store::open(&staging).map_err(|e| anyhow::anyhow!("the backup is not usable: {e}"))?;
         let result = async {
@@ -111,7 +134,11 @@ pub async fn restore(config: &Config, from: &std::path::Path) -> anyhow::Result<
         let _ = std::fs::remove_file(&staging);
         return Err(e);
     }
-    let aside = if store_path.exists() {
+    // The checks ran on the file this process created; the name must still be that file.
+    if !files::is_same_file(&staging, &staged) {
+        anyhow::bail!("{} was replaced during the restore; nothing was changed", staging.display());
+    }
+    let aside = if std::fs::symlink_metadata(&store_path).is_ok() {
         let aside = config.data_dir.join(format!("gate.redb.before-restore-{}", crate::auth::now()));
         std::fs::rename(&store_path, &aside).with_context(|| format!("cannot move {} aside", store_path.display()))?;
         Some(aside)
@@ -120,5 +147,8 @@ pub async fn restore(config: &Config, from: &std::path::Path) -> anyhow::Result<
     };
     std::fs::rename(&staging, &store_path)
         .with_context(|| format!("cannot put the backup at {}", store_path.display()))?;
+    if !files::is_same_file(&store_path, &staged) {
+        anyhow::bail!("{} was replaced during the restore; check the data directory", store_path.display());
+    }
     Ok(aside)
 }
