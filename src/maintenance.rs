@@ -36,6 +36,10 @@ pub async fn rotate_with(
     if crate::vpn::reencrypt(store, keyring).await.context("re-encrypting the VPN key")? {
         n += 1;
     }
+    if crate::auth::stream_keys::reencrypt(store, keyring).await.context("re-encrypting the stream-URL key")? {
+        n += 1;
+    }
+    n += crate::tls::acme::reencrypt(store, keyring).await.context("re-encrypting the ACME keys")?;
     SecurityEvent::new(EventKind::KeysRotated, Severity::Info, client)
         .actor("cli")
         .detail("data_key", data_key_id.to_string())
