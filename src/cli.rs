@@ -97,6 +97,11 @@ pub enum Command {
 pub enum KeysCommand {
     /// New field-encryption key and JWT signing key; re-encrypts every encrypted field.
     Rotate,
+    /// Delete an old data key; refused while any value is still sealed with it.
+    Retire {
+        #[arg(long, value_name = "ID")]
+        key_id: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -384,6 +389,10 @@ fn admin_request(cmd: Command) -> anyhow::Result<(Request, Option<PathBuf>)> {
             VpnCommand::Disable => "vpn.disable",
         },
         Command::Keys { command: KeysCommand::Rotate } => "keys.rotate",
+        Command::Keys { command: KeysCommand::Retire { key_id } } => {
+            set("key_id", key_id.to_string());
+            "keys.retire"
+        }
         Command::Audit { command: AuditCommand::Verify } => "audit.verify",
         Command::Audit { command: AuditCommand::Export { since, until, out: path } } => {
             if let Some(s) = since {
@@ -559,6 +568,7 @@ fn print_human(cmd: &str, d: &serde_json::Value, out: Option<&PathBuf>, config: 
             d["reencrypted"],
             if online { " (live in the running gate)" } else { "" }
         ),
+        "keys.retire" => println!("data key {} retired; data keys left: {}", d["retired"], d["dataKeys"]),
         "audit.verify" => {
             if d["ok"] == true {
                 println!("audit chain verifies: records {}..{} ({} checked)", d["first"], d["last"], d["checked"]);

@@ -49,6 +49,56 @@ pub async fn rotate_with(
     Ok(RotationReport { data_key_id, signing_kid, reencrypted_fields: n })
 }
 
+/// Every sealed value in the store and the data key id it is sealed with: signing keys, the
+/// self-signed key, the VPN key, the stream-URL key, the ACME account and certificate keys.
+pub fn sealed_values(store: &Store) -> anyhow::Result<Vec<(String, u32)>> {
+    let mut out: Vec<(String, u32)> =
+        SigningKeys::sealed_key_ids(store)?.into_iter().map(|(kid, id)| (format!("signing key {kid}"), id)).collect();
+    if let Some(id) = crate::tls::self_signed::sealed_key_id(store)? {
+        out.push(("self-signed TLS key".into(), id));
+    }
+    if let Some(id) = crate::vpn::sealed_key_id(store)? {
+        out.push(("VPN private key".into(), id));
+    }
+    if let Some(sealed) = crate::auth::stream_keys::sealed(store)? {
+        out.push(("stream-URL key".into(), Keyring::key_id_of(&sealed)?));
+    }
+    for (name, sealed) in crate::tls::acme::sealed_entries(store)? {
+        out.push((name, Keyring::key_id_of(&sealed)?));
+    }
+    Ok(out)
+}
+
+/// Deletes an old data key once no sealed value needs it (`keys retire`); refuses the
+/// active key and a key some value is still sealed with.
+pub async fn retire(
+    store: &Store,
+    keyring: &Keyring,
+    key_id: u32,
+    audit: &crate::audit::Audit,
+    client: &ClientInfo,
+) -> anyhow::Result<()> {
+    if key_id == keyring.active_key_id() {
+        anyhow::bail!("data key {key_id} is the active key; rotate first");
+    }
+    let users: Vec<String> =
+        sealed_values(store)?.into_iter().filter(|(_, id)| *id == key_id).map(|(name, _)| name).collect();
+    if !users.is_empty() {
+        anyhow::bail!(
+            "data key {key_id} still seals {} value(s) ({}); run keys rotate first",
+            users.len(),
+            users.join(", ")
+        );
+    }
+    keyring.retire(store, key_id).await?;
+    SecurityEvent::new(EventKind::KeysRotated, Severity::Info, client)
+        .actor("cli")
+        .detail("retired_data_key", key_id.to_string())
+        .record(audit)
+        .await;
+    Ok(())
+}
+
 /// Replaces the data file with `from` after checking it: redb integrity, schema version
 /// (newer is refused), a keyring the current master key unwraps, and an audit chain that
 /// verifies. The gate must be stopped. Returns where the replaced file was kept.
