@@ -97,6 +97,11 @@ pub enum Command {
 pub enum KeysCommand {
     /// New field-encryption key and JWT signing key; re-encrypts every encrypted field.
     Rotate,
+    /// Delete an old data key; refused while any value is still sealed with it.
+    Retire {
+        #[arg(long, value_name = "ID")]
+        key_id: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -409,6 +414,10 @@ fn admin_request(cmd: Command) -> anyhow::Result<(Request, Option<PathBuf>)> {
             VpnCommand::Disable => "vpn.disable",
         },
         Command::Keys { command: KeysCommand::Rotate } => "keys.rotate",
+        Command::Keys { command: KeysCommand::Retire { key_id } } => {
+            set("key_id", key_id.to_string());
+            "keys.retire"
+        }
         Command::Audit { command: AuditCommand::Verify } => "audit.verify",
         Command::Audit { command: AuditCommand::Export { since, until, out: path } } => {
             if let Some(s) = since {
@@ -426,21 +435,41 @@ fn admin_request(cmd: Command) -> anyhow::Result<(Request, Option<PathBuf>)> {
     Ok((req, out))
 }
 
-/// Where a payload goes: a new 0600 file, or standard output.
-fn payload_sink(out: Option<&PathBuf>) -> anyhow::Result<Box<dyn std::io::Write>> {
-    use std::os::unix::fs::OpenOptionsExt;
-    Ok(match out {
-        Some(path) => Box::new(std::io::BufWriter::new(
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?,
-        )),
-        None => Box::new(std::io::BufWriter::new(std::io::stdout())),
-    })
+/// Where a payload goes: a new 0600 file renamed over `--out` when complete (an existing file
+/// is replaced, never written through, so neither its old mode nor a symlink there survives),
+/// or standard output.
+enum PayloadSink {
+    File(crate::store::files::Replacement),
+    Stdout(std::io::BufWriter<std::io::Stdout>),
+}
+
+impl PayloadSink {
+    fn open(out: Option<&PathBuf>) -> anyhow::Result<PayloadSink> {
+        Ok(match out {
+            Some(path) => PayloadSink::File(
+                crate::store::files::Replacement::new(path, 0o600)
+                    .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?,
+            ),
+            None => PayloadSink::Stdout(std::io::BufWriter::new(std::io::stdout())),
+        })
+    }
+
+    fn writer(&mut self) -> &mut dyn std::io::Write {
+        match self {
+            PayloadSink::File(f) => f,
+            PayloadSink::Stdout(s) => s,
+        }
+    }
+
+    fn finish(self, out: Option<&PathBuf>) -> anyhow::Result<()> {
+        use std::io::Write;
+        match self {
+            PayloadSink::File(f) => f.commit().map_err(|e| {
+                anyhow::anyhow!("cannot write {}: {e}", out.map(|p| p.display().to_string()).unwrap_or_default())
+            }),
+            PayloadSink::Stdout(mut s) => s.flush().map_err(Into::into),
+        }
+    }
 }
 
 async fn run_admin(config: &Config, req: &Request, out: Option<&PathBuf>) -> anyhow::Result<(serde_json::Value, bool)> {
@@ -451,7 +480,7 @@ async fn run_admin(config: &Config, req: &Request, out: Option<&PathBuf>) -> any
             anyhow::bail!("{}", resp.error.unwrap_or_else(|| "the command failed".into()));
         }
         if resp.payload_bytes > 0 {
-            let mut sink = payload_sink(out)?;
+            let mut sink = PayloadSink::open(out)?;
             let mut left = resp.payload_bytes;
             let mut buf = vec![0u8; 64 * 1024];
             while left > 0 {
@@ -460,10 +489,10 @@ async fn run_admin(config: &Config, req: &Request, out: Option<&PathBuf>) -> any
                 if n == 0 {
                     anyhow::bail!("the gate ended the transfer early");
                 }
-                sink.write_all(&buf[..n])?;
+                sink.writer().write_all(&buf[..n])?;
                 left -= n as u64;
             }
-            sink.flush()?;
+            sink.finish(out)?;
         }
         return Ok((resp.data, true));
     }
@@ -476,10 +505,11 @@ async fn run_admin(config: &Config, req: &Request, out: Option<&PathBuf>) -> any
             let written = match payload {
                 None => Ok(()),
                 Some(crate::admin::Payload::TempFile(path)) => {
-                    let r = payload_sink(out).and_then(|mut s| {
-                        let mut f = std::fs::File::open(&path)?;
-                        std::io::copy(&mut f, &mut s)?;
-                        s.flush().map_err(Into::into)
+                    let r = PayloadSink::open(out).and_then(|mut s| {
+                        // Our own temporary file in the data directory: never through a symlink.
+                        let mut f = crate::store::files::open_existing(&path)?;
+                        std::io::copy(&mut f, s.writer())?;
+                        s.finish(out)
                     });
                     let _ = std::fs::remove_file(&path);
                     r
@@ -563,6 +593,7 @@ fn print_human(cmd: &str, d: &serde_json::Value, out: Option<&PathBuf>, config: 
             d["reencrypted"],
             if online { " (live in the running gate)" } else { "" }
         ),
+        "keys.retire" => println!("data key {} retired; data keys left: {}", d["retired"], d["dataKeys"]),
         "audit.verify" => {
             if d["ok"] == true {
                 println!("audit chain verifies: records {}..{} ({} checked)", d["first"], d["last"], d["checked"]);

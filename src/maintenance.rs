@@ -36,6 +36,10 @@ pub async fn rotate_with(
     if crate::vpn::reencrypt(store, keyring).await.context("re-encrypting the VPN key")? {
         n += 1;
     }
+    if crate::auth::stream_keys::reencrypt(store, keyring).await.context("re-encrypting the stream-URL key")? {
+        n += 1;
+    }
+    n += crate::tls::acme::reencrypt(store, keyring).await.context("re-encrypting the ACME keys")?;
     SecurityEvent::new(EventKind::KeysRotated, Severity::Info, client)
         .actor("cli")
         .detail("data_key", data_key_id.to_string())
@@ -43,6 +47,56 @@ pub async fn rotate_with(
         .record(audit)
         .await;
     Ok(RotationReport { data_key_id, signing_kid, reencrypted_fields: n })
+}
+
+/// Every sealed value in the store and the data key id it is sealed with: signing keys, the
+/// self-signed key, the VPN key, the stream-URL key, the ACME account and certificate keys.
+pub fn sealed_values(store: &Store) -> anyhow::Result<Vec<(String, u32)>> {
+    let mut out: Vec<(String, u32)> =
+        SigningKeys::sealed_key_ids(store)?.into_iter().map(|(kid, id)| (format!("signing key {kid}"), id)).collect();
+    if let Some(id) = crate::tls::self_signed::sealed_key_id(store)? {
+        out.push(("self-signed TLS key".into(), id));
+    }
+    if let Some(id) = crate::vpn::sealed_key_id(store)? {
+        out.push(("VPN private key".into(), id));
+    }
+    if let Some(sealed) = crate::auth::stream_keys::sealed(store)? {
+        out.push(("stream-URL key".into(), Keyring::key_id_of(&sealed)?));
+    }
+    for (name, sealed) in crate::tls::acme::sealed_entries(store)? {
+        out.push((name, Keyring::key_id_of(&sealed)?));
+    }
+    Ok(out)
+}
+
+/// Deletes an old data key once no sealed value needs it (`keys retire`); refuses the
+/// active key and a key some value is still sealed with.
+pub async fn retire(
+    store: &Store,
+    keyring: &Keyring,
+    key_id: u32,
+    audit: &crate::audit::Audit,
+    client: &ClientInfo,
+) -> anyhow::Result<()> {
+    if key_id == keyring.active_key_id() {
+        anyhow::bail!("data key {key_id} is the active key; rotate first");
+    }
+    let users: Vec<String> =
+        sealed_values(store)?.into_iter().filter(|(_, id)| *id == key_id).map(|(name, _)| name).collect();
+    if !users.is_empty() {
+        anyhow::bail!(
+            "data key {key_id} still seals {} value(s) ({}); run keys rotate first",
+            users.len(),
+            users.join(", ")
+        );
+    }
+    keyring.retire(store, key_id).await?;
+    SecurityEvent::new(EventKind::KeysRotated, Severity::Info, client)
+        .actor("cli")
+        .detail("retired_data_key", key_id.to_string())
+        .record(audit)
+        .await;
+    Ok(())
 }
 
 /// Replaces the data file with `from` after checking it: redb integrity, schema version
@@ -74,11 +128,34 @@ pub async fn restore(config: &Config, from: &std::path::Path) -> anyhow::Result<
         );
     }
     crate::server::prepare_data_dir(config)?;
+    // Root may run this in a directory the service user owns: no entry is followed.
+    use crate::store::files;
+    for path in [&store_path, &key_path] {
+        files::refuse_symlink(path)?;
+    }
     let staging = config.data_dir.join(".restore-check.redb");
-    let _ = std::fs::remove_file(&staging);
-    std::fs::copy(from, &staging).with_context(|| format!("cannot copy {}", from.display()))?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600))?;
+    match std::fs::symlink_metadata(&staging) {
+        Ok(_) => std::fs::remove_file(&staging).with_context(|| format!("cannot remove {}", staging.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", staging.display())),
+    }
+    let copy = || -> anyhow::Result<std::fs::File> {
+        let mut source = std::fs::File::open(from).with_context(|| format!("cannot read {}", from.display()))?;
+        let mut file =
+            files::create_new(&staging, 0o600).with_context(|| format!("cannot create {}", staging.display()))?;
+        std::io::copy(&mut source, &mut file).with_context(|| format!("cannot copy {}", from.display()))?;
+        file.sync_all()?;
+        Ok(file)
+    };
+    let staged = match copy() {
+        Ok(f) => f,
+        Err(e) => {
+            if !std::fs::symlink_metadata(&staging).is_ok_and(|m| m.file_type().is_symlink()) {
+                let _ = std::fs::remove_file(&staging);
+            }
+            return Err(e);
+        }
+    };
     let checked = async {
         let store = Store::open(&staging).map_err(|e| anyhow::anyhow!("the backup is not usable: {e}"))?;
         let result = async {
@@ -111,7 +188,11 @@ pub async fn restore(config: &Config, from: &std::path::Path) -> anyhow::Result<
         let _ = std::fs::remove_file(&staging);
         return Err(e);
     }
-    let aside = if store_path.exists() {
+    // The checks ran on the file this process created; the name must still be that file.
+    if !files::is_same_file(&staging, &staged) {
+        anyhow::bail!("{} was replaced during the restore; nothing was changed", staging.display());
+    }
+    let aside = if std::fs::symlink_metadata(&store_path).is_ok() {
         let aside = config.data_dir.join(format!("gate.redb.before-restore-{}", crate::auth::now()));
         std::fs::rename(&store_path, &aside).with_context(|| format!("cannot move {} aside", store_path.display()))?;
         Some(aside)
@@ -120,5 +201,8 @@ pub async fn restore(config: &Config, from: &std::path::Path) -> anyhow::Result<
     };
     std::fs::rename(&staging, &store_path)
         .with_context(|| format!("cannot put the backup at {}", store_path.display()))?;
+    if !files::is_same_file(&store_path, &staged) {
+        anyhow::bail!("{} was replaced during the restore; check the data directory", store_path.display());
+    }
     Ok(aside)
 }

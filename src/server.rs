@@ -58,7 +58,13 @@ async fn open_tls(config: &Config, store: &Store, keyring: &Arc<Keyring>, audit:
     let cert = self_signed::load_or_create(store, keyring, names).await?;
     let fp = crate::tls::fingerprint(&cert.cert_der);
     let pem_path = config.data_dir.join("self-signed.pem");
-    std::fs::write(&pem_path, cert.cert_pem()).with_context(|| format!("cannot write {}", pem_path.display()))?;
+    // A new file renamed into place: a symlink planted at the name is replaced, not followed.
+    crate::store::files::Replacement::new(&pem_path, 0o644)
+        .and_then(|mut f| {
+            std::io::Write::write_all(&mut f, cert.cert_pem().as_bytes())?;
+            f.commit()
+        })
+        .with_context(|| format!("cannot write {}", pem_path.display()))?;
     let facts = crate::tls::status::CertFacts::from_der(&cert.cert_der).ok();
     let slot = CertSlot::new(cert.certified.clone());
     let tls = Arc::new(crate::tls::server_config(slot.clone()).context("building the TLS configuration")?);

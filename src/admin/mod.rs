@@ -254,6 +254,14 @@ pub async fn execute(core: &AdminCore, req: &Request, uid: u32) -> Result<(Value
             auth.keys().reload(&core.store, &core.keyring).map_err(|e| e.to_string())?;
             json!({"dataKey": r.data_key_id, "signingKid": r.signing_kid, "reencrypted": r.reencrypted_fields})
         }
+        "keys.retire" => {
+            let id = arg(req, "key_id")?;
+            let id: u32 = id.parse().map_err(|_| format!("--key-id must be a data key number, not {id:?}"))?;
+            crate::maintenance::retire(&core.store, &core.keyring, id, auth.audit(), &client)
+                .await
+                .map_err(|e| format!("{e:#}"))?;
+            json!({"retired": id, "dataKeys": core.keyring.key_ids()})
+        }
         "audit.verify" => {
             let r = auth.audit().verify().map_err(|e| e.to_string())?;
             json!({"ok": r.ok, "first": r.first, "last": r.last, "checked": r.checked,

@@ -198,10 +198,15 @@ impl SecurityEvent {
         audit.record(self).await;
     }
 
-    /// Mirrors the event to the structured log.
+    /// Mirrors the event to the structured log. Every value is a plain string field, which
+    /// the text format writes quoted and escaped (Debug) and the JSON format as a JSON
+    /// string, so client text (user agent, email, detail) can neither forge a field nor
+    /// start a line.
     pub fn log(&self) {
         let detail = self.detail.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
+        let detail = detail.as_str();
         let ua = sanitize(&self.client.user_agent, 200);
+        let user_agent = ua.as_str();
         let actor = self.actor.as_deref().unwrap_or("anonymous");
         let target = self.target.as_deref().unwrap_or("-");
         let kind = self.kind.as_str();
@@ -209,13 +214,13 @@ impl SecurityEvent {
         let rid = self.client.request_id.as_str();
         match self.severity {
             Severity::Info => {
-                tracing::info!(target: "security", event = kind, actor, target, ip, user_agent = %ua, request_id = rid, detail = %detail, "security event")
+                tracing::info!(target: "security", event = kind, actor, target, ip, user_agent, request_id = rid, detail, "security event")
             }
             Severity::Warning => {
-                tracing::warn!(target: "security", event = kind, actor, target, ip, user_agent = %ua, request_id = rid, detail = %detail, "security event")
+                tracing::warn!(target: "security", event = kind, actor, target, ip, user_agent, request_id = rid, detail, "security event")
             }
             Severity::Critical => {
-                tracing::error!(target: "security", event = kind, severity = "critical", actor, target, ip, user_agent = %ua, request_id = rid, detail = %detail, "security event")
+                tracing::error!(target: "security", event = kind, severity = "critical", actor, target, ip, user_agent, request_id = rid, detail, "security event")
             }
         }
     }

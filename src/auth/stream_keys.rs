@@ -30,10 +30,30 @@ fn message(user_id: &str, session_id: &str, prefix: &str, expires_at: i64) -> Ve
     format!("miauflix-stream-v1\n{user_id}\n{session_id}\n{prefix}\n{expires_at}").into_bytes()
 }
 
+fn key_ctx() -> FieldContext<'static> {
+    FieldContext::new("secrets", "stream_hmac_key", RECORD)
+}
+
+/// The sealed HMAC secret as stored, if there is one.
+pub fn sealed(store: &Store) -> Result<Option<Vec<u8>>, StoreError> {
+    store.get_secret(RECORD)?.map(|b| B64.decode(&b).map_err(|e| StoreError::Codec(e.to_string()))).transpose()
+}
+
+/// Re-seals the HMAC secret with the active data key (key rotation); `true` if there was one.
+/// Stream URLs already handed out stay valid: the secret itself does not change.
+pub async fn reencrypt(store: &Store, keyring: &Keyring) -> Result<bool, StoreError> {
+    let Some(sealed) = sealed(store)? else { return Ok(false) };
+    let codec = |e: crate::crypto::CryptoError| StoreError::Codec(e.to_string());
+    let secret = keyring.decrypt(&key_ctx(), &sealed).map_err(codec)?;
+    let resealed = keyring.encrypt(&key_ctx(), &secret).map_err(codec)?;
+    store.put_secret(RECORD, B64.encode(resealed).into_bytes()).await?;
+    Ok(true)
+}
+
 impl StreamKeys {
     /// Loads the secret, making it on first use.
     pub async fn load_or_init(store: &Store, keyring: &Keyring) -> Result<StreamKeys, StoreError> {
-        let ctx = FieldContext::new("secrets", "stream_hmac_key", RECORD);
+        let ctx = key_ctx();
         let stored = store.get_secret(RECORD)?;
         let secret: Zeroizing<Vec<u8>> = match stored {
             Some(sealed) => {

@@ -198,6 +198,18 @@ impl SigningKeys {
         Ok(n)
     }
 
+    /// The data key id each stored signing key is sealed with, by kid (for `keys retire`).
+    pub fn sealed_key_ids(store: &Store) -> Result<Vec<(String, u32)>, KeyError> {
+        read_stored(store)?
+            .iter()
+            .map(|k| {
+                let sealed = B64.decode(&k.private_sealed).map_err(|e| KeyError::Keys(e.to_string()))?;
+                let id = Keyring::key_id_of(&sealed).map_err(|e| KeyError::Keys(e.to_string()))?;
+                Ok((k.kid.clone(), id))
+            })
+            .collect()
+    }
+
     /// Signs an access token with the newest key.
     pub fn sign(&self, claims: &Claims) -> Result<String, TokenError> {
         let keys = self.keys.read().map_err(|_| TokenError::Malformed)?;

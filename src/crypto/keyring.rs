@@ -184,6 +184,25 @@ impl Keyring {
         Ok(id)
     }
 
+    /// Deletes data key `id` from the store and the ring. The caller checks that no value is
+    /// still sealed with it ([`crate::maintenance::retire`]); the active key is never retired.
+    pub async fn retire(&self, store: &Store, id: u32) -> Result<(), KeyringError> {
+        if id == self.active_key_id() {
+            return Err(KeyringError::Refused(format!("data key {id} is the active key; rotate first")));
+        }
+        if !self.key_ids().contains(&id) {
+            return Err(KeyringError::Refused(format!("there is no data key {id}")));
+        }
+        store
+            .write(move |txn| {
+                txn.open_table(tables::KEYRING)?.remove(id)?;
+                Ok(())
+            })
+            .await?;
+        self.ring.write().map_err(|_| KeyringError::Poisoned)?.keys.remove(&id);
+        Ok(())
+    }
+
     /// The id of the key that encrypts new values.
     pub fn active_key_id(&self) -> u32 {
         self.ring.read().map(|r| r.active).unwrap_or(0)
@@ -226,6 +245,8 @@ pub enum KeyringError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Crypto(#[from] CryptoError),
+    #[error("{0}")]
+    Refused(String),
     #[error("keyring lock poisoned")]
     Poisoned,
 }

@@ -4,6 +4,7 @@
 //! runs as many pending closures as it can in one transaction and one durable commit,
 //! and acknowledges each caller only after that commit.
 
+pub mod files;
 pub mod tables;
 
 use std::path::{Path, PathBuf};
@@ -130,21 +131,20 @@ impl Store {
     /// Opens (or creates) the data file, checks its integrity and schema, runs migrations,
     /// and starts the writer thread.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        // Created 0600 before redb sees it; redb initialises an empty file.
-        if !path.exists() {
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(|e| StoreError::Open { path: path.to_path_buf(), reason: e.to_string() })?;
-        }
+        // Created 0600 before redb sees it (redb initialises an empty file); an existing entry
+        // is opened without following a symlink, and redb gets that descriptor.
+        let open_err = |e: std::io::Error| StoreError::Open { path: path.to_path_buf(), reason: e.to_string() };
+        let file = match files::open_existing(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => files::create_new(path, 0o600).map_err(open_err)?,
+            Err(e) => return Err(open_err(e)),
+        };
         let mut builder = Database::builder();
         builder.set_cache_size(32 * 1024 * 1024);
         // A file altered outside redb fails to open with an error instead of being trusted.
         builder.set_check_integrity_on_open(true);
-        let db = builder.create(path).map_err(|e| classify_open_error(path, e))?;
+        let backend = redb::backends::FileBackend::new(file).map_err(|e| classify_open_error(path, e))?;
+        let db = builder.create_with_backend(backend).map_err(|e| classify_open_error(path, e))?;
         migrate(&db, path)?;
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
@@ -235,11 +235,11 @@ impl Store {
     /// Writes a consistent snapshot of every table to a new redb file at `dest` (created
     /// 0600): one read transaction copied out, so concurrent writes neither block nor tear it.
     pub fn backup_to(&self, dest: &Path) -> Result<u64, StoreError> {
-        use std::os::unix::fs::OpenOptionsExt;
         let open_err = |e: std::io::Error| StoreError::Open { path: dest.to_path_buf(), reason: e.to_string() };
-        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(dest).map_err(open_err)?;
-        let out =
-            Database::create(dest).map_err(|e| StoreError::Open { path: dest.to_path_buf(), reason: e.to_string() })?;
+        // redb writes through this descriptor: the name is never reopened (it may be swapped).
+        let file = files::create_new(dest, 0o600).map_err(open_err)?;
+        let backend = redb::backends::FileBackend::new(file).map_err(|e| classify_open_error(dest, e))?;
+        let out = Database::builder().create_with_backend(backend).map_err(|e| classify_open_error(dest, e))?;
         let src = self.inner.db.begin_read()?;
         let dst = out.begin_write()?;
         let mut rows = 0u64;

@@ -19,7 +19,7 @@ use crate::audit::Audit;
 use crate::auth::{ClientInfo, EventKind, SecurityEvent, Severity};
 use crate::config::{AcmeChallenge, AcmeConfig};
 use crate::crypto::{FieldContext, Keyring};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// What the listeners need from ACME: the challenge-aware resolver (for HTTP-01 answers)
 /// and the TLS configuration for TLS-ALPN-01 validation connections.
@@ -44,6 +44,91 @@ fn record_name(kind: &str, parts: &[String], directory: &str) -> String {
 /// Parses rustls-acme's PEM (private key first, then the chain) into a served certificate.
 pub fn parse_bundle(pem: &[u8]) -> Result<(Arc<CertifiedKey>, CertFacts), String> {
     super::certified_from_pem(pem, pem, "the bundle", "the bundle")
+}
+
+fn key_ctx(name: &str) -> FieldContext<'_> {
+    FieldContext::new("secrets", "private_key", name)
+}
+
+/// Caches rustls-acme's certificate bundle (private key PEM first, then the chain) with the
+/// key sealed; what the cache's `store_cert` writes.
+pub async fn store_cert_bundle(
+    store: &Store,
+    keyring: &Keyring,
+    domains: &[String],
+    directory_url: &str,
+    cert: &[u8],
+) -> Result<(), String> {
+    let name = record_name("cert", domains, directory_url);
+    let text = std::str::from_utf8(cert).map_err(|e| e.to_string())?;
+    let chain_start = text.find("-----BEGIN CERTIFICATE-----").ok_or("no certificate in the bundle")?;
+    let (key_pem, chain_pem) = text.split_at(chain_start);
+    let sealed = keyring.encrypt(&key_ctx(&name), key_pem.as_bytes()).map_err(|e| e.to_string())?;
+    let rec = StoredCert { chain_pem: chain_pem.to_string(), key_sealed: B64.encode(sealed) };
+    let bytes = serde_json::to_vec(&rec).map_err(|e| e.to_string())?;
+    store.put_secret(name, bytes).await.map_err(|e| e.to_string())
+}
+
+/// Caches rustls-acme's account key, sealed; what the cache's `store_account` writes.
+pub async fn store_account_key(
+    store: &Store,
+    keyring: &Keyring,
+    contact: &[String],
+    directory_url: &str,
+    account: &[u8],
+) -> Result<(), String> {
+    let name = record_name("account", contact, directory_url);
+    let sealed = keyring.encrypt(&key_ctx(&name), account).map_err(|e| e.to_string())?;
+    store.put_secret(name, sealed).await.map_err(|e| e.to_string())
+}
+
+/// Every cached ACME record: (name, its sealed key blob).
+pub fn sealed_entries(store: &Store) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    let rows = store.read(|txn| {
+        let t = txn.open_table(crate::store::tables::SECRETS)?;
+        let mut rows = Vec::new();
+        for row in t.range("acme."..)? {
+            let (k, v) = row?;
+            if !k.value().starts_with("acme.") {
+                break;
+            }
+            rows.push((k.value().to_string(), v.value().to_vec()));
+        }
+        Ok(rows)
+    })?;
+    let codec = |e: String| StoreError::Codec(e);
+    let mut out = Vec::new();
+    for (name, bytes) in rows {
+        if name.starts_with("acme.cert.") {
+            let rec: StoredCert = serde_json::from_slice(&bytes)?;
+            out.push((name, B64.decode(&rec.key_sealed).map_err(|e| codec(e.to_string()))?));
+        } else if name.starts_with("acme.account.") {
+            out.push((name, bytes));
+        }
+    }
+    Ok(out)
+}
+
+/// Re-seals every cached ACME key (account and certificates) with the active data key
+/// (key rotation); returns how many.
+pub async fn reencrypt(store: &Store, keyring: &Keyring) -> Result<usize, StoreError> {
+    let codec = |e: crate::crypto::CryptoError| StoreError::Codec(e.to_string());
+    let mut n = 0;
+    for (name, sealed) in sealed_entries(store)? {
+        let plain = keyring.decrypt(&key_ctx(&name), &sealed).map_err(codec)?;
+        let resealed = keyring.encrypt(&key_ctx(&name), &plain).map_err(codec)?;
+        let bytes = if name.starts_with("acme.cert.") {
+            let Some(raw) = store.get_secret(&name)? else { continue };
+            let mut rec: StoredCert = serde_json::from_slice(&raw)?;
+            rec.key_sealed = B64.encode(resealed);
+            serde_json::to_vec(&rec)?
+        } else {
+            resealed
+        };
+        store.put_secret(name, bytes).await?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// The rustls-acme cache: certificates and the account key live in the `secrets` table.
@@ -101,17 +186,7 @@ impl CertCache for StoreCache {
     async fn store_cert(&self, domains: &[String], directory_url: &str, cert: &[u8]) -> Result<(), String> {
         // Serve it first: a failure to cache must not keep the new certificate off the wire.
         self.install(cert)?;
-        let name = record_name("cert", domains, directory_url);
-        let text = std::str::from_utf8(cert).map_err(|e| e.to_string())?;
-        let chain_start = text.find("-----BEGIN CERTIFICATE-----").ok_or("no certificate in the bundle")?;
-        let (key_pem, chain_pem) = text.split_at(chain_start);
-        let sealed = self
-            .keyring
-            .encrypt(&FieldContext::new("secrets", "private_key", &name), key_pem.as_bytes())
-            .map_err(|e| e.to_string())?;
-        let rec = StoredCert { chain_pem: chain_pem.to_string(), key_sealed: B64.encode(sealed) };
-        let bytes = serde_json::to_vec(&rec).map_err(|e| e.to_string())?;
-        self.store.put_secret(name, bytes).await.map_err(|e| e.to_string())
+        store_cert_bundle(&self.store, &self.keyring, domains, directory_url, cert).await
     }
 }
 
@@ -130,12 +205,7 @@ impl AccountCache for StoreCache {
     }
 
     async fn store_account(&self, contact: &[String], directory_url: &str, account: &[u8]) -> Result<(), String> {
-        let name = record_name("account", contact, directory_url);
-        let sealed = self
-            .keyring
-            .encrypt(&FieldContext::new("secrets", "private_key", &name), account)
-            .map_err(|e| e.to_string())?;
-        self.store.put_secret(name, sealed).await.map_err(|e| e.to_string())
+        store_account_key(&self.store, &self.keyring, contact, directory_url, account).await
     }
 }
 

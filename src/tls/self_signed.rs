@@ -185,6 +185,14 @@ fn certified_key(cert_der: &[u8], key_der: &[u8]) -> Result<Arc<CertifiedKey>, S
     Ok(Arc::new(CertifiedKey::new(vec![CertificateDer::from(cert_der.to_vec())], signing)))
 }
 
+/// The data key id the stored private key is sealed with (for `keys retire`).
+pub fn sealed_key_id(store: &Store) -> Result<Option<u32>, SelfSignedError> {
+    let Some(bytes) = store.get_secret(RECORD)? else { return Ok(None) };
+    let rec: StoredCert = serde_json::from_slice(&bytes).map_err(|e| SelfSignedError::Stored(e.to_string()))?;
+    let sealed = B64.decode(&rec.key_sealed).map_err(|e| SelfSignedError::Stored(e.to_string()))?;
+    Keyring::key_id_of(&sealed).map(Some).map_err(|e| SelfSignedError::Stored(e.to_string()))
+}
+
 /// Re-encrypts the stored private key with the keyring's active key (after a key rotation).
 pub async fn reencrypt(store: &Store, keyring: &Keyring) -> Result<bool, SelfSignedError> {
     let stored = store.get_secret(RECORD)?;

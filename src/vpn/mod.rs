@@ -316,6 +316,13 @@ pub async fn store_key(store: &Store, keyring: &Keyring, b64: &str) -> Result<St
     Ok(public)
 }
 
+/// The data key id the stored private key is sealed with (for `keys retire`).
+pub fn sealed_key_id(store: &Store) -> Result<Option<u32>, StoreError> {
+    let Some(sealed) = store.get_secret(KEY_RECORD)? else { return Ok(None) };
+    let sealed = B64.decode(&sealed).map_err(|e| StoreError::Codec(e.to_string()))?;
+    Keyring::key_id_of(&sealed).map(Some).map_err(|e| StoreError::Codec(e.to_string()))
+}
+
 /// Re-seals the private key with the active data key (key rotation); `true` if there was one.
 pub async fn reencrypt(store: &Store, keyring: &Keyring) -> Result<bool, StoreError> {
     let Some(key) = load_key(store, keyring)? else { return Ok(false) };
