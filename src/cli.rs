@@ -265,6 +265,10 @@ pub fn run() -> ExitCode {
         }
         Command::Serve => {
             init_logging(&config);
+            // What `config check` warns about, said once at start too.
+            for w in config.warnings() {
+                tracing::warn!(warning = %w, "configuration");
+            }
             raise_nofile_limit(config.http.max_connections);
             let Some(runtime) = runtime(true) else { return ExitCode::FAILURE };
             match runtime.block_on(crate::server::serve(config)) {
