@@ -651,6 +651,14 @@ async fn forward_auth_reads_one_uri_header() {
             assert_eq!(r.0.status(), 400, "only the other header: refused, not believed");
         }
     }
+    // A raw `#` in the original URI (nginx passes it on in $request_uri and to the upstream,
+    // which may keep it in the path): the gate judges the whole path, and refuses it.
+    for uri in ["/public/x#/../../adminonly/x", "/public/x#/%2e%2e/%2e%2e/adminonly/x", "/public/x#frag"] {
+        for tok in [None, Some(&guest)] {
+            let r = verify(&[("x-original-uri", uri)], tok).await;
+            assert_eq!(r.0.status(), 403, "{uri}: a raw # is refused, not cut off");
+        }
+    }
     // Two X-Original-URI lines: which one a proxy set cannot be told.
     let r = verify(&[("x-original-uri", "/public/x"), ("x-original-uri", "/adminonly/x")], None).await;
     assert_eq!(r.0.status(), 400);

@@ -24,7 +24,7 @@ pub fn canonical_path(path: &str) -> Option<Cow<'_, str>> {
         return None;
     }
     let bytes = path.as_bytes();
-    let plain = bytes.iter().all(|&b| b.is_ascii_graphic() && !matches!(b, b'%' | b';' | b'\\'));
+    let plain = bytes.iter().all(|&b| b.is_ascii_graphic() && !matches!(b, b'%' | b';' | b'\\' | b'#'));
     if plain {
         return segments_ok(path).then_some(Cow::Borrowed(path));
     }
@@ -47,7 +47,9 @@ pub fn canonical_path(path: &str) -> Option<Cow<'_, str>> {
                 }
                 i += 3;
             }
-            b';' | b'\\' => return None,
+            // A raw `#` never belongs in a request target: nginx passes it on as it is, and an
+            // upstream that keeps it in the path (Go) would read `/x#/../private` as `/private`.
+            b';' | b'\\' | b'#' => return None,
             _ if b.is_ascii_control() || b == b' ' => return None,
             _ if b >= 0x80 => {
                 high = true;
@@ -184,6 +186,8 @@ mod tests {
             "/%ff",
             "/%c3",
             "/%80",
+            "/media/x#/../private",
+            "/media#",
         ] {
             assert!(canonical_path(p).is_none(), "{p:?} must be refused, got {:?}", canonical_path(p));
         }

@@ -69,7 +69,8 @@ impl EdgeApi {
                 ApiError::bad_request(format!("The {} header is not a method.", fa.method_header.name())).into()
             );
         }
-        let path = uri.split(['?', '#']).next().unwrap_or("/");
+        // Only `?` ends the path: a raw `#` in a request target is refused by `canonical_path`.
+        let path = uri.split('?').next().unwrap_or("/");
         // A refused path (see `canonical_path`) or one no route covers: 403 below.
         let route = self.state.proxy.route_for(path);
         let stream_path = route.as_ref().filter(|(r, _)| r.cfg.stream_keys).map(|(_, p)| p.as_ref());
