@@ -269,7 +269,7 @@ pub fn run() -> ExitCode {
             for w in config.warnings() {
                 tracing::warn!(warning = %w, "configuration");
             }
-            raise_nofile_limit(config.http.max_connections);
+            raise_nofile_limit(config.http.max_connections, config.http.max_upstream_requests);
             let Some(runtime) = runtime(true) else { return ExitCode::FAILURE };
             match runtime.block_on(crate::server::serve(config)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -287,12 +287,13 @@ pub fn run() -> ExitCode {
 /// Raises the soft descriptor limit to the hard one (systemd's soft default is 1024; the unit
 /// sets 65536) and warns when the connection cap could exceed it: each client connection
 /// may hold an upstream connection as well.
-fn raise_nofile_limit(max_connections: usize) {
+fn raise_nofile_limit(max_connections: usize, max_upstream: usize) {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return };
     let soft = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() { hard } else { soft };
     // Listeners, the store, the admin socket, logs and the VPN's helpers need a few more.
-    let needed = (max_connections as u64).saturating_mul(2).saturating_add(64);
+    // Each client connection, its own upstream connection, the shared pool's upstream sockets.
+    let needed = (max_connections as u64).saturating_mul(2).saturating_add(max_upstream as u64).saturating_add(64);
     if needed > soft {
         tracing::warn!(
             limit = soft,

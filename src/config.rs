@@ -453,6 +453,11 @@ pub struct HttpConfig {
     pub max_connections: usize,
     /// Client connections open at once from one address (an IPv6 one by its /64).
     pub max_connections_per_ip: usize,
+    /// Proxied requests in flight at once through the shared upstream pool (HTTP/2 streams,
+    /// WebSocket tunnels; an HTTP/1 client connection has its own upstream connection, counted
+    /// by `max_connections`): each holds an upstream socket, so streams multiplexed on a few
+    /// connections cannot use up the descriptors. More get 503.
+    pub max_upstream_requests: usize,
 }
 
 /// `[password]`: argon2id parameters.
@@ -519,6 +524,7 @@ impl Default for HttpConfig {
             body_timeout_secs: 10,
             max_connections: 4096,
             max_connections_per_ip: 256,
+            max_upstream_requests: 1024,
         }
     }
 }
@@ -674,6 +680,9 @@ impl Config {
         }
         if !(1..=self.http.max_connections).contains(&self.http.max_connections_per_ip) {
             return err("http.max_connections_per_ip", "must be between 1 and http.max_connections".into());
+        }
+        if !(1..=1_000_000).contains(&self.http.max_upstream_requests) {
+            return err("http.max_upstream_requests", "must be between 1 and 1000000".into());
         }
         if self.password.memory_kib < 19_456 {
             return err("password.memory_kib", "must be at least 19456 (OWASP minimum for argon2id)".into());

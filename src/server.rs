@@ -158,6 +158,7 @@ pub async fn open(config: Config) -> anyhow::Result<Opened> {
     let limits = Arc::new(crate::ratelimit::RateLimits::new(&config.rate_limits));
     let vpn = crate::vpn::Vpn::start(&config.vpn, store.clone(), keyring.clone(), auth.audit().clone()).await;
     let config_routes = config.routes.clone();
+    let max_upstream = config.http.max_upstream_requests;
     let state = Arc::new(AppState {
         config: Arc::new(config),
         store,
@@ -165,7 +166,7 @@ pub async fn open(config: Config) -> anyhow::Result<Opened> {
         hasher,
         auth: Arc::new(auth),
         limits,
-        proxy: Arc::new(crate::http::proxy::Proxy::new(&config_routes)),
+        proxy: Arc::new(crate::http::proxy::Proxy::new(&config_routes, max_upstream)),
         vpn: Arc::new(vpn),
         started: Instant::now(),
         tls: tls_status,

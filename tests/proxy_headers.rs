@@ -510,3 +510,95 @@ async fn an_upstream_cannot_set_the_gates_cookies() {
     assert_eq!(r.all("set-cookie"), ["a=1; Path=/", "b=2", "__Host-kept=3; Path=/; Secure"], "{r:?}");
     assert!(gate.terminate().success());
 }
+
+/// HTTP/2 streams multiplexed on one client connection (which the connection caps count
+/// once) each used to open an upstream socket of their own, so a few connections could use
+/// up the gate's descriptors: requests through the shared pool are capped by
+/// `http.max_upstream_requests` (503 `upstream-busy` beyond it, nothing queued), their places
+/// come back when they end, and an HTTP/1 connection's own upstream connection is not counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn multiplexed_streams_cannot_hold_more_upstream_sockets_than_the_cap() {
+    use http_body_util::BodyExt;
+    let up = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gate.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[tls]\nmode = \"off\"\n[http]\nmax_upstream_requests = 4\n\
+             [[routes]]\nprefix = \"/up\"\nupstream = \"http://{up}\"\nmin_role = \"public\"\ntimeout_secs = 120\n"
+        ),
+    )
+    .unwrap();
+    let gate = Gate::start(&dir.path().join("data"), &[("MIAUFLIX_CONFIG", cfg.to_str().unwrap())]);
+    let h2_conn = |gate: &Gate| {
+        let addr = gate.addr;
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (h2, conn) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                hyper_util::rt::TokioIo::new(tcp),
+            )
+            .await
+            .unwrap();
+            (h2, tokio::spawn(conn))
+        }
+    };
+    let get = |path: &str| {
+        hyper::Request::get(format!("http://gate.test{path}"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    // Thirty streams to an upstream that never answers, on one connection.
+    let (h2, conn) = h2_conn(&gate).await;
+    let mut holds = Vec::new();
+    for _ in 0..30 {
+        let mut h2 = h2.clone();
+        let req = get("/up/hold");
+        holds.push(tokio::spawn(async move { h2.send_request(req).await.map(|r| r.status().as_u16()) }));
+    }
+    // Four of them hold the pool's places; the rest are turned away at once.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while holds.iter().filter(|h| h.is_finished()).count() < 26 {
+        assert!(std::time::Instant::now() < deadline, "the streams over the cap were not turned away");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (done, waiting): (Vec<_>, Vec<_>) = holds.into_iter().partition(|h| h.is_finished());
+    for h in done {
+        assert_eq!(h.await.unwrap().unwrap(), 503, "only the cap's worth wait for the upstream");
+    }
+    assert_eq!(waiting.len(), 4, "4 streams hold upstream sockets, 26 are refused");
+    let holds = waiting;
+    let mut h2b = h2.clone();
+    let resp = h2b.send_request(get("/up/x")).await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let problem: Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(problem["type"], "urn:miauflix-gate:problem/upstream-busy", "{problem}");
+    // An HTTP/1 client connection has its own upstream connection: not counted.
+    assert_eq!(get_h1(&gate, "/up/x").await, 200);
+    // The client goes away: its streams end and their places come back.
+    drop(h2);
+    drop(h2b);
+    conn.abort();
+    for h in holds {
+        h.abort();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (mut h2, conn) = h2_conn(&gate).await;
+        let status = h2.send_request(get("/up/x")).await.unwrap().status().as_u16();
+        conn.abort();
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503);
+        assert!(std::time::Instant::now() < deadline, "the places of ended streams never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gate.terminate().success());
+}
+
+async fn get_h1(gate: &Gate, path: &str) -> u16 {
+    get(gate, None, path, &[]).await.status
+}

@@ -84,6 +84,11 @@ impl ProxyRoute {
 pub struct Proxy {
     routes: Vec<Arc<ProxyRoute>>,
     client: Client<HttpConnector, ProxyBody>,
+    /// Requests in flight through the shared pool (`http.max_upstream_requests`). Each holds
+    /// an upstream socket until its answer's body ends (or its tunnel closes): without this,
+    /// HTTP/2 streams multiplexed on a few client connections — which the connection caps
+    /// count once each — opened an upstream socket apiece and used up the descriptors.
+    pooled_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// The upstream connection that one HTTP/1 client connection owns (`http::serve` puts a slot
@@ -117,7 +122,7 @@ impl UpstreamSlot {
 type UpstreamError = Box<dyn std::error::Error + Send + Sync>;
 
 impl Proxy {
-    pub fn new(routes: &[RouteConfig]) -> Proxy {
+    pub fn new(routes: &[RouteConfig], max_pooled: usize) -> Proxy {
         let mut routes: Vec<Arc<ProxyRoute>> = routes
             .iter()
             .filter_map(|r| {
@@ -137,7 +142,7 @@ impl Proxy {
             .pool_timer(hyper_util::rt::TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
-        Proxy { routes, client }
+        Proxy { routes, client, pooled_slots: Arc::new(tokio::sync::Semaphore::new(max_pooled)) }
     }
 
     /// Sends a request (origin-form URI) down the client connection's own upstream
@@ -320,6 +325,21 @@ impl Proxy {
 
         // An upgrade takes its upstream connection for itself: those go through the pool.
         let slot = if client_upgrade.is_none() { conn.slot } else { None };
+        // Without its own upstream connection, a request takes one of the pool's places or
+        // is turned away at once (nothing queues on a busy gate).
+        let pooled = match slot {
+            Some(_) => None,
+            None => Some(self.pooled_slots.clone().try_acquire_owned().map_err(|_| {
+                metrics::counter!("upstream_requests_refused_total").increment(1);
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream-busy",
+                    "Service unavailable",
+                    "Too many requests are in flight to the services behind the gate; try again shortly.",
+                )
+                .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+            })?),
+        };
         let timeout = Duration::from_secs(route.cfg.timeout_secs);
         let resp = match tokio::time::timeout(timeout, self.send(route, slot, upstream_req)).await {
             Err(_) => {
@@ -360,6 +380,8 @@ impl Proxy {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             let prefix = route.cfg.prefix.clone();
             tokio::spawn(async move {
+                // The tunnel keeps its place in the pool's count while it is open.
+                let _pooled = pooled;
                 let (Some(mut client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await) else {
                     tracing::debug!(route = %prefix, "upgrade did not complete");
                     return;
@@ -385,7 +407,19 @@ impl Proxy {
         {
             parts.headers.insert(header::CONTENT_SECURITY_POLICY, v);
         }
-        Ok(hyper::Response::from_parts(parts, ProxiedBody::Left(body)))
+        let body = match pooled {
+            None => ProxiedBody::Left(body),
+            // The place is given back when the body ends or is dropped (client gone).
+            Some(place) => ProxiedBody::Right(
+                body.map_frame(move |frame| {
+                    let _held = &place;
+                    frame
+                })
+                .map_err(io::Error::other)
+                .boxed(),
+            ),
+        };
+        Ok(hyper::Response::from_parts(parts, body))
     }
 }
 
@@ -615,7 +649,10 @@ fn strip_gate_set_cookies(headers: &mut HeaderMap) {
 /// first `;` part, trimmed; with no `=` browsers keep it as a nameless cookie sent back as
 /// that text, so it counts too.
 fn is_gate_set_cookie(v: &HeaderValue) -> bool {
-    let pair = v.as_bytes().split(|b| *b == b';').next().unwrap_or(b"");
+    let pair = v.as_bytes().split(|b| *b == b';').next().unwrap_or(b"").trim_ascii();
+    // An empty name (`=__miauflix_at_x=1`): browsers keep the value as a nameless cookie and
+    // send it back as `__miauflix_at_x=1`, so the value is read as the name.
+    let pair = pair.strip_prefix(b"=").unwrap_or(pair);
     let name = pair.split(|b| *b == b'=').next().unwrap_or(b"").trim_ascii();
     fn strip<'a>(n: &'a [u8], p: &[u8]) -> Option<&'a [u8]> {
         (n.len() >= p.len() && n[..p.len()].eq_ignore_ascii_case(p)).then(|| &n[p.len()..])
@@ -731,6 +768,8 @@ mod tests {
             "__secure-__Miauflix_x=1",
             " __miauflix_at_s =x",
             "__miauflix_at_s",
+            "=__miauflix_at_s=x",
+            " = __miauflix_rt_s=x; Path=/api/auth/",
         ] {
             assert!(is_gate_set_cookie(&HeaderValue::from_static(v)), "{v}");
         }

@@ -269,6 +269,9 @@ async fn connection<Io>(
     // closes. hyper starts this clock when it waits for a head, so an idle keep-alive
     // connection still gets the whole idle timeout.
     builder.http1().timer(TokioTimer::new()).header_read_timeout(idle);
+    // nginx's http2_max_concurrent_streams (hyper's default is 200); proxied streams are
+    // also bounded across connections by `http.max_upstream_requests`.
+    builder.http2().max_concurrent_streams(128);
     // Whether hyper ended the connection itself without an error (not a timeout cutting it,
     // nor a head overdue or malformed: those close at once).
     let ended = async {
