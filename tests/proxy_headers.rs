@@ -269,6 +269,13 @@ const SPOOFED: &[&str] = &[
     "x_forwarded_prefix: /admin",
     "x_auth_request_user: admin",
     "true_client_ip: 198.51.100.66",
+    "x-remote-groups: admins",
+    "x-authentik-username: admin",
+    "oidc-claim-email: admin@example.com",
+    "x-ms-client-principal-name: admin",
+    "x-auth-user: admin",
+    "x-proxy-user: admin",
+    "x-authenticated-user: admin",
 ];
 
 /// Asserts that no spoofed header reached the upstream except the three the gate sets.

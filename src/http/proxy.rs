@@ -488,11 +488,30 @@ fn strip_cors(headers: &mut HeaderMap) {
 /// …; the gate sets `X-Forwarded-Host/Proto/For` itself), also spelt with `_` for `-`, which
 /// CGI/WSGI-style servers map to the same variable. No allocation: `_` and `-` compare equal.
 fn is_identity_header(n: &str) -> bool {
-    const PREFIXES: &[&str] = &["x-miauflix-", "remote-", "x-forwarded-", "x-auth-request-", "x-webauth-"];
+    const PREFIXES: &[&str] = &[
+        "x-miauflix-",
+        "remote-",
+        "x-forwarded-",
+        "x-auth-request-",
+        "x-webauth-",
+        "x-authentik-",
+        "oidc-claim-",
+        "x-ms-client-principal",
+    ];
     const NAMES: &[&str] = &[
         "forwarded",
         "x-real-ip",
         "x-remote-user",
+        "x-remote-group",
+        "x-remote-groups",
+        "x-remote-email",
+        "x-auth-user",
+        "x-proxy-user",
+        "x-authenticated-user",
+        "x-authenticated-userid",
+        "x-oidc-user",
+        "x-token-subject",
+        "x-ms-client-principal",
         "x-user",
         "x-email",
         "x-original-url",
@@ -705,6 +724,14 @@ mod tests {
             "cf-connecting-ip",
             "forwarded",
             "x-real-ip",
+            "x-remote-groups",
+            "x_authentik_username",
+            "oidc-claim-sub",
+            "x-ms-client-principal",
+            "x-ms-client-principal-name",
+            "x-auth-user",
+            "x-proxy-user",
+            "x-authenticated-user",
         ] {
             assert!(is_identity_header(n), "{n}");
         }
