@@ -201,12 +201,15 @@ impl RateLimits {
     /// for its /64: one home or customer network gets a whole /64, so stepping through
     /// addresses in it gains nothing. An IPv4-mapped IPv6 address counts as the IPv4 one.
     pub fn check(&self, class: RateClass, key: &str) -> Result<Allowed, Denied> {
+        self.check_hashed(class, self.address_key(key))
+    }
+
+    /// The keyed hash of a client address (by [`AddrKey`]), or of `key` as it is when it is
+    /// not an address.
+    fn address_key(&self, key: &str) -> u64 {
         match key.parse::<std::net::IpAddr>() {
-            Ok(ip) => {
-                let addr = AddrKey::of(ip);
-                self.check_hashed(class, std::hash::BuildHasher::hash_one(&self.hasher, addr))
-            }
-            Err(_) => self.check_hashed(class, std::hash::BuildHasher::hash_one(&self.hasher, key)),
+            Ok(ip) => std::hash::BuildHasher::hash_one(&self.hasher, AddrKey::of(ip)),
+            Err(_) => std::hash::BuildHasher::hash_one(&self.hasher, key),
         }
     }
 
@@ -224,7 +227,7 @@ impl RateLimits {
             }
             Err(not_until) => {
                 let retry_after = not_until.wait_time_from(self.clock.now());
-                let first_in_window = self.refusals.note(class.as_str(), hashed, std::time::Instant::now());
+                let first_in_window = self.refusals.note(class.as_str(), &hashed, std::time::Instant::now());
                 Err(Denied { class, limit: q.per_minute, window_secs: 60, retry_after, first_in_window })
             }
         }
@@ -233,11 +236,7 @@ impl RateLimits {
     /// Notes a refusal other than a rate limit (e.g. `csrf`) of the client address `key`;
     /// see [`RefusalTally::note`].
     pub fn note_refusal(&self, kind: &'static str, key: &str) -> Option<u64> {
-        let hashed = match key.parse::<std::net::IpAddr>() {
-            Ok(ip) => std::hash::BuildHasher::hash_one(&self.hasher, AddrKey::of(ip)),
-            Err(_) => std::hash::BuildHasher::hash_one(&self.hasher, key),
-        };
-        self.refusals.note(kind, hashed, std::time::Instant::now())
+        self.refusals.note(kind, &self.address_key(key), std::time::Instant::now())
     }
 
     /// Drops keys whose state is back to fresh, and stale denial reports.
@@ -276,6 +275,8 @@ const MAX_TALLIED: usize = 100_000;
 /// `suppressed` of the first record of the key's next window. Bounded memory.
 pub struct RefusalTally {
     keys: Mutex<HashMap<(&'static str, u64), Tally>>,
+    /// Keys are held as a keyed hash (no string per key, no collisions to aim at).
+    hasher: std::hash::RandomState,
 }
 
 impl Default for RefusalTally {
@@ -286,12 +287,18 @@ impl Default for RefusalTally {
 
 impl RefusalTally {
     pub fn new() -> RefusalTally {
-        RefusalTally { keys: Mutex::new(HashMap::new()) }
+        RefusalTally { keys: Mutex::new(HashMap::new()), hasher: std::hash::RandomState::new() }
     }
 
-    /// Notes one refusal of `key` (a keyed hash) at `now`. `Some(n)`: record it, and say that
-    /// `n` refusals of the key's previous window went unrecorded; `None`: counted only.
-    pub fn note(&self, kind: &'static str, key: u64, now: std::time::Instant) -> Option<u64> {
+    /// Notes one refusal of `key` at `now`. `Some(n)`: record it, and say that `n` refusals of
+    /// the key's previous window went unrecorded; `None`: counted only.
+    pub fn note<K: std::hash::Hash + ?Sized>(
+        &self,
+        kind: &'static str,
+        key: &K,
+        now: std::time::Instant,
+    ) -> Option<u64> {
+        let key = std::hash::BuildHasher::hash_one(&self.hasher, key);
         let Ok(mut keys) = self.keys.lock() else { return None };
         if let Some(t) = keys.get_mut(&(kind, key)) {
             if now.saturating_duration_since(t.window_start) < REPORT_WINDOW {
@@ -348,16 +355,16 @@ mod tests {
     fn the_first_refusal_of_a_window_is_recorded_and_the_rest_carried_into_the_next() {
         let tally = RefusalTally::new();
         let t0 = Instant::now();
-        assert_eq!(tally.note("csrf", 1, t0), Some(0));
+        assert_eq!(tally.note("csrf", &1u64, t0), Some(0));
         for i in 0..1999 {
-            assert_eq!(tally.note("csrf", 1, t0 + Duration::from_millis(i)), None);
+            assert_eq!(tally.note("csrf", &1u64, t0 + Duration::from_millis(i)), None);
         }
         // Another key and another kind have their own windows.
-        assert_eq!(tally.note("csrf", 2, t0), Some(0));
-        assert_eq!(tally.note("locked", 1, t0), Some(0));
+        assert_eq!(tally.note("csrf", &2u64, t0), Some(0));
+        assert_eq!(tally.note("locked", &1u64, t0), Some(0));
         // The next window's first record carries the count.
-        assert_eq!(tally.note("csrf", 1, t0 + REPORT_WINDOW), Some(1999));
-        assert_eq!(tally.note("csrf", 1, t0 + REPORT_WINDOW + Duration::from_secs(1)), None);
+        assert_eq!(tally.note("csrf", &1u64, t0 + REPORT_WINDOW), Some(1999));
+        assert_eq!(tally.note("csrf", &1u64, t0 + REPORT_WINDOW + Duration::from_secs(1)), None);
         // A window with a count survives one eviction; quiet ones go.
         tally.evict(t0 + REPORT_WINDOW + Duration::from_secs(30));
         assert_eq!(tally.len(), 1);
@@ -370,10 +377,10 @@ mod tests {
         let tally = RefusalTally::new();
         let t0 = Instant::now();
         for k in 0..(MAX_TALLIED as u64 + 10) {
-            tally.note("csrf", k, t0);
+            tally.note("csrf", &k, t0);
         }
         assert_eq!(tally.len(), MAX_TALLIED);
         // Once the windows are over, new keys are recorded again.
-        assert_eq!(tally.note("csrf", u64::MAX, t0 + REPORT_WINDOW), Some(0));
+        assert_eq!(tally.note("csrf", &u64::MAX, t0 + REPORT_WINDOW), Some(0));
     }
 }

@@ -147,7 +147,6 @@ pub struct AuthService {
     lockout: Lockout,
     /// Refused attempts on a locked email, recorded once per email per window.
     locked_refusals: crate::ratelimit::RefusalTally,
-    refusal_keys: std::hash::RandomState,
     stream_keys: super::stream_keys::StreamKeys,
     audit: crate::audit::Audit,
 }
@@ -307,7 +306,6 @@ impl AuthService {
             setup_lock: tokio::sync::Mutex::new(()),
             lockout: Lockout::new(lockout),
             locked_refusals: crate::ratelimit::RefusalTally::new(),
-            refusal_keys: std::hash::RandomState::new(),
             stream_keys,
             audit,
         };
@@ -401,8 +399,7 @@ impl AuthService {
         let expected = setup::read_token(&self.setup_token_path).ok_or(AuthError::NotFound)?;
         if !crate::crypto::constant_time_eq(expected.as_bytes(), token.trim().as_bytes()) {
             // Free to repeat (no hash): recorded once per address per window, the rest counted.
-            let key = std::hash::BuildHasher::hash_one(&self.refusal_keys, &client.ip);
-            if let Some(suppressed) = self.locked_refusals.note("setup_token", key, std::time::Instant::now()) {
+            if let Some(suppressed) = self.locked_refusals.note("setup_token", &client.ip, std::time::Instant::now()) {
                 let mut ev = SecurityEvent::new(EventKind::LoginFailed, Severity::Warning, client)
                     .target("setup")
                     .detail("reason", "bad setup token");
@@ -554,8 +551,7 @@ impl AuthService {
     /// attempts in flight): free to repeat, so once per email per window, with the count of
     /// the previous window's unrecorded refusals.
     async fn refused_locked(&self, lock_key: &str, user: Option<&UserRecord>, client: &ClientInfo) {
-        let key = std::hash::BuildHasher::hash_one(&self.refusal_keys, lock_key);
-        let Some(suppressed) = self.locked_refusals.note("account_locked", key, std::time::Instant::now()) else {
+        let Some(suppressed) = self.locked_refusals.note("account_locked", lock_key, std::time::Instant::now()) else {
             return;
         };
         let mut ev = SecurityEvent::new(EventKind::LoginFailed, Severity::Warning, client)
