@@ -193,6 +193,12 @@ impl SecurityEvent {
         self
     }
 
+    /// For an aggregated refusal: how many of the key's previous window were counted and not
+    /// recorded (detail `suppressed`, left out when none were).
+    pub fn suppressed(self, n: u64) -> Self {
+        if n > 0 { self.detail("suppressed", n.to_string()) } else { self }
+    }
+
     /// Commits the event to the audit log (before the caller answers its request).
     pub async fn record(self, audit: &crate::audit::Audit) {
         audit.record(self).await;

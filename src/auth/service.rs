@@ -400,13 +400,12 @@ impl AuthService {
         if !crate::crypto::constant_time_eq(expected.as_bytes(), token.trim().as_bytes()) {
             // Free to repeat (no hash): recorded once per address per window, the rest counted.
             if let Some(suppressed) = self.locked_refusals.note("setup_token", &client.ip, std::time::Instant::now()) {
-                let mut ev = SecurityEvent::new(EventKind::LoginFailed, Severity::Warning, client)
+                SecurityEvent::new(EventKind::LoginFailed, Severity::Warning, client)
                     .target("setup")
-                    .detail("reason", "bad setup token");
-                if suppressed > 0 {
-                    ev = ev.detail("suppressed", suppressed.to_string());
-                }
-                ev.record(&self.audit).await;
+                    .detail("reason", "bad setup token")
+                    .suppressed(suppressed)
+                    .record(&self.audit)
+                    .await;
             }
             return Err(AuthError::Unauthorized);
         }
@@ -560,10 +559,7 @@ impl AuthService {
         if let Some(u) = user {
             ev = ev.actor(&u.id).detail("user", &u.id);
         }
-        if suppressed > 0 {
-            ev = ev.detail("suppressed", suppressed.to_string());
-        }
-        ev.record(&self.audit).await;
+        ev.suppressed(suppressed).record(&self.audit).await;
     }
 
     /// Counts a failed attempt (which may lock the email) and records it, and the lock. The

@@ -49,6 +49,8 @@ const DOCS_CSP: &str = "default-src 'self'; script-src 'self' 'unsafe-inline'; s
 /// What the edge needs to decide.
 pub struct EdgePolicy {
     pub max_body: usize,
+    /// The whole body of a request for the gate itself must arrive within this long.
+    pub body_timeout: std::time::Duration,
     pub tls: bool,
     pub cors_origins: Vec<String>,
     pub public_origins: Vec<String>,
@@ -62,6 +64,7 @@ impl EdgePolicy {
         let config: &Config = &state.config;
         EdgePolicy {
             max_body: config.http.max_body_bytes,
+            body_timeout: std::time::Duration::from_secs(config.http.body_timeout_secs),
             tls: config.tls_enabled(),
             cors_origins: config.http.cors_origins.clone(),
             public_origins: config.http.public_origins.clone(),
@@ -179,13 +182,12 @@ impl EdgePolicy {
         }
         // Free to repeat: recorded once per address per window, the rest counted.
         if let Some(suppressed) = self.limits.note_refusal("csrf", &client.ip) {
-            let mut ev = SecurityEvent::new(EventKind::CsrfRejected, Severity::Warning, client)
+            SecurityEvent::new(EventKind::CsrfRejected, Severity::Warning, client)
                 .target(uri.path())
-                .detail("origin", claimed.unwrap_or_else(|| "none".into()));
-            if suppressed > 0 {
-                ev = ev.detail("suppressed", suppressed.to_string());
-            }
-            ev.record(self.state.auth.audit()).await;
+                .detail("origin", claimed.unwrap_or_else(|| "none".into()))
+                .suppressed(suppressed)
+                .record(self.state.auth.audit())
+                .await;
         }
         Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -219,13 +221,12 @@ impl EdgePolicy {
             Err(denied) => {
                 metrics::counter!("rate_limited_total", "class" => denied.class.as_str()).increment(1);
                 if let Some(suppressed) = denied.first_in_window {
-                    let mut ev = SecurityEvent::new(EventKind::RateLimited, Severity::Warning, client)
+                    SecurityEvent::new(EventKind::RateLimited, Severity::Warning, client)
                         .target(path)
-                        .detail("class", denied.class.as_str());
-                    if suppressed > 0 {
-                        ev = ev.detail("suppressed", suppressed.to_string());
-                    }
-                    ev.record(self.state.auth.audit()).await;
+                        .detail("class", denied.class.as_str())
+                        .suppressed(suppressed)
+                        .record(self.state.auth.audit())
+                        .await;
                 }
                 let secs = denied.retry_after.as_secs_f64().ceil().max(1.0) as u64;
                 return Err(ApiError::new(
@@ -284,12 +285,12 @@ impl EdgePolicy {
         if let (StatusCode::FORBIDDEN, Some(actor)) = (status, actor)
             && let Some(suppressed) = self.limits.note_refusal("permission_denied", &actor)
         {
-            let mut ev =
-                SecurityEvent::new(EventKind::PermissionDenied, Severity::Warning, client).actor(actor).target(path);
-            if suppressed > 0 {
-                ev = ev.detail("suppressed", suppressed.to_string());
-            }
-            ev.record(self.state.auth.audit()).await;
+            SecurityEvent::new(EventKind::PermissionDenied, Severity::Warning, client)
+                .actor(actor)
+                .target(path)
+                .suppressed(suppressed)
+                .record(self.state.auth.audit())
+                .await;
         }
     }
 
@@ -491,8 +492,7 @@ impl<E: Endpoint> RequestContextEndpoint<E> {
             p.check_limit(class, actor.as_deref(), &path, client, rate).await?;
         }
         if path.starts_with("/api/") {
-            limit_body(&mut req, p.max_body, std::time::Duration::from_secs(p.state.config.http.body_timeout_secs))
-                .await?;
+            limit_body(&mut req, p.max_body, p.body_timeout).await?;
         }
         let result = self.inner.call(req).await.map(IntoResponse::into_response);
         if let Err(e) = &result {
