@@ -625,6 +625,18 @@ pub fn problem_response(err: poem::Error, id: &RequestId) -> Response {
     problem_of(problem, id)
 }
 
+/// A problem answered before any edge step ran (the listener refusing a request outright):
+/// with its own request id and the security headers every answer carries.
+pub(crate) fn early_problem(problem: ApiError, tls: bool) -> Response {
+    let id = RequestId::new();
+    let mut resp = problem_of(problem, &id);
+    if let Ok(v) = HeaderValue::from_str(&id.0) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    security_headers(resp.headers_mut(), tls, "");
+    resp
+}
+
 /// Renders a problem document with the request id.
 fn problem_of(problem: ApiError, id: &RequestId) -> Response {
     let mut resp = Response::builder()

@@ -233,9 +233,10 @@ async fn connection<Io>(
     let waiting = heads.clone();
     let slot = UpstreamSlot::default();
     let peer = remote.as_socket_addr().map(|a| a.ip());
+    let tls = scheme == poem::http::uri::Scheme::HTTPS;
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         let pending = PendingHead::new(&waiting);
-        if let Some(resp) = missing_host(&req) {
+        if let Some(resp) = missing_host(&req, tls) {
             return Either::Right(Either::Left(std::future::ready(Ok::<_, Infallible>(resp))));
         }
         if let Some(edge) = &edge
@@ -325,7 +326,7 @@ async fn linger<Io: AsyncRead + AsyncWrite + Unpin>(mut io: Io) {
 /// The 400 for an HTTP/1.1 request without exactly one `Host` (RFC 9112 §3.2), for the
 /// gate's own paths and proxied ones alike: without it the gate cannot say which host was
 /// asked for. HTTP/1.0 may omit it; HTTP/2 names the host in `:authority`.
-fn missing_host<B>(req: &hyper::Request<B>) -> Option<hyper::Response<ProxiedBody>> {
+fn missing_host<B>(req: &hyper::Request<B>, tls: bool) -> Option<hyper::Response<ProxiedBody>> {
     if req.version() != hyper::Version::HTTP_11 {
         return None;
     }
@@ -334,9 +335,7 @@ fn missing_host<B>(req: &hyper::Request<B>) -> Option<hyper::Response<ProxiedBod
         return None;
     }
     let problem = crate::error::ApiError::bad_request("An HTTP/1.1 request needs exactly one Host header.");
-    let mut resp = poem::error::ResponseError::as_response(&problem);
-    resp.headers_mut()
-        .insert(hyper::header::X_CONTENT_TYPE_OPTIONS, hyper::header::HeaderValue::from_static("nosniff"));
+    let mut resp = crate::http::middleware::early_problem(problem, tls);
     resp.headers_mut().insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
     Some(hyper::Response::from(resp).map(ProxiedBody::Right))
 }
