@@ -390,18 +390,14 @@ impl Proxy {
                 let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
             });
             let (mut parts, _) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            strip_cors(&mut parts.headers);
-            strip_gate_set_cookies(&mut parts.headers);
+            strip_upstream_headers(&mut parts.headers);
             parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             let empty = http_body_util::Empty::<Bytes>::new().map_err(|never| match never {}).boxed();
             return Ok(hyper::Response::from_parts(parts, ProxiedBody::Right(empty)));
         }
         let (mut parts, body) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        strip_cors(&mut parts.headers);
-        strip_gate_set_cookies(&mut parts.headers);
+        strip_upstream_headers(&mut parts.headers);
         if let Some(csp) = &route.cfg.csp
             && let Ok(v) = HeaderValue::from_str(csp)
         {
@@ -470,6 +466,14 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in out {
         headers.remove(name);
     }
+}
+
+/// What an upstream's answer may not pass on: hop-by-hop headers, its own CORS headers and
+/// `Set-Cookie` for the gate's cookies.
+fn strip_upstream_headers(headers: &mut HeaderMap) {
+    strip_hop_by_hop(headers);
+    strip_cors(headers);
+    strip_gate_set_cookies(headers);
 }
 
 /// Removes an upstream's own CORS headers: the gate answers CORS for every route from its
