@@ -31,6 +31,8 @@ pub struct ChangePasswordRequest {
 #[OpenApi(tag = "ApiTags::Account")]
 impl AccountApi {
     /// The caller.
+    ///
+    /// Minimum role: guest.
     #[oai(path = "/api/me", method = "get")]
     async fn me(&self, auth: Auth) -> poem::Result<Json<UserDto>> {
         let p = auth.require(Role::Guest)?;
@@ -39,6 +41,8 @@ impl AccountApi {
     }
 
     /// Change the caller's password; every other session of the caller is revoked.
+    ///
+    /// Minimum role: guest.
     #[oai(path = "/api/me/password", method = "post")]
     async fn change_password(
         &self,
@@ -61,6 +65,8 @@ impl AccountApi {
     }
 
     /// The caller's live sessions.
+    ///
+    /// Minimum role: guest.
     #[oai(path = "/api/me/sessions", method = "get")]
     async fn sessions(&self, auth: Auth) -> poem::Result<Json<Vec<SessionInfoDto>>> {
         let p = auth.require(Role::Guest)?;
@@ -69,6 +75,8 @@ impl AccountApi {
     }
 
     /// Revoke one of the caller's sessions.
+    ///
+    /// Minimum role: guest.
     #[oai(path = "/api/me/sessions/:id", method = "delete")]
     async fn revoke_session(&self, req: &Request, auth: Auth, id: Path<String>) -> poem::Result<Json<MessageDto>> {
         let p = auth.require(Role::Guest)?;
@@ -85,6 +93,8 @@ impl AccountApi {
     }
 
     /// Revoke every session of the caller, this one included.
+    ///
+    /// Minimum role: guest.
     #[oai(path = "/api/me/logout-all", method = "post")]
     async fn logout_all(&self, req: &Request, auth: Auth) -> poem::Result<Json<RevokedDto>> {
         let p = auth.require(Role::Guest)?;

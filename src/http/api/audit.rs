@@ -140,6 +140,8 @@ fn store_failed(e: crate::store::StoreError) -> poem::Error {
 #[OpenApi(tag = "ApiTags::Audit")]
 impl AuditApi {
     /// Audit records, newest first, filtered and paginated.
+    ///
+    /// Minimum role: admin.
     #[allow(clippy::too_many_arguments)]
     #[oai(path = "/api/audit", method = "get")]
     async fn list(
@@ -193,6 +195,8 @@ impl AuditApi {
     }
 
     /// Recomputes the hash chain and reports the first bad record, if any.
+    ///
+    /// Minimum role: admin.
     #[oai(path = "/api/audit/verify", method = "get")]
     async fn verify(&self, auth: Auth) -> poem::Result<Json<AuditVerifyDto>> {
         auth.require(Role::Admin)?;
@@ -205,6 +209,8 @@ impl AuditApi {
     }
 
     /// Every record in a time range as JSON Lines, streamed oldest first.
+    ///
+    /// Minimum role: admin.
     #[oai(path = "/api/audit/export", method = "get")]
     async fn export(
         &self,
@@ -222,6 +228,8 @@ impl AuditApi {
     }
 
     /// The caller's own sign-ins, sign-outs and account events, newest first.
+    ///
+    /// Minimum role: guest.
     #[oai(path = "/api/me/events", method = "get", tag = "ApiTags::Account")]
     async fn my_events(
         &self,

@@ -186,12 +186,16 @@ pub async fn create_user(
 #[OpenApi(tag = "ApiTags::Auth")]
 impl AuthApi {
     /// Whether the first admin still has to be created.
+    ///
+    /// Minimum role: public.
     #[oai(path = "/api/auth/setup", method = "get")]
     async fn setup_status(&self) -> Json<SetupStatus> {
         Json(SetupStatus { required: self.state.auth.setup_required() })
     }
 
     /// Create the first admin with the one-time setup token. 404 once an admin exists.
+    ///
+    /// Minimum role: public.
     #[oai(path = "/api/auth/setup", method = "post")]
     async fn setup(&self, req: &Request, body: Json<SetupRequest>) -> poem::Result<Created<UserDto>> {
         let b = body.0;
@@ -205,6 +209,8 @@ impl AuthApi {
     }
 
     /// Log in and open a browser session (cookies).
+    ///
+    /// Minimum role: public.
     #[oai(path = "/api/auth/login", method = "post")]
     async fn login(&self, req: &Request, body: Json<LoginRequest>) -> poem::Result<Response<Json<LoginResponse>>> {
         let b = body.0;
@@ -219,6 +225,8 @@ impl AuthApi {
     }
 
     /// Rotate the session's cookies with its refresh cookie.
+    ///
+    /// Minimum role: public.
     #[oai(path = "/api/auth/refresh/:session", method = "post")]
     async fn refresh(&self, req: &Request, session: Path<String>) -> poem::Result<Response<Json<RefreshResponse>>> {
         let sid = session.0;
@@ -235,6 +243,8 @@ impl AuthApi {
     /// End a session and clear its cookies. Always 200, even for an unknown session; the
     /// session ends only when the request holds it (its refresh or access cookie, or a bearer
     /// token of that session).
+    ///
+    /// Minimum role: public.
     #[oai(path = "/api/auth/logout/:session", method = "post")]
     async fn logout(&self, req: &Request, session: Path<String>) -> poem::Result<Response<Json<MessageDto>>> {
         let sid = session.0;
@@ -255,6 +265,8 @@ impl AuthApi {
     }
 
     /// The session named by `X-Session-Id` (or the bearer token's session).
+    ///
+    /// Minimum role: guest.
     #[oai(path = "/api/auth/session", method = "get")]
     async fn session(&self, auth: Auth) -> poem::Result<Json<SessionResponse>> {
         let p = auth.principal();
@@ -263,6 +275,8 @@ impl AuthApi {
     }
 
     /// The sessions whose refresh cookies this browser holds (validated, at most 10).
+    ///
+    /// Minimum role: public.
     #[oai(path = "/api/auth/sessions", method = "get")]
     async fn sessions(&self, req: &Request) -> Json<BrowserSessions> {
         let mut out = Vec::new();
@@ -284,6 +298,8 @@ impl AuthApi {
     }
 
     /// Log in as an API client: a bearer access token and a refresh token.
+    ///
+    /// Minimum role: public.
     #[oai(path = "/api/auth/token", method = "post")]
     async fn token(&self, req: &Request, body: Json<LoginRequest>) -> poem::Result<Response<Json<TokenResponse>>> {
         let b = body.0;
@@ -297,6 +313,8 @@ impl AuthApi {
     }
 
     /// Exchange a refresh token for a new pair; the old refresh token stops working.
+    ///
+    /// Minimum role: public.
     #[oai(path = "/api/auth/token/refresh", method = "post")]
     async fn token_refresh(
         &self,
@@ -309,6 +327,8 @@ impl AuthApi {
     }
 
     /// Revoke the session of a refresh token. Always 200 (RFC 7009).
+    ///
+    /// Minimum role: public.
     #[oai(path = "/api/auth/token/revoke", method = "post")]
     async fn token_revoke(&self, req: &Request, body: Json<RefreshTokenRequest>) -> poem::Result<Json<MessageDto>> {
         if let Some((sid, _)) = self.state.auth.refresh_token_session(&body.0.refresh_token) {
@@ -318,6 +338,8 @@ impl AuthApi {
     }
 
     /// Create a user (admin). Same as `POST /api/users`.
+    ///
+    /// Minimum role: admin.
     #[oai(path = "/api/auth/users", method = "post")]
     async fn create_user(
         &self,

@@ -56,6 +56,8 @@ impl EdgeApi {
     /// Forward auth for nginx `auth_request`, Traefik `forwardAuth` and Caddy `forward_auth`:
     /// applies the policy of the route for the original URI, read from the one header
     /// `[forward_auth] uri_header` names (`X-Original-URI` by default).
+    ///
+    /// Minimum role: public.
     #[oai(path = "/api/auth/verify", method = "get")]
     async fn verify(&self, req: &Request) -> poem::Result<VerifyResponse> {
         let fa = &self.state.config.forward_auth;
@@ -120,6 +122,8 @@ impl EdgeApi {
     }
 
     /// A signed URL for a media path, for players that cannot send headers.
+    ///
+    /// Minimum role: guest.
     #[oai(path = "/api/stream-keys", method = "post")]
     async fn stream_key(&self, auth: Auth, body: Json<StreamKeyRequest>) -> poem::Result<Json<StreamKeyResponse>> {
         let p = auth.require(Role::Guest)?;

@@ -16,6 +16,8 @@ pub struct KeysApi {
 #[OpenApi(tag = "ApiTags::Auth")]
 impl KeysApi {
     /// The JWK set (OKP / Ed25519, with `kid`), so upstream services can verify access tokens.
+    ///
+    /// Minimum role: public.
     #[oai(path = "/.well-known/jwks.json", method = "get")]
     async fn jwks(&self) -> Json<Any<serde_json::Value>> {
         Json(Any(self.state.auth.keys().jwks()))

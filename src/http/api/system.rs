@@ -157,12 +157,16 @@ fn has_metrics_token(state: &AppState, req: &Request) -> bool {
 #[OpenApi(tag = "ApiTags::System")]
 impl SystemApi {
     /// Liveness: the process is up.
+    ///
+    /// Minimum role: public.
     #[oai(path = "/healthz", method = "get")]
     async fn healthz(&self) -> Json<Health> {
         Json(Health { status: "ok".into(), version: env!("CARGO_PKG_VERSION").into() })
     }
 
     /// Readiness: the store answers.
+    ///
+    /// Minimum role: public.
     #[oai(path = "/readyz", method = "get")]
     async fn readyz(&self) -> ReadyResponse {
         let store = self.state.store.ping();
@@ -183,6 +187,8 @@ impl SystemApi {
 
     /// Prometheus metrics: for admins, or for a scraper presenting the token from
     /// `metrics.token_file` as a bearer token. Never public.
+    ///
+    /// Minimum role: admin.
     #[oai(path = "/metrics", method = "get")]
     async fn metrics(&self, req: &Request) -> poem::Result<MetricsResponse> {
         if !has_metrics_token(&self.state, req) {
@@ -200,6 +206,8 @@ impl SystemApi {
     }
 
     /// Dashboard summary: uptime, sign-in and request figures, store and audit chain.
+    ///
+    /// Minimum role: admin.
     #[oai(path = "/api/system/status", method = "get")]
     async fn status(&self, auth: crate::http::auth::Auth) -> poem::Result<Json<SystemStatus>> {
         auth.require(crate::auth::Role::Admin)?;
@@ -255,6 +263,8 @@ impl SystemApi {
     }
 
     /// Routes, rate limits, CORS origins and lockout settings in force (admin, read-only).
+    ///
+    /// Minimum role: admin.
     #[oai(path = "/api/system/config", method = "get")]
     async fn edge_config(&self, auth: crate::http::auth::Auth) -> poem::Result<Json<EdgeConfigView>> {
         auth.require(crate::auth::Role::Admin)?;

@@ -43,6 +43,8 @@ pub struct TlsInfoDto {
 #[OpenApi(tag = "ApiTags::System")]
 impl TlsApi {
     /// TLS mode, certificate names, issuer, validity, fingerprint and renewal status.
+    ///
+    /// Minimum role: admin.
     #[oai(path = "/api/tls", method = "get")]
     async fn tls(&self, auth: Auth) -> poem::Result<Json<TlsInfoDto>> {
         auth.require(Role::Admin)?;

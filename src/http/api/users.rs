@@ -46,6 +46,8 @@ fn user_id(id: &str) -> poem::Result<&str> {
 #[OpenApi(tag = "ApiTags::Users")]
 impl UsersApi {
     /// Every user.
+    ///
+    /// Minimum role: admin.
     #[oai(path = "/api/users", method = "get")]
     async fn list(&self, auth: Auth) -> poem::Result<Json<Vec<AdminUserDto>>> {
         auth.require(Role::Admin)?;
@@ -54,6 +56,8 @@ impl UsersApi {
     }
 
     /// Create a user.
+    ///
+    /// Minimum role: admin.
     #[oai(path = "/api/users", method = "post")]
     async fn create(
         &self,
@@ -65,6 +69,8 @@ impl UsersApi {
     }
 
     /// One user.
+    ///
+    /// Minimum role: admin.
     #[oai(path = "/api/users/:id", method = "get")]
     async fn get(&self, auth: Auth, id: Path<String>) -> poem::Result<Json<AdminUserDto>> {
         auth.require(Role::Admin)?;
@@ -73,6 +79,8 @@ impl UsersApi {
     }
 
     /// Change display name, role or disabled; effective on the user's next request.
+    ///
+    /// Minimum role: admin.
     #[oai(path = "/api/users/:id", method = "patch")]
     async fn update(
         &self,
@@ -89,6 +97,8 @@ impl UsersApi {
     }
 
     /// Delete a user and their sessions.
+    ///
+    /// Minimum role: admin.
     #[oai(path = "/api/users/:id", method = "delete")]
     async fn delete(&self, req: &Request, auth: Auth, id: Path<String>) -> poem::Result<Json<MessageDto>> {
         let actor = auth.require(Role::Admin)?;
@@ -97,6 +107,8 @@ impl UsersApi {
     }
 
     /// Set a new password for a user; all their sessions are revoked.
+    ///
+    /// Minimum role: admin.
     #[oai(path = "/api/users/:id/reset-password", method = "post")]
     async fn reset_password(
         &self,
@@ -119,6 +131,8 @@ impl UsersApi {
     }
 
     /// Lift a sign-in lockout on a user's account.
+    ///
+    /// Minimum role: admin.
     #[oai(path = "/api/users/:id/unlock", method = "post")]
     async fn unlock(&self, req: &Request, auth: Auth, id: Path<String>) -> poem::Result<Json<MessageDto>> {
         let actor = auth.require(Role::Admin)?;
@@ -127,6 +141,8 @@ impl UsersApi {
     }
 
     /// A user's live sessions.
+    ///
+    /// Minimum role: admin.
     #[oai(path = "/api/users/:id/sessions", method = "get")]
     async fn sessions(&self, auth: Auth, id: Path<String>) -> poem::Result<Json<Vec<SessionInfoDto>>> {
         let actor = auth.require(Role::Admin)?;
@@ -137,6 +153,8 @@ impl UsersApi {
     }
 
     /// Revoke every session of a user.
+    ///
+    /// Minimum role: admin.
     #[oai(path = "/api/users/:id/sessions", method = "delete")]
     async fn revoke_sessions(&self, req: &Request, auth: Auth, id: Path<String>) -> poem::Result<Json<RevokedDto>> {
         let actor = auth.require(Role::Admin)?;

@@ -141,6 +141,8 @@ impl VpnApi {
     }
 
     /// Tunnel state, server, handshake age, traffic counters, last error and kill switch.
+    ///
+    /// Minimum role: admin.
     #[oai(path = "/api/vpn", method = "get")]
     async fn status(&self, auth: Auth) -> poem::Result<Json<VpnStatusDto>> {
         auth.require(Role::Admin)?;
@@ -148,6 +150,8 @@ impl VpnApi {
     }
 
     /// Reconnects to the current server now.
+    ///
+    /// Minimum role: admin.
     #[oai(path = "/api/vpn/reconnect", method = "post")]
     async fn reconnect(&self, auth: Auth) -> poem::Result<Json<VpnActionDto>> {
         auth.require(Role::Admin)?;
@@ -155,6 +159,8 @@ impl VpnApi {
     }
 
     /// Moves to the next server in the rotation and connects.
+    ///
+    /// Minimum role: admin.
     #[oai(path = "/api/vpn/rotate", method = "post")]
     async fn rotate(&self, auth: Auth) -> poem::Result<Json<VpnActionDto>> {
         auth.require(Role::Admin)?;
@@ -163,6 +169,8 @@ impl VpnApi {
 
     /// Stores the WireGuard private key, sealed by the keyring, and reconnects with it. The
     /// key can never be read back; the answer names its public key.
+    ///
+    /// Minimum role: admin.
     #[oai(path = "/api/vpn/key", method = "put")]
     async fn set_key(&self, auth: Auth, req: &Request, body: Json<VpnKeyBody>) -> poem::Result<Json<VpnActionDto>> {
         let actor = auth.require(Role::Admin)?;
@@ -180,6 +188,8 @@ impl VpnApi {
     }
 
     /// The servers in effect, in rotation order.
+    ///
+    /// Minimum role: admin.
     #[oai(path = "/api/vpn/servers", method = "get")]
     async fn servers(&self, auth: Auth) -> poem::Result<Json<VpnServersDto>> {
         auth.require(Role::Admin)?;
@@ -199,6 +209,8 @@ impl VpnApi {
     }
 
     /// Replaces the server list (kept in the store, ahead of the config and the provider).
+    ///
+    /// Minimum role: admin.
     #[oai(path = "/api/vpn/servers", method = "put")]
     async fn set_servers(
         &self,
