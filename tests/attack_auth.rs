@@ -661,3 +661,152 @@ async fn wrong_setup_tokens_add_one_record_per_address() {
 fn data_token(lab: &Lab) -> std::path::PathBuf {
     lab.pem.with_file_name("setup-token")
 }
+
+/// Sends every request at once, the `i`th from its own client address (`X-Forwarded-For`
+/// through the trusted 127.0.0.1); returns the answers in order.
+async fn all_at_once(
+    lab: &Arc<Lab>,
+    reqs: Vec<(&'static str, String, Value, Vec<(&'static str, String)>)>,
+) -> Vec<Reply> {
+    let start = Arc::new(tokio::sync::Barrier::new(reqs.len()));
+    let mut tasks = Vec::new();
+    for (i, (method, path, body, mut headers)) in reqs.into_iter().enumerate() {
+        let (lab, start) = (lab.clone(), start.clone());
+        headers.push(("x-forwarded-for", format!("198.51.{}.{}", 100 + i / 200, i % 200 + 1)));
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            lab.call(None, method, &path, (!body.is_null()).then_some(body), &headers).await
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fifty_parallel_guesses_from_fifty_addresses_stay_within_the_lockout_budget() {
+    let lab = Arc::new(Lab::start(SPREAD).await);
+    let reqs = (0..50)
+        .map(|i| {
+            let door = if i % 2 == 0 { "/api/auth/login" } else { "/api/auth/token" };
+            let pw = if i == 25 { PW } else { WRONG };
+            ("POST", door.to_string(), json!({"email": ADMIN, "password": pw}), Vec::new())
+        })
+        .collect();
+    let replies = all_at_once(&lab, reqs).await;
+    let s = statuses(&replies);
+    let hashed = s.iter().filter(|s| matches!(s, 200 | 401)).count();
+    println!("49 wrong + 1 right from 50 addresses: {hashed} reached the password check");
+    assert!(hashed <= 5, "{s:?}");
+    assert_eq!(s.iter().filter(|s| **s == 429).count(), 50 - hashed, "{s:?}");
+    assert_locked_answers(&replies);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_hundred_parallel_logins_leave_at_most_the_session_limit_live() {
+    let lab = Arc::new(Lab::start(SPREAD).await);
+    let reqs = (0..200)
+        .map(|_| ("POST", "/api/auth/token".to_string(), json!({"email": ADMIN, "password": PW}), Vec::new()))
+        .collect();
+    let replies = all_at_once(&lab, reqs).await;
+    let issued: Vec<String> = replies
+        .iter()
+        .filter(|r| r.status == 200)
+        .map(|r| r.json()["access_token"].as_str().unwrap().to_string())
+        .collect();
+    let mut answers = std::collections::BTreeMap::new();
+    for r in &replies {
+        *answers.entry(r.status).or_insert(0) += 1;
+    }
+    println!(
+        "200 parallel logins: answers {answers:?}; {}",
+        replies
+            .iter()
+            .find(|r| r.status != 200)
+            .map(|r| String::from_utf8_lossy(&r.body).to_string())
+            .unwrap_or_default()
+    );
+    assert!(replies.iter().all(|r| r.status == 200 || r.status == 429), "{:?}", statuses(&replies));
+    assert!(issued.len() >= 10, "{} logins succeeded", issued.len());
+    // Of every token handed out, only the newest max_sessions_per_user (10) sessions live.
+    let checks = issued.iter().map(|t| ("GET", "/api/me".to_string(), Value::Null, bearer(t))).collect();
+    let live: Vec<&String> =
+        all_at_once(&lab, checks).await.iter().zip(&issued).filter(|(r, _)| r.status == 200).map(|(_, t)| t).collect();
+    println!("200 parallel logins: {} issued, {} still live", issued.len(), live.len());
+    assert!(!live.is_empty() && live.len() <= 10, "{} live sessions", live.len());
+    let r = lab.call(Some("127.0.0.2"), "GET", "/api/me/sessions", None, &bearer(live[0])).await;
+    assert_eq!(r.status, 200);
+    assert!(r.json().as_array().unwrap().len() <= 10, "{}", r.json());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn twenty_parallel_refreshes_of_one_token_yield_exactly_one_new_token() {
+    let lab = Arc::new(Lab::start(SPREAD).await);
+    let r = lab
+        .call(Some("127.0.0.2"), "POST", "/api/auth/token", Some(json!({"email": ADMIN, "password": PW})), &[])
+        .await;
+    let refresh = r.json()["refresh_token"].as_str().unwrap().to_string();
+    let reqs = (0..20)
+        .map(|_| ("POST", "/api/auth/token/refresh".to_string(), json!({"refresh_token": refresh}), Vec::new()))
+        .collect();
+    let replies = all_at_once(&lab, reqs).await;
+    let s = statuses(&replies);
+    let winners: Vec<&Reply> = replies.iter().filter(|r| r.status == 200).collect();
+    assert_eq!(winners.len(), 1, "{s:?}");
+    assert!(s.iter().all(|s| matches!(s, 200 | 401)), "{s:?}");
+    // The one new pair works and rotates again.
+    let next = winners[0].json()["refresh_token"].as_str().unwrap().to_string();
+    let r =
+        lab.call(Some("127.0.0.2"), "POST", "/api/auth/token/refresh", Some(json!({"refresh_token": next})), &[]).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admins_demoting_each_other_at_once_never_leave_no_admin() {
+    let lab = Arc::new(Lab::start(SPREAD).await);
+    let (root, _) = lab.token("127.0.0.2", ADMIN, PW).await;
+    let mut admins = vec![(String::new(), root)];
+    for i in 0..4 {
+        let email = format!("admin{i}@example.com");
+        let body = json!({"email": email, "password": PW, "role": "admin"});
+        let r = lab.call(Some("127.0.0.2"), "POST", "/api/users", Some(body), &bearer(&admins[0].1)).await;
+        assert_eq!(r.status, 201);
+        let id = r.json()["id"].as_str().unwrap().to_string();
+        let (access, _) = lab.token(&format!("127.0.0.{}", 10 + i), &email, PW).await;
+        admins.push((id, access));
+    }
+    let r = lab.call(Some("127.0.0.2"), "GET", "/api/me", None, &bearer(&admins[0].1)).await;
+    admins[0].0 = r.json()["id"].as_str().unwrap().to_string();
+    // Every admin demotes (or disables) every other admin, all 20 requests at once.
+    let mut reqs = Vec::new();
+    for (i, (_, actor)) in admins.iter().enumerate() {
+        for (j, (target, _)) in admins.iter().enumerate() {
+            if i != j {
+                let body = if (i + j) % 2 == 0 { json!({"role": "user"}) } else { json!({"disabled": true}) };
+                reqs.push(("PATCH", format!("/api/users/{target}"), body, bearer(actor)));
+            }
+        }
+    }
+    let replies = all_at_once(&lab, reqs).await;
+    let s = statuses(&replies);
+    assert!(s.iter().all(|s| matches!(s, 200 | 401 | 403 | 409)), "{s:?}");
+    // Some admin is left, enabled, and can still act as one.
+    let mut left = Vec::new();
+    for (id, access) in &admins {
+        let r = lab.call(Some("127.0.0.2"), "GET", "/api/users", None, &bearer(access)).await;
+        if r.status == 200 {
+            let users = r.json();
+            let me = users.as_array().unwrap().iter().find(|u| u["id"] == id.as_str()).unwrap().clone();
+            assert_eq!(me["role"], "admin");
+            assert_eq!(me["disabled"], false);
+            left.push(users);
+        }
+    }
+    println!("5 admins demoting each other: answers {s:?}, {} admins left", left.len());
+    assert!(!left.is_empty(), "no admin is left");
+    let enabled_admins =
+        left[0].as_array().unwrap().iter().filter(|u| u["role"] == "admin" && u["disabled"] == false).count();
+    assert_eq!(enabled_admins, left.len(), "{}", left[0]);
+}
