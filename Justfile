@@ -22,6 +22,11 @@ e2e:
     shellcheck install.sh
     cargo test --features e2e
 
+# Coverage-guided fuzzing of every attacker-facing parser (cargo-afl; FUZZ_SECS per target)
+fuzz:
+    command -v cargo-afl >/dev/null || cargo install cargo-afl --locked
+    bash fuzz/run.sh
+
 # Install as a hardened systemd service (root)
 install:
     sh install.sh

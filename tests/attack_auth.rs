@@ -662,12 +662,12 @@ fn data_token(lab: &Lab) -> std::path::PathBuf {
     lab.pem.with_file_name("setup-token")
 }
 
+/// (method, path, JSON body or null, headers).
+type Call = (&'static str, String, Value, Vec<(&'static str, String)>);
+
 /// Sends every request at once, the `i`th from its own client address (`X-Forwarded-For`
 /// through the trusted 127.0.0.1); returns the answers in order.
-async fn all_at_once(
-    lab: &Arc<Lab>,
-    reqs: Vec<(&'static str, String, Value, Vec<(&'static str, String)>)>,
-) -> Vec<Reply> {
+async fn all_at_once(lab: &Arc<Lab>, reqs: Vec<Call>) -> Vec<Reply> {
     let start = Arc::new(tokio::sync::Barrier::new(reqs.len()));
     let mut tasks = Vec::new();
     for (i, (method, path, body, mut headers)) in reqs.into_iter().enumerate() {

@@ -119,9 +119,7 @@ pub fn authenticate_request(
         return authenticate_session(state, headers, sid).map(|p| Some(Authenticated(p, Via::Session)));
     }
     if let Some(path) = stream_path
-        && let Some(key) = uri
-            .query()
-            .and_then(|q| q.split('&').find_map(|p| p.strip_prefix(&format!("{}=", super::proxy::STREAM_KEY_PARAM))))
+        && let Some(key) = uri.query().and_then(super::proxy::stream_key_of)
     {
         return state.auth.authenticate_stream_key(key, path).map(|p| Some(Authenticated(p, Via::StreamKey)));
     }
@@ -140,7 +138,10 @@ pub fn cookies(headers: &HeaderMap) -> Vec<(String, String)> {
             if let Some((name, value)) = pair.trim().split_once('=')
                 && value.len() <= 4096
             {
-                out.push((name.trim().to_string(), value.trim().trim_matches('"').to_string()));
+                // Quotes and blanks around the value go together (`"a "` is `a`), so that printing
+                // the pairs again and parsing them gives the same pairs.
+                let value = value.trim_matches(|c: char| c == '"' || c.is_ascii_whitespace());
+                out.push((name.trim().to_string(), value.to_string()));
             }
             if out.len() >= MAX_COOKIES {
                 return out;

@@ -402,7 +402,7 @@ pub fn parse_node(hop: &str) -> Option<IpAddr> {
 
 /// The `for=` node of one `Forwarded` element (`for=1.2.3.4;proto=https`), parsed by
 /// [`parse_node`]; an element without `for=` names no address and counts as unparsable.
-fn forwarded_for(element: &str) -> Option<IpAddr> {
+pub fn forwarded_for(element: &str) -> Option<IpAddr> {
     element
         .split(';')
         .find_map(|pair| {

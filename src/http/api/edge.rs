@@ -78,10 +78,7 @@ impl EdgeApi {
         let stream_path = route.as_ref().filter(|(r, _)| r.cfg.stream_keys).map(|(_, p)| p.as_ref());
         // Stream keys arrive in the original URI's query string.
         let principal = match stream_path {
-            Some(p) => match uri
-                .split_once('?')
-                .and_then(|(_, q)| q.split('&').find_map(|kv| kv.strip_prefix(&format!("{STREAM_KEY_PARAM}="))))
-            {
+            Some(p) => match uri.split_once('?').and_then(|(_, q)| crate::http::proxy::stream_key_of(q)) {
                 Some(key) => Some(self.state.auth.authenticate_stream_key(key, p).map_err(fail)?),
                 None => authenticate_request(&self.state, req.headers(), req.uri(), None).map_err(fail)?.map(|a| a.0),
             },

@@ -1,0 +1,2 @@
+//! The fuzz targets' properties (see `properties.rs`).
+pub mod properties;
