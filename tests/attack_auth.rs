@@ -706,7 +706,9 @@ async fn fifty_parallel_guesses_from_fifty_addresses_stay_within_the_lockout_bud
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_hundred_parallel_logins_leave_at_most_the_session_limit_live() {
-    let lab = Arc::new(Lab::start(SPREAD).await);
+    // A low session limit, so that the logins that get through (the lockout reserves its budget
+    // for attempts in flight, so most of a burst gets 429) exceed it.
+    let lab = Arc::new(Lab::start(&format!("{SPREAD}[auth]\nmax_sessions_per_user = 3\n")).await);
     let reqs = (0..200)
         .map(|_| ("POST", "/api/auth/token".to_string(), json!({"email": ADMIN, "password": PW}), Vec::new()))
         .collect();
@@ -729,16 +731,16 @@ async fn two_hundred_parallel_logins_leave_at_most_the_session_limit_live() {
             .unwrap_or_default()
     );
     assert!(replies.iter().all(|r| r.status == 200 || r.status == 429), "{:?}", statuses(&replies));
-    assert!(issued.len() >= 10, "{} logins succeeded", issued.len());
-    // Of every token handed out, only the newest max_sessions_per_user (10) sessions live.
+    assert!(!issued.is_empty(), "no login succeeded");
+    // Of every token handed out, only the newest max_sessions_per_user (3) sessions live.
     let checks = issued.iter().map(|t| ("GET", "/api/me".to_string(), Value::Null, bearer(t))).collect();
     let live: Vec<&String> =
         all_at_once(&lab, checks).await.iter().zip(&issued).filter(|(r, _)| r.status == 200).map(|(_, t)| t).collect();
     println!("200 parallel logins: {} issued, {} still live", issued.len(), live.len());
-    assert!(!live.is_empty() && live.len() <= 10, "{} live sessions", live.len());
+    assert_eq!(live.len(), issued.len().min(3), "{} issued, {} live", issued.len(), live.len());
     let r = lab.call(Some("127.0.0.2"), "GET", "/api/me/sessions", None, &bearer(live[0])).await;
     assert_eq!(r.status, 200);
-    assert!(r.json().as_array().unwrap().len() <= 10, "{}", r.json());
+    assert_eq!(r.json().as_array().unwrap().len(), issued.len().min(3), "{}", r.json());
 }
 
 #[tokio::test(flavor = "multi_thread")]
