@@ -69,3 +69,8 @@ ui-test:
 ui-screenshots:
     cargo build
     cd tests/ui && npm ci --no-audit --no-fund && npm run screenshots
+
+# API fuzzing from the spec: schemathesis (venv .venv-api-fuzz) against the binary, four profiles
+fuzz-api:
+    cargo build
+    bash tests/api_fuzz/run.sh target/debug/miauflix-gate

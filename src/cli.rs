@@ -269,7 +269,10 @@ pub fn run() -> ExitCode {
             for w in config.warnings() {
                 tracing::warn!(warning = %w, "configuration");
             }
-            raise_nofile_limit(config.http.max_connections, config.http.max_upstream_requests);
+            raise_nofile_limit(
+                config.http.max_connections,
+                config.http.max_upstream_requests.saturating_add(config.http.max_tunnels.saturating_mul(2)),
+            );
             let Some(runtime) = runtime(true) else { return ExitCode::FAILURE };
             match runtime.block_on(crate::server::serve(config)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -292,7 +295,8 @@ fn raise_nofile_limit(max_connections: usize, max_upstream: usize) {
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return };
     let soft = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() { hard } else { soft };
     // Listeners, the store, the admin socket, logs and the VPN's helpers need a few more.
-    // Each client connection, its own upstream connection, the shared pool's upstream sockets.
+    // Each client connection, its own upstream connection, the shared pool's upstream sockets,
+    // and both sockets of each WebSocket tunnel (no longer counted as a client connection).
     let needed = (max_connections as u64).saturating_mul(2).saturating_add(max_upstream as u64).saturating_add(64);
     if needed > soft {
         tracing::warn!(

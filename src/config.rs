@@ -453,11 +453,17 @@ pub struct HttpConfig {
     pub max_connections: usize,
     /// Client connections open at once from one address (an IPv6 one by its /64).
     pub max_connections_per_ip: usize,
-    /// Proxied requests in flight at once through the shared upstream pool (HTTP/2 streams,
-    /// WebSocket tunnels; an HTTP/1 client connection has its own upstream connection, counted
+    /// Proxied requests in flight at once through the shared upstream pool (HTTP/2 streams; an
+    /// HTTP/1 client connection has its own upstream connection, counted
     /// by `max_connections`): each holds an upstream socket, so streams multiplexed on a few
     /// connections cannot use up the descriptors. More get 503.
     pub max_upstream_requests: usize,
+    /// WebSocket tunnels open at once through the proxy; more upgrades get 503.
+    pub max_tunnels: usize,
+    /// WebSocket tunnels open at once for one client address (an IPv6 one by its /64).
+    pub max_tunnels_per_address: usize,
+    /// A WebSocket tunnel with no byte in either direction for this long is closed.
+    pub tunnel_idle_timeout_secs: u64,
 }
 
 /// `[password]`: argon2id parameters.
@@ -525,6 +531,9 @@ impl Default for HttpConfig {
             max_connections: 4096,
             max_connections_per_ip: 256,
             max_upstream_requests: 1024,
+            max_tunnels: 256,
+            max_tunnels_per_address: 16,
+            tunnel_idle_timeout_secs: 300,
         }
     }
 }
@@ -683,6 +692,15 @@ impl Config {
         }
         if !(1..=1_000_000).contains(&self.http.max_upstream_requests) {
             return err("http.max_upstream_requests", "must be between 1 and 1000000".into());
+        }
+        if !(1..=100_000).contains(&self.http.max_tunnels) {
+            return err("http.max_tunnels", "must be between 1 and 100000".into());
+        }
+        if !(1..=self.http.max_tunnels).contains(&self.http.max_tunnels_per_address) {
+            return err("http.max_tunnels_per_address", "must be between 1 and http.max_tunnels".into());
+        }
+        if !(1..=86_400).contains(&self.http.tunnel_idle_timeout_secs) {
+            return err("http.tunnel_idle_timeout_secs", "must be between 1 and 86400".into());
         }
         if self.password.memory_kib < 19_456 {
             return err("password.memory_kib", "must be at least 19456 (OWASP minimum for argon2id)".into());

@@ -159,6 +159,11 @@ pub async fn open(config: Config) -> anyhow::Result<Opened> {
     let vpn = crate::vpn::Vpn::start(&config.vpn, store.clone(), keyring.clone(), auth.audit().clone()).await;
     let config_routes = config.routes.clone();
     let max_upstream = config.http.max_upstream_requests;
+    let tunnels = crate::http::tunnel::Tunnels::new(
+        config.http.max_tunnels,
+        config.http.max_tunnels_per_address,
+        std::time::Duration::from_secs(config.http.tunnel_idle_timeout_secs),
+    );
     let state = Arc::new(AppState {
         config: Arc::new(config),
         store,
@@ -166,7 +171,7 @@ pub async fn open(config: Config) -> anyhow::Result<Opened> {
         hasher,
         auth: Arc::new(auth),
         limits,
-        proxy: Arc::new(crate::http::proxy::Proxy::new(&config_routes, max_upstream)),
+        proxy: Arc::new(crate::http::proxy::Proxy::new(&config_routes, max_upstream, tunnels)),
         vpn: Arc::new(vpn),
         started: Instant::now(),
         tls: tls_status,

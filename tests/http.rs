@@ -115,6 +115,69 @@ async fn openapi_document_matches_the_committed_file() {
     assert_eq!(served, code);
     let docs = cli.get("/api/docs").send().await;
     docs.assert_status_is_ok();
+    let html = docs.0.into_body().into_string().await.unwrap();
+    assert!(html.contains("urn:miauflix-gate:problem/"), "the docs page embeds the documented spec");
+    state.store.close().await;
+}
+
+/// Every error answer in the document is a problem, every answer names `X-Request-Id`, and
+/// every row of the handler table names an operation that exists and adds something.
+#[tokio::test]
+async fn openapi_document_describes_the_problems() {
+    use miauflix_gate::http::spec::HANDLER_PROBLEMS;
+    let dir = tempfile::tempdir().unwrap();
+    let state = state(dir.path()).await;
+    let spec: serde_json::Value = serde_json::from_str(&openapi_json(state.clone())).unwrap();
+    let mut ops = 0;
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            ops += 1;
+            let responses = op["responses"].as_object().unwrap();
+            for status in ["400", "429"] {
+                assert!(responses.contains_key(status), "{method} {path} does not document {status}");
+            }
+            if op.get("security").and_then(|s| s.as_array()).is_some_and(|s| !s.is_empty()) {
+                assert!(responses.contains_key("401") && responses.contains_key("403"), "{method} {path}");
+            }
+            for (status, r) in responses {
+                assert_eq!(r["headers"]["X-Request-Id"]["required"], true, "{method} {path} {status}");
+                if status.starts_with('4') || status.starts_with('5') && path != "/readyz" {
+                    assert_eq!(
+                        r["content"]["application/problem+json"]["schema"]["$ref"], "#/components/schemas/Problem",
+                        "{method} {path} {status} is not a problem"
+                    );
+                }
+            }
+            assert_eq!(
+                responses["429"]["headers"]["Retry-After"]["required"], true,
+                "{method} {path}: a 429 always says when to retry"
+            );
+        }
+    }
+    assert!(ops >= 40);
+    for (method, path, extra) in HANDLER_PROBLEMS {
+        let op = &spec["paths"][path][method];
+        assert!(op.is_object(), "HANDLER_PROBLEMS names {method} {path}, which is not an operation");
+        assert!(!extra.is_empty(), "HANDLER_PROBLEMS row {method} {path} adds nothing");
+    }
+    let mut links = 0;
+    for (method, path, status, to_method, to_path, _, _) in miauflix_gate::http::spec::LINKS {
+        assert!(spec["paths"][path][method]["responses"][status].is_object(), "link from {method} {path} {status}");
+        assert!(spec["paths"][to_path][to_method].is_object(), "link to {to_method} {to_path}");
+        links += 1;
+    }
+    let written: usize = spec["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|item| item.as_object().unwrap().values())
+        .flat_map(|op| op["responses"].as_object().unwrap().values())
+        .filter_map(|r| r["links"].as_object())
+        .map(|l| l.len())
+        .sum();
+    assert_eq!(written, links, "every row of LINKS is in the document");
+    let problem = &spec["components"]["schemas"]["Problem"];
+    assert_eq!(problem["required"].as_array().unwrap().len(), 7);
     state.store.close().await;
 }
 

@@ -17,6 +17,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 const PROXY_PEER: &str = "127.0.0.2";
 const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+const METRICS_TOKEN: &str = "0123456789abcdef0123456789abcdef";
 
 fn ws_accept(key: &str) -> String {
     use base64::Engine;
@@ -608,4 +609,124 @@ async fn multiplexed_streams_cannot_hold_more_upstream_sockets_than_the_cap() {
 
 async fn get_h1(gate: &Gate, path: &str) -> u16 {
     get(gate, None, path, &[]).await.status
+}
+
+/// A WebSocket handshake for `/up/wsgood` on a new connection from `from`, naming `xff` as the
+/// client when it comes through the trusted proxy.
+async fn tunnel(gate: &Gate, from: Option<&str>, xff: Option<&str>) -> (Raw, BufReader<tokio::net::TcpStream>) {
+    let mut s = BufReader::new(connect(gate, from).await);
+    let xff = xff.map(|a| format!("x-forwarded-for: {a}\r\n")).unwrap_or_default();
+    let head = format!(
+        "GET /up/wsgood HTTP/1.1\r\nhost: gate.test\r\n{xff}connection: Upgrade\r\nupgrade: websocket\r\n\
+         sec-websocket-version: 13\r\nsec-websocket-key: {WS_KEY}\r\n\r\n"
+    );
+    s.get_mut().write_all(head.as_bytes()).await.unwrap();
+    let r = read_response(&mut s).await;
+    (r, s)
+}
+
+/// One round trip through an open tunnel.
+async fn echoes(s: &mut BufReader<tokio::net::TcpStream>) -> bool {
+    if s.get_mut().write_all(b"ping").await.is_err() {
+        return false;
+    }
+    let mut back = [0u8; 4];
+    matches!(tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back)).await, Ok(Ok(_))) && &back == b"ping"
+}
+
+/// Upgraded connections leave the listener's connection caps and idle timeout, so before
+/// tunnels had a budget of their own, a few WebSocket connections held the shared pool's
+/// places for as long as their client liked and every proxied HTTP/2 request got 503. Now a
+/// tunnel takes a tunnel's place (per client address and in total), never the pool's, and a
+/// quiet one is closed.
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_tunnels_have_their_own_budget_and_cannot_starve_the_pool() {
+    use http_body_util::BodyExt;
+    let up = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gate.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[tls]\nmode = \"off\"\n[http]\nmax_upstream_requests = 2\nmax_tunnels = 5\nmax_tunnels_per_address = 3\n\
+             tunnel_idle_timeout_secs = 2\ntrusted_proxies = [\"{PROXY_PEER}/32\"]\n\
+             [[routes]]\nprefix = \"/up\"\nupstream = \"http://{up}\"\nmin_role = \"public\"\ntimeout_secs = 5\n"
+        ),
+    )
+    .unwrap();
+    let token = dir.path().join("metrics-token");
+    std::fs::write(&token, format!("{METRICS_TOKEN}\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let gate = Gate::start(
+        &dir.path().join("data"),
+        &[("MIAUFLIX_CONFIG", cfg.to_str().unwrap()), ("MIAUFLIX_METRICS__TOKEN_FILE", token.to_str().unwrap())],
+    );
+
+    // Three tunnels from one address (more than the pool's two places) open and carry bytes.
+    let mut mine = Vec::new();
+    for _ in 0..3 {
+        let (r, mut s) = tunnel(&gate, None, None).await;
+        assert_eq!(r.status, 101, "{r:?}");
+        assert!(echoes(&mut s).await);
+        mine.push(s);
+    }
+    // A fourth from the same address is turned away with the pool's problem and a retry time.
+    let (r, _) = tunnel(&gate, None, None).await;
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(r.header("retry-after"), Some("5"));
+    assert_eq!(r.json()["type"], "urn:miauflix-gate:problem/upstream-busy");
+    // Behind the trusted proxy each client address has its own count, under the total.
+    let (r, mut other) = tunnel(&gate, Some(PROXY_PEER), Some("198.51.100.7")).await;
+    assert_eq!(r.status, 101, "{r:?}");
+    let (r, _other2) = tunnel(&gate, Some(PROXY_PEER), Some("198.51.100.8")).await;
+    assert_eq!(r.status, 101, "{r:?}");
+    let (r, _) = tunnel(&gate, Some(PROXY_PEER), Some("198.51.100.9")).await;
+    assert_eq!(r.status, 503, "the sixth tunnel is over the total of five: {r:?}");
+
+    // With five tunnels open, HTTP/2 streams still have both of the pool's places.
+    let tcp = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    for _ in 0..2 {
+        let req =
+            hyper::Request::get("http://gate.test/up/x").body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
+        let resp = h2.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200, "tunnels took the pool's places");
+        let _ = resp.into_body().collect().await;
+    }
+    conn.abort();
+
+    // A tunnel kept busy outlives the idle timeout; quiet ones are closed after it.
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(echoes(&mut other).await, "a busy tunnel was closed");
+    }
+    for s in &mut mine {
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+        assert!(read.is_ok(), "an idle tunnel stayed open past the idle timeout");
+    }
+    // Their places came back: the address can open a tunnel again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (r, mut s) = tunnel(&gate, None, None).await;
+        if r.status == 101 {
+            assert!(echoes(&mut s).await);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the places of closed tunnels never came back: {r:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = String::from_utf8_lossy(
+        &get(&gate, None, "/metrics", &[&format!("authorization: Bearer {METRICS_TOKEN}")]).await.body,
+    )
+    .into_owned();
+    assert!(metrics.contains("proxy_tunnels_refused_total{reason=\"per_address\"} 1"), "{metrics}");
+    assert!(metrics.contains("proxy_tunnels_refused_total{reason=\"total\"} 1"), "{metrics}");
+    assert!(metrics.contains("proxy_tunnels_idle_closed_total"), "{metrics}");
+    assert!(gate.terminate().success());
 }

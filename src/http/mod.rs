@@ -8,12 +8,16 @@ pub mod middleware;
 pub mod proxy;
 pub mod redirect;
 pub mod serve;
+pub mod spec;
+pub mod tunnel;
 pub mod ui;
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use poem::{Endpoint, EndpointExt, Route, get, handler, web::Redirect};
+use poem::endpoint::make_sync;
+use poem::web::{Html, Redirect};
+use poem::{Endpoint, EndpointExt, Route, get, handler};
 use poem_openapi::OpenApiService;
 
 use crate::auth::AuthService;
@@ -45,9 +49,16 @@ pub fn openapi_service(state: Arc<AppState>) -> OpenApiService<api::Apis, ()> {
     )
 }
 
-/// The OpenAPI document as pretty JSON, as committed in `assets/openapi.json`.
+/// The OpenAPI document as pretty JSON, as committed in `assets/openapi.json`: poem-openapi's
+/// derive plus the problem answers of [`spec::document_problems`].
 pub fn openapi_json(state: Arc<AppState>) -> String {
-    openapi_service(state).spec()
+    documented(&openapi_service(state))
+}
+
+fn documented(api: &OpenApiService<api::Apis, ()>) -> String {
+    let mut doc: serde_json::Value = serde_json::from_str(&api.spec()).expect("poem-openapi writes JSON");
+    spec::document_problems(&mut doc);
+    serde_json::to_string_pretty(&doc).expect("a JSON value serialises")
 }
 
 #[handler]
@@ -59,8 +70,11 @@ fn root() -> Redirect {
 pub fn build_app(state: Arc<AppState>) -> impl Endpoint<Output = poem::Response> {
     let policy = Arc::new(middleware::EdgePolicy::new(state.clone()));
     let api = openapi_service(state.clone());
-    let spec = api.spec_endpoint();
-    let docs = api.swagger_ui();
+    let document = documented(&api);
+    // Swagger UI embeds the document; poem-openapi's page is given the documented one.
+    let docs_html = api.swagger_ui_html().replacen(&api.spec(), &document, 1);
+    let spec = make_sync(move |_| poem::Response::builder().content_type("application/json").body(document.clone()));
+    let docs = Route::new().at("/", get(make_sync(move |_| Html(docs_html.clone()))));
     Route::new()
         .at("/", get(root))
         .at("/admin", get(ui::admin))

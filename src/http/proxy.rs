@@ -85,10 +85,12 @@ pub struct Proxy {
     routes: Vec<Arc<ProxyRoute>>,
     client: Client<HttpConnector, ProxyBody>,
     /// Requests in flight through the shared pool (`http.max_upstream_requests`). Each holds
-    /// an upstream socket until its answer's body ends (or its tunnel closes): without this,
+    /// an upstream socket until its answer's body ends: without this,
     /// HTTP/2 streams multiplexed on a few client connections — which the connection caps
     /// count once each — opened an upstream socket apiece and used up the descriptors.
     pooled_slots: Arc<tokio::sync::Semaphore>,
+    /// WebSocket tunnels, with their own budget and idle timeout.
+    tunnels: Arc<crate::http::tunnel::Tunnels>,
 }
 
 /// The upstream connection that one HTTP/1 client connection owns (`http::serve` puts a slot
@@ -122,7 +124,7 @@ impl UpstreamSlot {
 type UpstreamError = Box<dyn std::error::Error + Send + Sync>;
 
 impl Proxy {
-    pub fn new(routes: &[RouteConfig], max_pooled: usize) -> Proxy {
+    pub fn new(routes: &[RouteConfig], max_pooled: usize, tunnels: Arc<crate::http::tunnel::Tunnels>) -> Proxy {
         let mut routes: Vec<Arc<ProxyRoute>> = routes
             .iter()
             .filter_map(|r| {
@@ -142,7 +144,7 @@ impl Proxy {
             .pool_timer(hyper_util::rt::TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
-        Proxy { routes, client, pooled_slots: Arc::new(tokio::sync::Semaphore::new(max_pooled)) }
+        Proxy { routes, client, pooled_slots: Arc::new(tokio::sync::Semaphore::new(max_pooled)), tunnels }
     }
 
     /// Sends a request (origin-form URI) down the client connection's own upstream
@@ -323,13 +325,18 @@ impl Proxy {
         *upstream_req.uri_mut() = uri;
         *upstream_req.headers_mut() = headers;
 
-        // An upgrade takes its upstream connection for itself: those go through the pool.
-        let slot = if client_upgrade.is_none() { conn.slot } else { None };
+        // An upgrade takes an upstream connection for itself, and a tunnel's place (not one of
+        // the pool's: a tunnel stays open for as long as its client likes).
+        let tunnel = match client_upgrade {
+            Some(_) => Some(self.tunnels.admit(client_ip).map_err(crate::http::tunnel::Tunnels::refused)?),
+            None => None,
+        };
+        let slot = if tunnel.is_none() { conn.slot } else { None };
         // Without its own upstream connection, a request takes one of the pool's places or
         // is turned away at once (nothing queues on a busy gate).
-        let pooled = match slot {
-            Some(_) => None,
-            None => Some(self.pooled_slots.clone().try_acquire_owned().map_err(|_| {
+        let pooled = match (&slot, &tunnel) {
+            (Some(_), _) | (_, Some(_)) => None,
+            (None, None) => Some(self.pooled_slots.clone().try_acquire_owned().map_err(|_| {
                 metrics::counter!("upstream_requests_refused_total").increment(1);
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -377,17 +384,16 @@ impl Proxy {
             if !websocket_accepted(resp.headers(), &key) {
                 return Err(bad_upgrade(route));
             }
+            let Some(place) = tunnel else { return Err(bad_upgrade(route)) };
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             let prefix = route.cfg.prefix.clone();
+            let tunnels = self.tunnels.clone();
             tokio::spawn(async move {
-                // The tunnel keeps its place in the pool's count while it is open.
-                let _pooled = pooled;
-                let (Some(mut client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await) else {
+                let (Some(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await) else {
                     tracing::debug!(route = %prefix, "upgrade did not complete");
                     return;
                 };
-                let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                tunnels.run(place, client, hyper_util::rt::TokioIo::new(upstream)).await;
             });
             let (mut parts, _) = resp.into_parts();
             strip_upstream_headers(&mut parts.headers);

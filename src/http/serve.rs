@@ -359,7 +359,7 @@ impl Drop for PendingHead {
 /// Resolves once the connection has read and written nothing for `idle` (checked four times
 /// per period, so it closes between `idle` and 1.25 × `idle` after the last byte) — and, with
 /// `heads`, while no request waits for its response head.
-async fn idle_watch(activity: &AtomicU64, idle: Duration, heads: Option<&AtomicUsize>) {
+pub(crate) async fn idle_watch(activity: &AtomicU64, idle: Duration, heads: Option<&AtomicUsize>) {
     let tick = (idle / 4).max(Duration::from_millis(10));
     let mut last = activity.load(Ordering::Relaxed);
     let mut quiet = Duration::ZERO;
@@ -381,7 +381,7 @@ async fn idle_watch(activity: &AtomicU64, idle: Duration, heads: Option<&AtomicU
 /// The socket, counting reads and writes so the idle watch sees activity (one relaxed add,
 /// where poem's wrapper wakes a `Notify` on every call). Dropped, it hands the socket back
 /// through `back` for the lingering close.
-struct Tracked<Io> {
+pub(crate) struct Tracked<Io> {
     /// Always `Some` until dropped.
     inner: Option<Io>,
     activity: Arc<AtomicU64>,
@@ -389,6 +389,11 @@ struct Tracked<Io> {
 }
 
 impl<Io> Tracked<Io> {
+    /// Counts the activity of `io` only (no lingering close): a WebSocket tunnel's client side.
+    pub(crate) fn counting(io: Io, activity: Arc<AtomicU64>) -> Tracked<Io> {
+        Tracked { inner: Some(io), activity, back: None }
+    }
+
     fn io(&mut self) -> io::Result<&mut Io> {
         self.inner.as_mut().ok_or_else(|| io::ErrorKind::NotConnected.into())
     }

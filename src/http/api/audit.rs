@@ -37,6 +37,7 @@ pub struct AuditEventDto {
     /// User id of who acted, or `anonymous`.
     pub actor: String,
     /// What was acted on (user id, email, session or route).
+    #[oai(nullable)]
     pub target: Option<String>,
     pub ip: String,
     /// Truncated, with control characters escaped.
@@ -67,7 +68,8 @@ impl From<AuditRecord> for AuditEventDto {
 #[oai(rename_all = "camelCase")]
 pub struct AuditPageDto {
     pub events: Vec<AuditEventDto>,
-    /// Pass as `cursor` to get older records; absent on the last page.
+    /// Pass as `cursor` to get older records; null on the last page.
+    #[oai(nullable)]
     pub next_cursor: Option<String>,
 }
 
@@ -81,7 +83,9 @@ pub struct AuditVerifyDto {
     pub last: u64,
     pub checked: u64,
     /// The first record that fails.
+    #[oai(nullable)]
     pub first_bad: Option<u64>,
+    #[oai(nullable)]
     pub reason: Option<String>,
 }
 

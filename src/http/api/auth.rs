@@ -32,7 +32,7 @@ pub struct SetupStatus {
 #[derive(Object)]
 #[oai(rename_all = "camelCase")]
 pub struct SetupRequest {
-    #[oai(validator(min_length = 3, max_length = 254))]
+    #[oai(validator(min_length = 3, max_length = 254, pattern = r"^[^@]+@[^@]+$"))]
     pub email: String,
     #[oai(validator(min_length = 1, max_length = 256))]
     pub password: String,
@@ -99,7 +99,7 @@ pub struct RefreshTokenRequest {
 #[derive(Object)]
 #[oai(rename_all = "camelCase")]
 pub struct CreateUserRequest {
-    #[oai(validator(min_length = 3, max_length = 254))]
+    #[oai(validator(min_length = 3, max_length = 254, pattern = r"^[^@]+@[^@]+$"))]
     pub email: String,
     #[oai(validator(min_length = 1, max_length = 256))]
     pub password: String,

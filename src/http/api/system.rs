@@ -57,8 +57,11 @@ pub struct ChainStatus {
     pub first: u64,
     pub last: u64,
     /// Result of the last full verification (at startup or via `/api/audit/verify`).
+    #[oai(nullable)]
     pub last_verified_ok: Option<bool>,
+    #[oai(nullable)]
     pub last_verified_at: Option<String>,
+    #[oai(nullable)]
     pub first_bad: Option<u64>,
 }
 
@@ -121,16 +124,20 @@ pub struct SystemStatus {
     pub logins_failed_1h: u64,
     pub lockouts_1h: u64,
     /// Share of sign-ins that succeeded in the last hour (absent without any).
+    #[oai(nullable)]
     pub login_success_rate_1h: Option<f64>,
     pub requests_5m: u64,
     pub requests_per_sec_5m: f64,
     /// Share of 5xx answers in the last five minutes.
+    #[oai(nullable)]
     pub error_rate_5m: Option<f64>,
     /// 95th percentile time to the response head, bucket upper bound, last five minutes.
+    #[oai(nullable)]
     pub p95_latency_ms_5m: Option<f64>,
     pub active_sessions: u64,
     /// Size of the data file in bytes.
     pub store_bytes: u64,
+    #[oai(nullable)]
     pub resident_memory_bytes: Option<u64>,
     pub audit_chain: ChainStatus,
     /// Per-minute requests, errors and sign-ins over the last hour, oldest first.

@@ -25,18 +25,27 @@ pub struct TlsInfoDto {
     /// ACME certificate arrives.
     pub source: String,
     pub names: Vec<String>,
+    #[oai(nullable)]
     pub issuer: Option<String>,
+    #[oai(nullable)]
     pub serial: Option<String>,
+    #[oai(nullable)]
     pub not_before: Option<String>,
+    #[oai(nullable)]
     pub not_after: Option<String>,
     /// Seconds until the certificate expires.
+    #[oai(nullable)]
     pub expires_in_secs: Option<i64>,
     /// SHA-256 of the certificate, colon-separated hex.
+    #[oai(nullable)]
     pub fingerprint_sha256: Option<String>,
     /// When an ACME renewal is due.
+    #[oai(nullable)]
     pub renew_at: Option<String>,
     /// Last issuance, renewal or reload attempt, and its error if it failed.
+    #[oai(nullable)]
     pub last_attempt: Option<String>,
+    #[oai(nullable)]
     pub last_error: Option<String>,
 }
 

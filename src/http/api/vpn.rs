@@ -42,20 +42,27 @@ pub struct VpnStatusDto {
     /// When the state last changed (Unix seconds).
     pub since: i64,
     /// Why the VPN is unavailable or disabled, or what last failed.
+    #[oai(nullable)]
     pub reason: Option<String>,
     pub interface: String,
     pub backend: String,
+    #[oai(nullable)]
     pub server: Option<String>,
+    #[oai(nullable)]
     pub endpoint: Option<String>,
+    #[oai(nullable)]
     pub handshake_age_secs: Option<u64>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
+    #[oai(nullable)]
     pub last_error: Option<String>,
     pub reconnects: u64,
     /// Share of the last 24 hours the tunnel was up (0..1).
     pub uptime_ratio_24h: f64,
     /// The public key that belongs to the stored private key.
+    #[oai(nullable)]
     pub public_key: Option<String>,
+    #[oai(nullable)]
     pub wireguard_pid: Option<u32>,
     pub killswitch: KillswitchDto,
 }
