@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use miauflix_gate::audit::{Audit, AuditFilter, AuditRecord};
-use miauflix_gate::auth::{ClientInfo, EventKind, SecurityEvent, Severity};
+use miauflix_gate::audit::{ClientInfo, EventKind, SecurityEvent, Severity};
 use miauflix_gate::store::Store;
 
 const PHASE: Duration = Duration::from_secs(5);

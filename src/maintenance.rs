@@ -3,8 +3,8 @@
 
 use anyhow::Context;
 
+use crate::audit::{ClientInfo, EventKind, SecurityEvent, Severity};
 use crate::auth::tokens::SigningKeys;
-use crate::auth::{ClientInfo, EventKind, SecurityEvent, Severity};
 use crate::config::Config;
 use crate::crypto::{Keyring, MasterKey};
 use crate::store::{Store, StoreError};
@@ -193,7 +193,7 @@ pub async fn restore(config: &Config, from: &std::path::Path) -> anyhow::Result<
         anyhow::bail!("{} was replaced during the restore; nothing was changed", staging.display());
     }
     let aside = if std::fs::symlink_metadata(&store_path).is_ok() {
-        let aside = config.data_dir.join(format!("gate.redb.before-restore-{}", crate::auth::now()));
+        let aside = config.data_dir.join(format!("gate.redb.before-restore-{}", crate::clock::now()));
         std::fs::rename(&store_path, &aside).with_context(|| format!("cannot move {} aside", store_path.display()))?;
         Some(aside)
     } else {

@@ -218,8 +218,8 @@ async fn note_config_change(store: &Store, audit: &crate::audit::Audit, config: 
         let mut changed: Vec<&str> =
             new.iter().filter(|(k, v)| old.get(k.as_str()) != Some(*v)).map(|(k, _)| k.as_str()).collect();
         changed.extend(old.keys().filter(|k| !new.contains_key(k.as_str())).map(String::as_str));
-        let client = crate::auth::ClientInfo { ip: "local".into(), ..Default::default() };
-        crate::auth::SecurityEvent::new(crate::auth::EventKind::ConfigChanged, crate::auth::Severity::Info, &client)
+        let client = crate::audit::ClientInfo { ip: "local".into(), ..Default::default() };
+        crate::audit::SecurityEvent::new(crate::audit::EventKind::ConfigChanged, crate::audit::Severity::Info, &client)
             .actor("system")
             .detail("sections", changed.join(","))
             .record(audit)

@@ -423,14 +423,14 @@ async fn crafted_user_agents_are_stored_escaped() {
         .await;
     assert_eq!(r.status, 401);
     // Directly: newlines and ANSI escapes that HTTP itself would refuse.
-    let client = miauflix_gate::auth::ClientInfo {
+    let client = miauflix_gate::audit::ClientInfo {
         ip: "127.0.0.1".into(),
         user_agent: "bot\r\n2026-11-29 INFO admin logged in\u{1b}[2J".into(),
         request_id: "r1".into(),
     };
-    miauflix_gate::auth::SecurityEvent::new(
-        miauflix_gate::auth::EventKind::LoginFailed,
-        miauflix_gate::auth::Severity::Warning,
+    miauflix_gate::audit::SecurityEvent::new(
+        miauflix_gate::audit::EventKind::LoginFailed,
+        miauflix_gate::audit::Severity::Warning,
         &client,
     )
     .target("x@example.com\nforged")

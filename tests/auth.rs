@@ -475,12 +475,12 @@ async fn forged_and_invalid_access_tokens_are_refused() {
         claims["sub"].as_str().unwrap(),
         claims["sid"].as_str().unwrap(),
         "admin",
-        miauflix_gate::auth::now(),
+        miauflix_gate::clock::now(),
     );
     let mut expired = base.clone();
     expired.iat -= 3600;
     expired.nbf -= 3600;
-    expired.exp = miauflix_gate::auth::now() - 120;
+    expired.exp = miauflix_gate::clock::now() - 120;
     bad.push(keys.sign(&expired).unwrap());
     let mut aud = base.clone();
     aud.aud = "someone-else".into();

@@ -33,7 +33,7 @@ async fn rotation_reseals_stream_and_acme_keys_with_the_new_data_key() {
     let domains = vec!["gate.example".to_string()];
     miauflix_gate::tls::acme::store_cert_bundle(&store, &keyring, &domains, dir_url, bundle.as_bytes()).await.unwrap();
 
-    let client = miauflix_gate::auth::ClientInfo::default();
+    let client = miauflix_gate::audit::ClientInfo::default();
     let report =
         miauflix_gate::maintenance::rotate_with(&store, &keyring, &master, 900, &audit, &client).await.unwrap();
     let new = report.data_key_id;
@@ -91,7 +91,7 @@ async fn retiring_a_key_that_still_seals_a_value_is_refused() {
     let keyring = Keyring::load_or_init(&store, &master).await.unwrap();
     let old = keyring.active_key_id();
     let audit = miauflix_gate::audit::Audit::new(store.clone(), Default::default());
-    let client = miauflix_gate::auth::ClientInfo::default();
+    let client = miauflix_gate::audit::ClientInfo::default();
     miauflix_gate::auth::stream_keys::StreamKeys::load_or_init(&store, &keyring).await.unwrap();
     miauflix_gate::tls::acme::store_account_key(&store, &keyring, &[], "https://ca.example/dir", b"k").await.unwrap();
     // A new key without re-sealing: both values still need the old one.

@@ -135,7 +135,7 @@ fn jwt(h: &Harness, data: &[u8]) {
     }
     let (Some(&pos), Some(&flip)) = (data.first(), data.get(1)) else { return };
     let sub: String = data.iter().skip(2).take(40).map(|b| char::from(b'a' + b % 26)).collect();
-    let claims = h.signing.claims(&sub, "00112233445566778899aabbccddeeff", "user", miauflix_gate::auth::now());
+    let claims = h.signing.claims(&sub, "00112233445566778899aabbccddeeff", "user", miauflix_gate::clock::now());
     let token = h.signing.sign(&claims).unwrap();
     let back = h.signing.verify(&token).expect("its own token verifies");
     assert_eq!((back.sub, back.sid, back.role), (claims.sub, claims.sid, claims.role));

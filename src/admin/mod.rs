@@ -16,8 +16,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
+use crate::audit::ClientInfo;
 use crate::auth::service::UserPatch;
-use crate::auth::{AuthError, AuthService, ClientInfo, Principal, Role, UserView};
+use crate::auth::{AuthError, AuthService, Principal, Role, UserView};
 use crate::config::Config;
 use crate::crypto::{Keyring, MasterKey, PasswordHasher};
 use crate::store::{Store, StoreError};
@@ -336,9 +337,9 @@ pub async fn execute(core: &AdminCore, req: &Request, uid: u32) -> Result<(Value
                     // The gate is stopped (or will not start): remove what a crashed gate left.
                     let removed = crate::vpn::tear_down(&core.config.vpn).await?;
                     if removed {
-                        crate::auth::SecurityEvent::new(
-                            crate::auth::EventKind::KillswitchReleased,
-                            crate::auth::Severity::Warning,
+                        crate::audit::SecurityEvent::new(
+                            crate::audit::EventKind::KillswitchReleased,
+                            crate::audit::Severity::Warning,
                             &client,
                         )
                         .actor("cli")

@@ -7,7 +7,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use super::{AdminCore, MAX_REQUEST, Payload, Request, Response, execute};
-use crate::auth::{ClientInfo, EventKind, SecurityEvent, Severity};
+use crate::audit::{ClientInfo, EventKind, SecurityEvent, Severity};
 
 /// The effective uid of this process (the owner of `/proc/self`).
 pub fn own_uid() -> u32 {

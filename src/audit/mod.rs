@@ -12,9 +12,11 @@ use std::sync::Arc;
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{EventKind, SecurityEvent, Severity};
+pub mod event;
+
 use crate::monitor::Monitor;
 use crate::store::{Store, StoreError, tables};
+pub use event::{ClientInfo, EventKind, SecurityEvent, Severity};
 
 /// Longest user agent kept.
 const MAX_USER_AGENT: usize = 200;
@@ -120,10 +122,6 @@ fn decode(v: &[u8]) -> Result<AuditRecord, StoreError> {
     Ok(serde_json::from_slice(json)?)
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
 /// Appends one record at the head of the chain, inside the caller's transaction.
 /// Returns the record as written (with its sequence number and timestamp).
 pub fn append(txn: &WriteTransaction, mut rec: AuditRecord) -> Result<AuditRecord, StoreError> {
@@ -150,10 +148,10 @@ pub fn append(txn: &WriteTransaction, mut rec: AuditRecord) -> Result<AuditRecor
 
 /// Turns an event into a record (sequence and time are set by [`append`]).
 pub fn to_record(ev: &SecurityEvent) -> AuditRecord {
-    use crate::auth::events::sanitize;
+    use event::sanitize;
     AuditRecord {
         seq: 0,
-        ts_ms: now_ms(),
+        ts_ms: crate::clock::now_ms(),
         kind: ev.kind.as_str().to_string(),
         severity: ev.severity.as_str().to_string(),
         actor: ev.actor.as_deref().map(|a| sanitize(a, 128)),
@@ -273,28 +271,15 @@ impl Audit {
         });
     }
 
+    /// Feeds the dashboard's monitor. The auth counters (`auth_logins_total`,
+    /// `account_lockouts_total`, `auth_refresh_total`) are set by `auth` where it decides,
+    /// not read back from events here.
     fn observe(&self, ev: &SecurityEvent) {
         metrics::counter!("audit_events_total", "type" => ev.kind.as_str()).increment(1);
         match ev.kind {
-            EventKind::LoginSucceeded => {
-                metrics::counter!("auth_logins_total", "result" => "success").increment(1);
-                self.monitor.login(true);
-            }
-            EventKind::LoginFailed => {
-                let locked = ev.detail.iter().any(|(k, v)| *k == "reason" && v == "account locked");
-                metrics::counter!("auth_logins_total", "result" => if locked { "locked" } else { "failure" })
-                    .increment(1);
-                self.monitor.login(false);
-            }
-            EventKind::AccountLocked => {
-                metrics::counter!("account_lockouts_total").increment(1);
-                self.monitor.lockout();
-            }
-            EventKind::TokenRefreshed => metrics::counter!("auth_refresh_total", "result" => "success").increment(1),
-            EventKind::RefreshRaced => metrics::counter!("auth_refresh_total", "result" => "raced").increment(1),
-            EventKind::RefreshReuseDetected => {
-                metrics::counter!("auth_refresh_total", "result" => "reuse").increment(1)
-            }
+            EventKind::LoginSucceeded => self.monitor.login(true),
+            EventKind::LoginFailed => self.monitor.login(false),
+            EventKind::AccountLocked => self.monitor.lockout(),
             _ => {}
         }
     }
@@ -353,7 +338,7 @@ impl Audit {
             tracing::error!(first_bad = ?report.first_bad, reason = ?report.reason, "audit chain does not verify");
         }
         if let Ok(mut v) = self.last_verify.lock() {
-            *v = Some((now_ms(), report.clone()));
+            *v = Some((crate::clock::now_ms(), report.clone()));
         }
         Ok(report)
     }
@@ -362,7 +347,11 @@ impl Audit {
     pub async fn prune(&self, retention_days: u64, max_events: u64) -> Result<u64, StoreError> {
         let mut total = 0;
         loop {
-            let cutoff = if retention_days == 0 { i64::MIN } else { now_ms() - retention_days as i64 * 86_400_000 };
+            let cutoff = if retention_days == 0 {
+                i64::MIN
+            } else {
+                crate::clock::now_ms() - retention_days as i64 * 86_400_000
+            };
             let n = self.store.write(move |txn| prune_chunk(txn, cutoff, max_events)).await?;
             total += n;
             if n < PRUNE_CHUNK as u64 {

@@ -113,7 +113,7 @@ impl Attempt<'_> {
 impl Drop for Attempt<'_> {
     fn drop(&mut self) {
         if !self.resolved && self.checking {
-            let now = crate::auth::now();
+            let now = crate::clock::now();
             if let FailureOutcome::Locked(secs) = self.lockout.resolve(&self.key, now, false) {
                 tracing::warn!(target: "security", seconds = secs, "an email was locked by attempts whose clients hung up");
             }
@@ -240,11 +240,11 @@ mod tests {
     fn an_attempt_dropped_mid_check_counts_as_a_failure() {
         let l = lockout();
         for _ in 0..5 {
-            let mut a = l.reserve("a@x", crate::auth::now()).unwrap();
+            let mut a = l.reserve("a@x", crate::clock::now()).unwrap();
             a.checking();
             drop(a);
         }
-        assert!(l.locked_for("a@x", crate::auth::now()).is_some(), "five hung-up checks lock like five failures");
+        assert!(l.locked_for("a@x", crate::clock::now()).is_some(), "five hung-up checks lock like five failures");
     }
 
     #[test]

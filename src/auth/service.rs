@@ -9,13 +9,14 @@ use std::sync::{Arc, RwLock};
 use redb::{ReadableTable, WriteTransaction};
 use zeroize::Zeroizing;
 
-use super::events::{ClientInfo, EventKind, SecurityEvent, Severity};
 use super::lockout::{Attempt, FailureOutcome, Lockout, LockoutConfig};
 use super::model::{
     RefreshRecord, Role, SessionKind, SessionRecord, UserRecord, check_password, default_display_name, normalize_email,
 };
+use super::setup;
 use super::tokens::{KeyError, SigningKeys};
-use super::{now, setup};
+use crate::audit::{ClientInfo, EventKind, SecurityEvent, Severity};
+use crate::clock::now;
 use crate::config::AuthConfig;
 use crate::crypto::{Keyring, PasswordHasher};
 use crate::store::{Store, StoreError, tables};
@@ -398,6 +399,7 @@ impl AuthService {
         }
         let expected = setup::read_token(&self.setup_token_path).ok_or(AuthError::NotFound)?;
         if !crate::crypto::constant_time_eq(expected.as_bytes(), token.trim().as_bytes()) {
+            login_metric("failure");
             // Free to repeat (no hash): recorded once per address per window, the rest counted.
             if let Some(suppressed) = self.locked_refusals.note("setup_token", &client.ip, std::time::Instant::now()) {
                 SecurityEvent::new(EventKind::LoginFailed, Severity::Warning, client)
@@ -550,6 +552,7 @@ impl AuthService {
     /// attempts in flight): free to repeat, so once per email per window, with the count of
     /// the previous window's unrecorded refusals.
     async fn refused_locked(&self, lock_key: &str, user: Option<&UserRecord>, client: &ClientInfo) {
+        login_metric("locked");
         let Some(suppressed) = self.locked_refusals.note("account_locked", lock_key, std::time::Instant::now()) else {
             return;
         };
@@ -574,6 +577,10 @@ impl AuthService {
         client: &ClientInfo,
     ) -> AuthError {
         let outcome = attempt.failed(now());
+        login_metric("failure");
+        if let FailureOutcome::Locked(_) = outcome {
+            metrics::counter!("account_lockouts_total").increment(1);
+        }
         let mut ev = SecurityEvent::new(EventKind::LoginFailed, Severity::Warning, client)
             .target(lock_key)
             .detail("reason", reason);
@@ -603,6 +610,7 @@ impl AuthService {
     ) -> Result<IssuedSession, AuthError> {
         let user = self.check_credentials(email, password, client).await?;
         let issued = self.open_session(user, kind, client).await?;
+        login_metric("success");
         SecurityEvent::new(EventKind::LoginSucceeded, Severity::Info, client)
             .actor(&issued.user.id)
             .target(&issued.user.email)
@@ -632,9 +640,9 @@ impl AuthService {
             expires_at: now + self.cfg.session_max_secs,
             idle_expires_at: now + self.cfg.refresh_idle_secs.min(self.cfg.session_max_secs),
             refresh_hash: hash.clone(),
-            used_seq: super::use_seq(),
+            used_seq: crate::clock::use_seq(),
             ip: client.ip.clone(),
-            user_agent: super::events::sanitize(&client.user_agent, 200),
+            user_agent: crate::audit::event::sanitize(&client.user_agent, 200),
             revoked_at: None,
         };
         let max = self.cfg.max_sessions_per_user;
@@ -767,7 +775,7 @@ impl AuthService {
                 insert_refresh(txn, &session.id, &new_hash)?;
                 session.refresh_hash = new_hash.clone();
                 session.last_used_at = now;
-                session.used_seq = super::use_seq();
+                session.used_seq = crate::clock::use_seq();
                 session.idle_expires_at = (now + idle).min(session.expires_at);
                 put_json(txn, tables::SESSIONS, &session.id, &session)?;
                 Ok(RefreshOutcome::Rotated { session: Box::new(session), user: Box::new(user) })
@@ -775,6 +783,7 @@ impl AuthService {
             .await?;
         match outcome {
             RefreshOutcome::Rotated { session, user } => {
+                metrics::counter!("auth_refresh_total", "result" => "success").increment(1);
                 SecurityEvent::new(EventKind::TokenRefreshed, Severity::Info, client)
                     .actor(&user.id)
                     .target(&session.id)
@@ -783,6 +792,7 @@ impl AuthService {
                 self.issue(&user, &session, new_refresh, now)
             }
             RefreshOutcome::Raced => {
+                metrics::counter!("auth_refresh_total", "result" => "raced").increment(1);
                 SecurityEvent::new(EventKind::RefreshRaced, Severity::Warning, client)
                     .detail("reason", "rotated token presented again within the grace period")
                     .record(&self.audit)
@@ -790,6 +800,7 @@ impl AuthService {
                 Err(AuthError::Unauthorized)
             }
             RefreshOutcome::Reused { session_id, user_id } => {
+                metrics::counter!("auth_refresh_total", "result" => "reuse").increment(1);
                 self.live_sessions_remove(std::slice::from_ref(&session_id));
                 SecurityEvent::new(EventKind::RefreshReuseDetected, Severity::Critical, client)
                     .actor(&user_id)
@@ -1027,6 +1038,10 @@ impl AuthService {
         attempt.checking();
         if !self.hasher.verify(Some(user.password_hash.clone()), current).await? {
             let outcome = attempt.failed(now());
+            login_metric("failure");
+            if let FailureOutcome::Locked(_) = outcome {
+                metrics::counter!("account_lockouts_total").increment(1);
+            }
             SecurityEvent::new(EventKind::LoginFailed, Severity::Warning, client)
                 .actor(&user.id)
                 .target(&user.email)
@@ -1287,4 +1302,10 @@ fn count_enabled_admins(txn: &WriteTransaction) -> Result<usize, StoreError> {
         }
     }
     Ok(n)
+}
+
+/// `auth_logins_total{result}`: `success`, `failure` (a wrong password or setup token) or
+/// `locked` (refused while the account is locked), counted where the decision is made.
+fn login_metric(result: &'static str) {
+    metrics::counter!("auth_logins_total", "result" => result).increment(1);
 }

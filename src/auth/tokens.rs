@@ -139,7 +139,7 @@ impl SigningKeys {
         audience: &str,
         access_ttl: i64,
     ) -> Result<SigningKeys, KeyError> {
-        let now = crate::auth::now();
+        let now = crate::clock::now();
         let mut stored = read_stored(store)?;
         if stored.is_empty() {
             stored.push(new_key(keyring, now)?);
@@ -159,7 +159,7 @@ impl SigningKeys {
     /// Makes a new signing key; the previous one keeps verifying until its tokens expired.
     /// Keys retired long enough ago are dropped. Returns the new key id.
     pub async fn rotate(store: &Store, keyring: &Keyring, access_ttl: i64) -> Result<String, KeyError> {
-        let now = crate::auth::now();
+        let now = crate::clock::now();
         let mut stored = read_stored(store)?;
         for k in stored.iter_mut() {
             if k.retired_at.is_none() {
@@ -240,7 +240,7 @@ impl SigningKeys {
             return Err(TokenError::Malformed);
         }
         let digest = crate::crypto::sha256(token.as_bytes());
-        let now = crate::auth::now();
+        let now = crate::clock::now();
         if let Some(claims) = self.verified.read().ok().and_then(|c| c.get(&digest).cloned()) {
             if claims.exp + self.leeway as i64 > now {
                 return Ok(claims);

@@ -10,8 +10,9 @@ use poem_openapi::auth::{ApiKey, Bearer};
 
 use super::AppState;
 use super::middleware::RequestId;
+use crate::audit::ClientInfo;
 use crate::auth::service::is_session_id;
-use crate::auth::{AuthError, ClientInfo, Principal};
+use crate::auth::{AuthError, Principal};
 use crate::error::ApiError;
 
 /// Prefix of the access-token cookie; the session id follows.

@@ -19,7 +19,7 @@ use poem::http::header::{self, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderNa
 use poem::http::{Method, StatusCode, Uri};
 use poem::{Body, Endpoint, IntoResponse, Middleware, Request, Response};
 
-use crate::auth::{ClientInfo, EventKind, SecurityEvent, Severity};
+use crate::audit::{ClientInfo, EventKind, SecurityEvent, Severity};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::http::AppState;

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::self_signed::CertSlot;
 use super::status::{CertFacts, TlsStatus};
 use crate::audit::Audit;
-use crate::auth::{ClientInfo, EventKind, SecurityEvent, Severity};
+use crate::audit::{ClientInfo, EventKind, SecurityEvent, Severity};
 use crate::config::{AcmeChallenge, AcmeConfig};
 use crate::crypto::{FieldContext, Keyring};
 use crate::store::{Store, StoreError};
@@ -244,7 +244,7 @@ pub fn start(
         let client = ClientInfo { ip: "local".into(), ..Default::default() };
         let mut have_acme_cert = false;
         while let Some(event) = state.next().await {
-            let now = crate::auth::now();
+            let now = crate::clock::now();
             match event {
                 Ok(EventOk::DeployedCachedCert) => have_acme_cert = true,
                 Ok(EventOk::DeployedNewCert) => {
@@ -265,7 +265,7 @@ pub fn start(
                 }
                 Ok(EventOk::CertCacheStore) | Ok(EventOk::AccountCacheStore) => {}
                 Err(EventError::Order(e)) => {
-                    let msg = crate::auth::events::sanitize(&e.to_string(), 300);
+                    let msg = crate::audit::event::sanitize(&e.to_string(), 300);
                     tracing::warn!(error = %msg, "ACME order failed; retrying with backoff");
                     status.update(|s| {
                         s.last_attempt = Some(now);
@@ -279,7 +279,7 @@ pub fn start(
                     );
                 }
                 Err(e) => {
-                    let msg = crate::auth::events::sanitize(&e.to_string(), 300);
+                    let msg = crate::audit::event::sanitize(&e.to_string(), 300);
                     tracing::error!(error = %msg, "ACME certificate cache failed");
                     status.update(|s| s.last_error = Some(msg));
                 }

@@ -15,7 +15,7 @@ use rustls::sign::CertifiedKey;
 use super::self_signed::CertSlot;
 use super::status::{CertFacts, TlsStatus};
 use crate::audit::Audit;
-use crate::auth::{ClientInfo, EventKind, SecurityEvent, Severity};
+use crate::audit::{ClientInfo, EventKind, SecurityEvent, Severity};
 
 /// How often the files are checked.
 pub const POLL: Duration = Duration::from_secs(2);
@@ -32,7 +32,7 @@ pub fn load_pair(cert_file: &Path, key_file: &Path) -> Result<(Arc<CertifiedKey>
         &cert_file.display().to_string(),
         &key_file.display().to_string(),
     )?;
-    if facts.not_after < crate::auth::now() {
+    if facts.not_after < crate::clock::now() {
         return Err(format!("the certificate in {} has expired", cert_file.display()));
     }
     Ok((certified, facts))
@@ -80,7 +80,7 @@ pub fn watch(
                         .detail("not_after", facts.not_after.to_string());
                     status.update(|s| {
                         s.cert = Some(facts);
-                        s.last_attempt = Some(crate::auth::now());
+                        s.last_attempt = Some(crate::clock::now());
                         s.last_error = None;
                     });
                     audit.record_background(ev);
@@ -88,7 +88,7 @@ pub fn watch(
                 Err(e) => {
                     tracing::warn!(error = %e, "refused the changed certificate files; still serving the previous certificate");
                     status.update(|s| {
-                        s.last_attempt = Some(crate::auth::now());
+                        s.last_attempt = Some(crate::clock::now());
                         s.last_error = Some(e.clone());
                     });
                     audit.record_background(
@@ -112,7 +112,7 @@ pub fn expiry_watch(status: Arc<TlsStatus>, audit: Audit) -> tokio::task::JoinHa
         loop {
             let info = status.get();
             if let Some(c) = &info.cert {
-                let now = crate::auth::now();
+                let now = crate::clock::now();
                 let left = c.not_after - now;
                 if left < 7 * 86_400 && last_warned.is_none_or(|t| now - t >= 86_400) {
                     last_warned = Some(now);

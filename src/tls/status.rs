@@ -91,7 +91,7 @@ impl TlsStatus {
 
     /// Seconds until the served certificate expires.
     pub fn expires_in(&self) -> Option<i64> {
-        let now = crate::auth::now();
+        let now = crate::clock::now();
         self.get().cert.map(|c| c.not_after - now)
     }
 }

@@ -126,7 +126,7 @@ impl VpnSnapshot {
     fn new(state: VpnState, reason: Option<String>, cfg: &VpnConfig) -> VpnSnapshot {
         VpnSnapshot {
             state,
-            since: crate::auth::now(),
+            since: crate::clock::now(),
             reason,
             interface: cfg.interface.clone(),
             backend: "userspace".into(),

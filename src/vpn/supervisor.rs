@@ -21,7 +21,7 @@ use zeroize::Zeroizing;
 
 use super::{Request, Shared, VpnCommand, VpnState, killswitch, netcfg, nordvpn, uapi};
 use crate::audit::Audit;
-use crate::auth::{ClientInfo, EventKind, SecurityEvent, Severity};
+use crate::audit::{ClientInfo, EventKind, SecurityEvent, Severity};
 use crate::config::{KillswitchScope, VpnConfig, VpnProvider, VpnServer};
 use crate::crypto::Keyring;
 use crate::store::Store;
@@ -81,7 +81,7 @@ impl Uptime {
         let now = Instant::now();
         let elapsed = self.last.map(|l| now.duration_since(l).as_secs_f64()).unwrap_or(0.0);
         self.last = Some(now);
-        let minute = (crate::auth::now() / 60) as u64;
+        let minute = (crate::clock::now() / 60) as u64;
         match self.minutes.back_mut() {
             Some((m, u, t)) if *m == minute => {
                 *t += elapsed;
@@ -235,7 +235,7 @@ impl Supervisor {
         self.state = state;
         self.shared.update(|s| {
             if changed {
-                s.since = crate::auth::now();
+                s.since = crate::clock::now();
             }
             s.state = state;
             if matches!(state, VpnState::Unavailable | VpnState::Disabled) || reason.is_some() {
@@ -695,7 +695,7 @@ impl Supervisor {
     /// Passive checks on the device counters plus the probe's verdict.
     fn judge(&mut self, dev: &uapi::Device, probe: Result<(), String>) -> Result<(), String> {
         let Some(peer) = dev.peers.first() else { return Err("the device has no peer".into()) };
-        let now = crate::auth::now().max(0) as u64;
+        let now = crate::clock::now().max(0) as u64;
         let age = peer.last_handshake.map(|t| now.saturating_sub(t));
         let (rx, tx) = (peer.rx_bytes, peer.tx_bytes);
         metrics::gauge!("vpn_rx_bytes").set(rx as f64);

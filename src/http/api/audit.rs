@@ -10,9 +10,10 @@ use poem_openapi::payload::{Binary, Json};
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::ApiTags;
+use crate::audit::EventKind;
 pub use crate::audit::rfc3339_ms;
 use crate::audit::{AuditFilter, AuditRecord};
-use crate::auth::{EventKind, Role};
+use crate::auth::Role;
 use crate::error::ApiError;
 use crate::http::AppState;
 use crate::http::auth::Auth;

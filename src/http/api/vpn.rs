@@ -9,7 +9,8 @@ use poem_openapi::{Object, OpenApi};
 use zeroize::Zeroizing;
 
 use super::ApiTags;
-use crate::auth::{EventKind, Role, SecurityEvent, Severity};
+use crate::audit::{EventKind, SecurityEvent, Severity};
+use crate::auth::Role;
 use crate::error::ApiError;
 use crate::http::AppState;
 use crate::http::auth::{Auth, client_info};
