@@ -8,7 +8,6 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod crypto;
-pub mod error;
 pub mod healthcheck;
 pub mod http;
 pub mod maintenance;

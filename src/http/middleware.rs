@@ -21,25 +21,11 @@ use poem::{Body, Endpoint, IntoResponse, Middleware, Request, Response};
 
 use crate::audit::{ClientInfo, EventKind, SecurityEvent, Severity};
 use crate::config::Config;
-use crate::error::ApiError;
 use crate::http::AppState;
+use crate::http::context::{ClientAddr, RequestId};
+use crate::http::problem::ApiError;
 use crate::http::proxy::{ClientUpgrade, ConnInfo, ProxiedBody, ProxyBody, ProxyRoute, UpgradedIo};
 use crate::ratelimit::{RateClass, RateLimits};
-
-/// The id of one request, in responses as `X-Request-Id` and in every problem body.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub String);
-
-impl RequestId {
-    fn new() -> Self {
-        RequestId(hex::encode(crate::crypto::id_bytes::<12>()))
-    }
-}
-
-/// The client's address: the socket peer, or the right-most untrusted `X-Forwarded-For` hop
-/// when the peer is a trusted proxy.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub IpAddr);
 
 /// CSP for pages the gate serves.
 pub const GATE_CSP: &str = "default-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'";
@@ -308,7 +294,7 @@ impl EdgePolicy {
         let id = RequestId::new();
         let (parts, body) = req.into_parts();
         let ip = self.client_addr(&parts.headers, conn.peer);
-        let client = crate::http::auth::client_info_of(ip, &parts.headers, &id.0);
+        let client = crate::http::context::client_info_of(ip, &parts.headers, &id.0);
         let origin = parts.headers.get(header::ORIGIN).cloned();
         let path = parts.uri.path().to_string();
         let mut rate = None;
@@ -336,7 +322,7 @@ impl EdgePolicy {
             return Ok(poem::http::Response::from(resp).map(ProxiedBody::Right));
         }
         self.check_csrf(&parts.method, &parts.headers, &parts.uri, client).await?;
-        let auth = crate::http::auth::authenticate_request(
+        let auth = crate::http::credentials::authenticate_request(
             &self.state,
             &parts.headers,
             &parts.uri,
@@ -347,7 +333,7 @@ impl EdgePolicy {
             _ => None,
         };
         self.check_limit(route.cfg.rate_class, user, path, client, rate).await?;
-        let principal = auth.map_err(crate::http::auth::auth_error)?.map(|a| a.0);
+        let principal = auth.map_err(crate::http::credentials::auth_error)?.map(|a| a.0);
         let policy = || {
             if let Some(min) = crate::http::proxy::min_role(route) {
                 let p = principal.as_ref().ok_or(crate::auth::AuthError::Unauthorized)?;
@@ -356,7 +342,7 @@ impl EdgePolicy {
             Ok::<_, crate::auth::AuthError>(())
         };
         if let Err(e) = policy() {
-            let e = crate::http::auth::auth_error(e);
+            let e = crate::http::credentials::auth_error(e);
             self.note_denied(e.status, principal.as_ref().map(|p| p.user_id.clone()), path, client).await;
             return Err(e);
         }
@@ -480,7 +466,7 @@ impl<E: Endpoint> RequestContextEndpoint<E> {
         // auth class), whatever address they use, and endpoints reuse the verification.
         let auth = path
             .starts_with("/api/")
-            .then(|| crate::http::auth::authenticate_request(&p.state, req.headers(), req.uri(), None));
+            .then(|| crate::http::credentials::authenticate_request(&p.state, req.headers(), req.uri(), None));
         let actor = match &auth {
             Some(Ok(Some(a))) => {
                 req.extensions_mut().insert(a.clone());
@@ -536,7 +522,7 @@ impl<E: Endpoint> Endpoint for RequestContextEndpoint<E> {
         if let Some(ip) = self.policy.client_addr(req.headers(), req.remote_addr().as_socket_addr().map(|a| a.ip())) {
             req.extensions_mut().insert(ClientAddr(ip));
         }
-        let client = crate::http::auth::client_info(&req);
+        let client = crate::http::context::client_info(&req);
         let origin = req.headers().get(header::ORIGIN).cloned();
         let path = req.uri().path().to_string();
         let class = EdgePolicy::route_class(req.method(), &path);

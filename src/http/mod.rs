@@ -2,9 +2,11 @@
 //! This is the only layer that knows HTTP; it turns domain modules into endpoints.
 
 pub mod api;
-pub mod auth;
 pub mod canonical;
+pub mod context;
+pub mod credentials;
 pub mod middleware;
+pub mod problem;
 pub mod proxy;
 pub mod redirect;
 pub mod serve;

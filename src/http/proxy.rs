@@ -20,7 +20,7 @@ use poem::http::{StatusCode, Uri};
 
 use crate::auth::Principal;
 use crate::config::{RouteConfig, RouteRole};
-use crate::error::ApiError;
+use crate::http::problem::ApiError;
 
 /// Headers that describe one connection, never forwarded.
 const HOP_BY_HOP: &[&str] = &[

@@ -334,7 +334,7 @@ fn missing_host<B>(req: &hyper::Request<B>, tls: bool) -> Option<hyper::Response
     if hosts.next().is_some() && hosts.next().is_none() {
         return None;
     }
-    let problem = crate::error::ApiError::bad_request("An HTTP/1.1 request needs exactly one Host header.");
+    let problem = crate::http::problem::ApiError::bad_request("An HTTP/1.1 request needs exactly one Host header.");
     let mut resp = crate::http::middleware::early_problem(problem, tls);
     resp.headers_mut().insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
     Some(hyper::Response::from(resp).map(ProxiedBody::Right))

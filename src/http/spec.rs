@@ -5,7 +5,7 @@
 //! request-context middleware (rate limits, CSRF, body limits), the credential extractor
 //! (401/403) and poem-openapi's own parsers (400/415). So the problems are documented in
 //! one place, by rule, next to the table of what individual handlers add. Every error is
-//! RFC 9457 `application/problem+json` (the [`Problem`](crate::error::ApiError::body)
+//! RFC 9457 `application/problem+json` (the [`Problem`](crate::http::problem::ApiError::body)
 //! document), and every answer carries `X-Request-Id`. [`LINKS`] says how one answer's ids feed
 //! the next operation (OpenAPI links). `tests/api_fuzz` checks the result
 //! against the running binary with schemathesis; `tests/http.rs` checks that each table row

@@ -19,7 +19,7 @@ use poem::http::{HeaderValue, StatusCode, header};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::error::ApiError;
+use crate::http::problem::ApiError;
 use crate::http::proxy::UpgradedIo;
 use crate::http::serve::{Tracked, idle_watch};
 use crate::ratelimit::AddrKey;

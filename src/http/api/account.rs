@@ -12,7 +12,8 @@ use super::ApiTags;
 use super::dto::{MessageDto, RevokedDto, SessionInfoDto, UserDto};
 use crate::auth::{AuthError, Role};
 use crate::http::AppState;
-use crate::http::auth::{Auth, client_info, fail};
+use crate::http::context::client_info;
+use crate::http::credentials::{Auth, fail};
 
 pub struct AccountApi {
     pub state: Arc<AppState>,

@@ -14,9 +14,9 @@ use crate::audit::EventKind;
 pub use crate::audit::rfc3339_ms;
 use crate::audit::{AuditFilter, AuditRecord};
 use crate::auth::Role;
-use crate::error::ApiError;
 use crate::http::AppState;
-use crate::http::auth::Auth;
+use crate::http::credentials::Auth;
+use crate::http::problem::ApiError;
 
 pub struct AuditApi {
     pub state: Arc<AppState>,

@@ -13,8 +13,9 @@ use super::dto::{AdminUserDto, MessageDto, UserDto};
 use crate::auth::service::is_session_id;
 use crate::auth::{AuthError, IssuedSession, Role, SessionKind};
 use crate::http::AppState;
-use crate::http::auth::{
-    ACCESS_COOKIE, Auth, REFRESH_COOKIE, REFRESH_COOKIE_PATH, client_info, cookie, cookies, fail, set_cookie,
+use crate::http::context::client_info;
+use crate::http::credentials::{
+    ACCESS_COOKIE, Auth, REFRESH_COOKIE, REFRESH_COOKIE_PATH, cookie, cookies, fail, set_cookie,
 };
 
 pub struct AuthApi {

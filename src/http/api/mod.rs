@@ -4,8 +4,9 @@ pub mod account;
 pub mod audit;
 pub mod auth;
 pub mod dto;
-pub mod edge;
+pub mod forward_auth;
 pub mod keys;
+pub mod stream_keys;
 pub mod system;
 pub mod tls;
 pub mod users;
@@ -22,7 +23,8 @@ pub type Apis = (
     account::AccountApi,
     users::UsersApi,
     keys::KeysApi,
-    edge::EdgeApi,
+    forward_auth::ForwardAuthApi,
+    stream_keys::StreamKeysApi,
     audit::AuditApi,
     tls::TlsApi,
     vpn::VpnApi,
@@ -35,7 +37,8 @@ pub fn apis(state: Arc<AppState>) -> Apis {
         account::AccountApi { state: state.clone() },
         users::UsersApi { state: state.clone() },
         keys::KeysApi { state: state.clone() },
-        edge::EdgeApi { state: state.clone() },
+        forward_auth::ForwardAuthApi { state: state.clone() },
+        stream_keys::StreamKeysApi { state: state.clone() },
         audit::AuditApi { state: state.clone() },
         tls::TlsApi { state: state.clone() },
         vpn::VpnApi { state },

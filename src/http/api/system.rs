@@ -199,12 +199,13 @@ impl SystemApi {
     #[oai(path = "/metrics", method = "get")]
     async fn metrics(&self, req: &Request) -> poem::Result<MetricsResponse> {
         if !has_metrics_token(&self.state, req) {
-            let principal = match crate::http::auth::authenticate_request(&self.state, req.headers(), req.uri(), None) {
-                Ok(Some(a)) => a.0,
-                Ok(None) => return Err(crate::http::auth::fail(crate::auth::AuthError::Unauthorized)),
-                Err(e) => return Err(crate::http::auth::fail(e)),
-            };
-            principal.require(crate::auth::Role::Admin).map_err(crate::http::auth::fail)?;
+            let principal =
+                match crate::http::credentials::authenticate_request(&self.state, req.headers(), req.uri(), None) {
+                    Ok(Some(a)) => a.0,
+                    Ok(None) => return Err(crate::http::credentials::fail(crate::auth::AuthError::Unauthorized)),
+                    Err(e) => return Err(crate::http::credentials::fail(e)),
+                };
+            principal.require(crate::auth::Role::Admin).map_err(crate::http::credentials::fail)?;
         }
         Ok(MetricsResponse::Ok(PlainText(crate::monitor::render(
             self.state.auth.active_sessions(),
@@ -216,13 +217,13 @@ impl SystemApi {
     ///
     /// Minimum role: admin.
     #[oai(path = "/api/system/status", method = "get")]
-    async fn status(&self, auth: crate::http::auth::Auth) -> poem::Result<Json<SystemStatus>> {
+    async fn status(&self, auth: crate::http::credentials::Auth) -> poem::Result<Json<SystemStatus>> {
         auth.require(crate::auth::Role::Admin)?;
         let audit = self.state.auth.audit();
         let m = audit.monitor().summary();
         let info = audit.info().map_err(|e| {
             tracing::error!(error = %e, "reading the audit chain failed");
-            poem::Error::from(crate::error::ApiError::new(
+            poem::Error::from(crate::http::problem::ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
                 "Internal error",
@@ -273,7 +274,7 @@ impl SystemApi {
     ///
     /// Minimum role: admin.
     #[oai(path = "/api/system/config", method = "get")]
-    async fn edge_config(&self, auth: crate::http::auth::Auth) -> poem::Result<Json<EdgeConfigView>> {
+    async fn edge_config(&self, auth: crate::http::credentials::Auth) -> poem::Result<Json<EdgeConfigView>> {
         auth.require(crate::auth::Role::Admin)?;
         let c = &self.state.config;
         let role = |r: crate::config::RouteRole| {

@@ -9,7 +9,7 @@ use super::ApiTags;
 use super::audit::rfc3339_ms;
 use crate::auth::Role;
 use crate::http::AppState;
-use crate::http::auth::Auth;
+use crate::http::credentials::Auth;
 
 pub struct TlsApi {
     pub state: Arc<AppState>,

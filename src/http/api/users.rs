@@ -14,7 +14,8 @@ use super::dto::{AdminUserDto, MessageDto, RevokedDto, RoleDto, SessionInfoDto};
 use crate::auth::service::UserPatch;
 use crate::auth::{AuthError, Role};
 use crate::http::AppState;
-use crate::http::auth::{Auth, client_info, fail};
+use crate::http::context::client_info;
+use crate::http::credentials::{Auth, fail};
 
 pub struct UsersApi {
     pub state: Arc<AppState>,

@@ -11,9 +11,10 @@ use zeroize::Zeroizing;
 use super::ApiTags;
 use crate::audit::{EventKind, SecurityEvent, Severity};
 use crate::auth::Role;
-use crate::error::ApiError;
 use crate::http::AppState;
-use crate::http::auth::{Auth, client_info};
+use crate::http::context::client_info;
+use crate::http::credentials::Auth;
+use crate::http::problem::ApiError;
 use crate::vpn::{VpnCommand, VpnSnapshot};
 
 pub struct VpnApi {

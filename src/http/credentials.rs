@@ -9,11 +9,9 @@ use poem_openapi::SecurityScheme;
 use poem_openapi::auth::{ApiKey, Bearer};
 
 use super::AppState;
-use super::middleware::RequestId;
-use crate::audit::ClientInfo;
 use crate::auth::service::is_session_id;
 use crate::auth::{AuthError, Principal};
-use crate::error::ApiError;
+use crate::http::problem::ApiError;
 
 /// Prefix of the access-token cookie; the session id follows.
 pub const ACCESS_COOKIE: &str = "__miauflix_at_";
@@ -164,28 +162,6 @@ pub fn set_cookie(name: &str, value: &str, path: &str, max_age: i64, secure: boo
         c.push_str("; Secure");
     }
     c
-}
-
-/// Who is asking: socket address, user agent, request id.
-pub fn client_info(req: &Request) -> ClientInfo {
-    let ip = match req.extensions().get::<super::middleware::ClientAddr>() {
-        Some(addr) => Some(addr.0),
-        None => req.remote_addr().as_socket_addr().map(|a| a.ip()),
-    };
-    let request_id = req.extensions().get::<RequestId>().map(|r| r.0.as_str()).unwrap_or_default();
-    client_info_of(ip, req.headers(), request_id)
-}
-
-/// Who is asking, from the client address, the headers and the request id.
-pub fn client_info_of(ip: Option<std::net::IpAddr>, headers: &HeaderMap, request_id: &str) -> ClientInfo {
-    let ip = ip.map(|ip| ip.to_string()).unwrap_or_else(|| "unknown".into());
-    let user_agent = headers
-        .get(poem::http::header::USER_AGENT)
-        // Kept even when not ASCII: the audit log escapes what it must, and a UA that hides
-        // in obs-text should not vanish from the record.
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).chars().take(256).collect())
-        .unwrap_or_default();
-    ClientInfo { ip, user_agent, request_id: request_id.to_string() }
 }
 
 /// The client's view of an auth failure.

@@ -1,20 +1,21 @@
-//! Forward auth for an existing reverse proxy, and signed stream URLs.
+//! Forward auth for an existing reverse proxy (nginx `auth_request`, Traefik `forwardAuth`,
+//! Caddy `forward_auth`): the route policy of the original URI.
 
 use std::sync::Arc;
 
 use poem::Request;
 use poem_openapi::payload::Json;
-use poem_openapi::{ApiResponse, Object, OpenApi};
+use poem_openapi::{ApiResponse, OpenApi};
 
 use super::ApiTags;
 use super::dto::MessageDto;
-use crate::auth::{AuthError, Role};
-use crate::error::ApiError;
+use crate::auth::AuthError;
 use crate::http::AppState;
-use crate::http::auth::{Auth, authenticate_request, fail};
-use crate::http::proxy::{STREAM_KEY_PARAM, min_role};
+use crate::http::credentials::{authenticate_request, fail};
+use crate::http::problem::ApiError;
+use crate::http::proxy::min_role;
 
-pub struct EdgeApi {
+pub struct ForwardAuthApi {
     pub state: Arc<AppState>,
 }
 
@@ -31,28 +32,8 @@ pub enum VerifyResponse {
     ),
 }
 
-/// Ask for a signed stream URL.
-#[derive(Object)]
-#[oai(rename_all = "camelCase")]
-pub struct StreamKeyRequest {
-    /// A path under a route with `stream_keys = true`; the key covers it and everything below.
-    #[oai(validator(min_length = 1, max_length = 1024))]
-    pub path: String,
-    #[oai(validator(minimum(value = "1"), maximum(value = "86400")))]
-    pub ttl_seconds: i64,
-}
-
-/// A signed stream URL.
-#[derive(Object)]
-#[oai(rename_all = "camelCase")]
-pub struct StreamKeyResponse {
-    pub url: String,
-    /// Unix seconds.
-    pub expires_at: i64,
-}
-
 #[OpenApi(tag = "ApiTags::Auth")]
-impl EdgeApi {
+impl ForwardAuthApi {
     /// Forward auth for nginx `auth_request`, Traefik `forwardAuth` and Caddy `forward_auth`:
     /// applies the policy of the route for the original URI, read from the one header
     /// `[forward_auth] uri_header` names (`X-Original-URI` by default).
@@ -116,31 +97,6 @@ impl EdgeApi {
             ),
             None => VerifyResponse::Allowed(msg, None, None, None, None),
         })
-    }
-
-    /// A signed URL for a media path, for players that cannot send headers.
-    ///
-    /// Minimum role: guest.
-    #[oai(path = "/api/stream-keys", method = "post")]
-    async fn stream_key(&self, auth: Auth, body: Json<StreamKeyRequest>) -> poem::Result<Json<StreamKeyResponse>> {
-        let p = auth.require(Role::Guest)?;
-        let path = body.0.path;
-        let canonical = (!path.contains(['?', '#'])).then(|| crate::http::canonical::canonical_path(&path)).flatten();
-        let Some(path) = canonical.map(|p| p.into_owned()) else {
-            return Err(ApiError::bad_request(
-                "The path must be an absolute path without query, dot segments, empty segments or parameters.",
-            )
-            .into());
-        };
-        let (route, _) =
-            self.state.proxy.route_for(&path).filter(|(r, _)| r.cfg.stream_keys).ok_or_else(|| {
-                poem::Error::from(ApiError::bad_request("No route with stream keys covers this path."))
-            })?;
-        if let Some(min) = min_role(&route) {
-            p.require(min).map_err(fail)?;
-        }
-        let (key, expires_at) = self.state.auth.sign_stream_key(p, &path, body.0.ttl_seconds);
-        Ok(Json(StreamKeyResponse { url: format!("{path}?{STREAM_KEY_PARAM}={key}"), expires_at }))
     }
 }
 
