@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 use crate::audit::ClientInfo;
-use crate::auth::service::UserPatch;
+use crate::auth::UserPatch;
 use crate::auth::{AuthError, AuthService, Principal, Role, UserView};
 use crate::config::Config;
 use crate::crypto::{Keyring, MasterKey, PasswordHasher};

@@ -1,11 +1,18 @@
 //! Users, roles, sessions, refresh-token families, login, setup. Knows nothing of HTTP.
 
+mod live;
 pub mod lockout;
 pub mod model;
+mod records;
 pub mod service;
+mod sessions;
 pub mod setup;
 pub mod stream_keys;
 pub mod tokens;
+mod users;
 
-pub use model::{Role, SessionKind, SessionRecord, UserRecord};
-pub use service::{AuthError, AuthService, IssuedSession, Principal, UserView};
+pub use model::{
+    AuthError, IssuedSession, Principal, Role, SessionKind, SessionRecord, UserPatch, UserRecord, UserView,
+    is_session_id,
+};
+pub use service::AuthService;

@@ -1,6 +1,9 @@
 //! Users, sessions and refresh tokens as stored, and the rules for emails and passwords.
 
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::store::StoreError;
 
 /// A role; the order is the privilege order (`Guest < User < Admin`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -138,4 +141,104 @@ pub fn check_password(password: &str, email: &str, min_len: usize) -> Result<(),
         return Err("The password must not be your email address.".into());
     }
     Ok(())
+}
+
+/// Why an auth operation failed. `Display` is for logs; the HTTP layer maps each variant to
+/// a fixed client message.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    #[error("authentication required")]
+    Unauthorized,
+    #[error("forbidden")]
+    Forbidden,
+    #[error("not found")]
+    NotFound,
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("invalid input: {0}")]
+    Invalid(String),
+    #[error("account locked for {0} s")]
+    Locked(i64),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for AuthError {
+    fn from(e: StoreError) -> Self {
+        AuthError::Internal(e.to_string())
+    }
+}
+
+impl From<crate::crypto::CryptoError> for AuthError {
+    fn from(e: crate::crypto::CryptoError) -> Self {
+        AuthError::Internal(e.to_string())
+    }
+}
+
+/// A user as shown to clients (no hash).
+#[derive(Debug, Clone)]
+pub struct UserView {
+    pub id: String,
+    pub email: String,
+    pub display_name: String,
+    pub role: Role,
+    pub disabled: bool,
+    pub created_at: i64,
+}
+
+impl From<&UserRecord> for UserView {
+    fn from(u: &UserRecord) -> Self {
+        UserView {
+            id: u.id.clone(),
+            email: u.email.clone(),
+            display_name: u.display_name.clone(),
+            role: u.role,
+            disabled: u.disabled,
+            created_at: u.created_at,
+        }
+    }
+}
+
+/// An authenticated request's identity; the role comes from the store's view, not the token.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub user_id: String,
+    pub session_id: String,
+    pub role: Role,
+    pub email: String,
+    pub display_name: String,
+}
+
+impl Principal {
+    /// Succeeds when the principal has at least `min`.
+    pub fn require(&self, min: Role) -> Result<&Principal, AuthError> {
+        if self.role >= min { Ok(self) } else { Err(AuthError::Forbidden) }
+    }
+}
+
+/// What login and refresh hand out. The tokens go into cookies or the token response,
+/// never into logs.
+pub struct IssuedSession {
+    pub session_id: String,
+    pub user: UserView,
+    pub access_token: String,
+    pub refresh_token: Zeroizing<String>,
+    pub expires_in: i64,
+    /// Seconds the refresh token stays valid if unused.
+    pub refresh_expires_in: i64,
+}
+
+/// Fields an admin may change on a user.
+#[derive(Debug, Default, Clone)]
+pub struct UserPatch {
+    pub display_name: Option<String>,
+    pub role: Option<Role>,
+    pub disabled: Option<bool>,
+}
+
+/// Session ids are 22 base64url characters (128 bits); anything else is refused unread.
+pub fn is_session_id(s: &str) -> bool {
+    s.len() == 22 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }

@@ -9,7 +9,7 @@ use poem_openapi::SecurityScheme;
 use poem_openapi::auth::{ApiKey, Bearer};
 
 use super::AppState;
-use crate::auth::service::is_session_id;
+use crate::auth::is_session_id;
 use crate::auth::{AuthError, Principal};
 use crate::http::problem::ApiError;
 

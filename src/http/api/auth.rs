@@ -10,7 +10,7 @@ use zeroize::Zeroizing;
 
 use super::ApiTags;
 use super::dto::{AdminUserDto, MessageDto, UserDto};
-use crate::auth::service::is_session_id;
+use crate::auth::is_session_id;
 use crate::auth::{AuthError, IssuedSession, Role, SessionKind};
 use crate::http::AppState;
 use crate::http::context::client_info;

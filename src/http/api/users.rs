@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 use super::ApiTags;
 use super::auth::{CreateUserRequest, Created, create_user};
 use super::dto::{AdminUserDto, MessageDto, RevokedDto, RoleDto, SessionInfoDto};
-use crate::auth::service::UserPatch;
+use crate::auth::UserPatch;
 use crate::auth::{AuthError, Role};
 use crate::http::AppState;
 use crate::http::context::client_info;
