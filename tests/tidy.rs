@@ -1,0 +1,235 @@
+//! ARCHITECTURE.md's invariants as assertions over the source. Where the code does not meet
+//! an invariant yet (the reshaping issue is under way), the exceptions are listed here and
+//! ratchet: a new violation fails, and so does an exception that is no longer needed, so
+//! each list only shrinks.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+fn src() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
+}
+
+/// Every `.rs` file under `src/`, as (path relative to `src/`, text).
+fn sources() -> Vec<(String, String)> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(&src(), &mut files);
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| {
+            let rel = p.strip_prefix(src()).unwrap().to_string_lossy().into_owned();
+            (rel, std::fs::read_to_string(&p).unwrap())
+        })
+        .collect()
+}
+
+/// The code of a file: comments and `#[cfg(test)]` modules left out.
+fn code(text: &str) -> String {
+    let text = match text.find("#[cfg(test)]\nmod tests") {
+        Some(i) => &text[..i],
+        None => text,
+    };
+    text.lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n")
+}
+
+/// The top-level module a file belongs to (`auth/service.rs` → `auth`).
+fn top(rel: &str) -> &str {
+    rel.split('/').next().unwrap().trim_end_matches(".rs")
+}
+
+/// `crate::x` paths in `code`, including `crate::{x, y}` groups.
+fn crate_refs(code: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut rest = code;
+    while let Some(i) = rest.find("crate::") {
+        rest = &rest[i + "crate::".len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            let end = group.find('}').unwrap_or(group.len());
+            for item in group[..end].split(',') {
+                let name: String = item.trim().chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                if !name.is_empty() {
+                    out.insert(name);
+                }
+            }
+        } else {
+            let name: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+            if !name.is_empty() {
+                out.insert(name);
+            }
+        }
+    }
+    out
+}
+
+/// **Architecture Invariant:** the domain modules never import poem or `http`.
+#[test]
+fn domain_modules_know_nothing_of_http() {
+    let mut bad = Vec::new();
+    for (rel, text) in sources() {
+        if !matches!(top(&rel), "auth" | "audit" | "crypto" | "store" | "vpn") {
+            continue;
+        }
+        let code = code(&text);
+        if code.contains("poem") || crate_refs(&code).contains("http") {
+            bad.push(rel);
+        }
+    }
+    assert!(bad.is_empty(), "domain modules that import poem or crate::http: {bad:?}");
+}
+
+/// Import edges between top-level modules that close a cycle today (issue 18, steps 4 and
+/// 5: config owned by its domains, one `Core`).
+const KNOWN_CYCLE_EDGES: &[(&str, &str)] = &[
+    ("admin", "maintenance"),
+    ("audit", "crypto"),
+    ("audit", "store"),
+    ("auth", "audit"),
+    ("auth", "config"),
+    ("auth", "crypto"),
+    ("auth", "store"),
+    ("config", "auth"),
+    ("config", "http"),
+    ("config", "vpn"),
+    ("crypto", "config"),
+    ("crypto", "store"),
+    ("http", "audit"),
+    ("http", "auth"),
+    ("http", "config"),
+    ("http", "crypto"),
+    ("http", "store"),
+    ("http", "tls"),
+    ("http", "vpn"),
+    ("maintenance", "admin"),
+    ("maintenance", "server"),
+    ("server", "admin"),
+    ("store", "crypto"),
+    ("tls", "audit"),
+    ("tls", "config"),
+    ("tls", "crypto"),
+    ("tls", "store"),
+    ("vpn", "audit"),
+    ("vpn", "config"),
+    ("vpn", "crypto"),
+    ("vpn", "store"),
+    ("vpn", "tls"),
+];
+
+/// **Architecture Invariant:** no top-level module imports another in a cycle. An edge
+/// `a → b` is cyclic when `b` reaches `a` again.
+#[test]
+fn no_new_import_cycle_between_top_level_modules() {
+    let mut deps: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut modules = BTreeSet::new();
+    for (rel, _) in sources() {
+        modules.insert(top(&rel).to_string());
+    }
+    for (rel, text) in sources() {
+        let t = top(&rel).to_string();
+        if t == "lib" || t == "main" {
+            continue;
+        }
+        let refs = crate_refs(&code(&text));
+        let entry = deps.entry(t.clone()).or_default();
+        for r in refs {
+            if r != t && modules.contains(&r) {
+                entry.insert(r);
+            }
+        }
+    }
+    let reaches = |from: &str, to: &str| {
+        let mut seen = BTreeSet::new();
+        let mut stack = vec![from.to_string()];
+        while let Some(m) = stack.pop() {
+            if m == to {
+                return true;
+            }
+            if seen.insert(m.clone()) {
+                stack.extend(deps.get(&m).into_iter().flatten().cloned());
+            }
+        }
+        false
+    };
+    let mut cyclic = BTreeSet::new();
+    for (a, bs) in &deps {
+        for b in bs {
+            if reaches(b, a) {
+                cyclic.insert((a.clone(), b.clone()));
+            }
+        }
+    }
+    let known: BTreeSet<(String, String)> =
+        KNOWN_CYCLE_EDGES.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    let new: Vec<_> = cyclic.difference(&known).collect();
+    assert!(new.is_empty(), "import edges that close a new cycle between top-level modules: {new:?}");
+    let gone: Vec<_> = known.difference(&cyclic).collect();
+    assert!(gone.is_empty(), "no longer cyclic; remove from KNOWN_CYCLE_EDGES: {gone:?}");
+}
+
+/// Files over the limit today, with the length they may not exceed (issue 18, steps 4, 9).
+const LONG_FILES: &[(&str, usize)] = &[("config.rs", 1189), ("vpn/supervisor.rs", 847), ("http/proxy.rs", 825)];
+
+/// **Architecture Invariant:** no file under `src/` is over 700 lines.
+#[test]
+fn no_source_file_is_over_700_lines() {
+    let mut over = BTreeMap::new();
+    for (rel, text) in sources() {
+        let n = text.lines().count();
+        if n > 700 {
+            over.insert(rel, n);
+        }
+    }
+    for (rel, n) in &over {
+        match LONG_FILES.iter().find(|(f, _)| f == rel) {
+            Some((_, max)) => assert!(n <= max, "src/{rel} grew to {n} lines (at most {max} while it is split)"),
+            None => panic!("src/{rel} has {n} lines; no file under src/ may have more than 700"),
+        }
+    }
+    for (f, _) in LONG_FILES {
+        assert!(over.contains_key(*f), "src/{f} is at most 700 lines now; remove it from LONG_FILES");
+    }
+}
+
+/// Files outside `crypto/` that call a cipher, MAC, signature or random generator directly
+/// today (issue 18, step 6: sealed secrets and signing in `crypto/`).
+const DIRECT_CRYPTO: &[&str] = &[
+    "auth/stream_keys.rs",
+    "auth/tokens.rs",
+    "http/proxy.rs",
+    "tls/mod.rs",
+    "tls/self_signed.rs",
+    "vpn/mod.rs",
+    "vpn/supervisor.rs",
+];
+
+/// **Architecture Invariant:** nothing outside `crypto/` calls a cipher, a hash or a random
+/// generator directly.
+#[test]
+fn primitives_are_called_only_in_crypto() {
+    let needles = ["aws_lc_rs", "aes_gcm_siv", "rand::", "getrandom", "hmac::", "ed25519", "x25519", "sha2::"];
+    let mut direct = BTreeSet::new();
+    for (rel, text) in sources() {
+        if rel.starts_with("crypto/") {
+            continue;
+        }
+        let code = code(&text);
+        if needles.iter().any(|n| code.contains(n)) {
+            direct.insert(rel);
+        }
+    }
+    let known: BTreeSet<String> = DIRECT_CRYPTO.iter().map(|s| s.to_string()).collect();
+    let new: Vec<_> = direct.difference(&known).collect();
+    assert!(new.is_empty(), "files outside crypto/ that call primitives directly: {new:?}");
+    let gone: Vec<_> = known.difference(&direct).collect();
+    assert!(gone.is_empty(), "no longer calling primitives; remove from DIRECT_CRYPTO: {gone:?}");
+}
