@@ -429,6 +429,9 @@ async fn only_a_well_formed_websocket_upgrade_is_tunnelled() {
         &["connection: upgrade", "upgrade: h2c"][..],
         &[ws[0], ws[1], ws[2], "sec-websocket-key: not base64!"],
         &[ws[0], ws[1], ws[2]],
+        // A handshake with a body: its tunnel's place would be held while the body trickles.
+        &[ws[0], ws[1], ws[2], key.as_str(), "content-length: 5"],
+        &[ws[0], ws[1], ws[2], key.as_str(), "transfer-encoding: chunked"],
     ] {
         let (r, _) = upgrade(&gate, "/up/wsgood", asks).await;
         let seen = r.seen();
