@@ -177,7 +177,7 @@ fn no_new_import_cycle_between_top_level_modules() {
 }
 
 /// Files over the limit today, with the length they may not exceed (issue 18, steps 4, 9).
-const LONG_FILES: &[(&str, usize)] = &[("config.rs", 1189), ("vpn/supervisor.rs", 847), ("http/proxy.rs", 825)];
+const LONG_FILES: &[(&str, usize)] = &[("config.rs", 1189), ("vpn/supervisor.rs", 830), ("http/proxy.rs", 825)];
 
 /// **Architecture Invariant:** no file under `src/` is over 700 lines.
 #[test]

@@ -267,15 +267,12 @@ impl Proxy {
                 .authority()
                 .and_then(|a| HeaderValue::from_maybe_shared(Bytes::copy_from_slice(a.as_str().as_bytes())).ok())
         });
-        // Only a well-formed WebSocket handshake upgrades; any other upgrade request goes on
-        // as a plain request (its upgrade headers are hop-by-hop and removed below). A
-        // handshake has no body (RFC 6455 §4.1): one that announces a body would hold its
-        // tunnel's place while the body trickles in, out of the tunnel's idle timeout.
+        // Only a well-formed WebSocket handshake without a body (RFC 6455 §4.1; a body would
+        // hold the tunnel's place while it trickles in) upgrades; any other upgrade request goes
+        // on as a plain request (its upgrade headers are hop-by-hop and removed below).
         let has_body = has_body(&headers);
-        let ws_key =
-            (parts.method == poem::http::Method::GET && parts.version == poem::http::Version::HTTP_11 && !has_body)
-                .then(|| websocket_key(&headers))
-                .flatten();
+        let get11 = parts.method == poem::http::Method::GET && parts.version == poem::http::Version::HTTP_11;
+        let ws_key = (get11 && !has_body).then(|| websocket_key(&headers)).flatten();
         strip_hop_by_hop(&mut headers);
         let client_upgrade = match &ws_key {
             Some(key) => {

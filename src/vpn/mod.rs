@@ -6,6 +6,7 @@
 //! kill switch ([`killswitch`]), the `wireguard-go` child and its UAPI socket ([`uapi`]), the
 //! addresses, routes and policy rules ([`netcfg`]) and the server list ([`nordvpn`]).
 
+mod health;
 pub mod killswitch;
 pub mod netcfg;
 pub mod nordvpn;

@@ -19,6 +19,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use zeroize::Zeroizing;
 
+use super::health::{Checks, Sample, Step};
 use super::{Request, Shared, VpnCommand, VpnState, killswitch, netcfg, nordvpn, uapi};
 use crate::audit::Audit;
 use crate::audit::{ClientInfo, EventKind, SecurityEvent, Severity};
@@ -30,8 +31,29 @@ const ROTATION_KEY: &str = "vpn_rotation";
 const OVERRIDE_KEY: &str = "vpn_servers";
 const PROVIDER_KEY: &str = "vpn_provider_servers";
 const KEEPALIVE_SECS: u16 = 25;
-/// Checks in a row that saw bytes sent but none received before the link counts as stalled.
-const STALL_CHECKS: u32 = 3;
+
+/// Whether the tunnel is being run, and if not, why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Health checks and reconnects run.
+    Running,
+    /// `provider = "nordvpn"` with no list yet (first fetch failed, nothing cached, none
+    /// configured): the next fetch and how many have failed. Start-up resumes once a list
+    /// arrives, from the provider or from `PUT /api/vpn/servers`.
+    AwaitingList { next: Instant, failures: u32 },
+    /// No private key is stored: `set-key` starts the tunnel.
+    NoKey,
+    /// Unavailable for another reason (a capability, a tool, the kill switch), or disabled by
+    /// an admin: nothing runs until the next start.
+    Halted,
+}
+
+impl Phase {
+    /// No health checks, no reconnects.
+    fn halted(self) -> bool {
+        matches!(self, Phase::NoKey | Phase::Halted)
+    }
+}
 
 fn system_client() -> ClientInfo {
     ClientInfo { ip: "local".into(), ..Default::default() }
@@ -112,23 +134,15 @@ pub(super) struct Supervisor {
     servers: Vec<VpnServer>,
     pos: usize,
     state: VpnState,
-    /// No health checks: `unavailable` or `disabled`.
-    halted: bool,
-    fails: u32,
-    succ: u32,
+    phase: Phase,
+    checks: Checks,
     server_failures: u32,
     total_failures: u32,
     next_attempt: Option<Instant>,
-    counters: Option<(u64, u64)>,
-    stall: u32,
     reconnects: u64,
     uptime: Uptime,
     down_at: Option<Instant>,
     provider_fetched: Option<Instant>,
-    /// `provider = "nordvpn"` with no list yet (first fetch failed, nothing cached, none
-    /// configured): the next fetch and how many have failed. Start-up resumes once a list
-    /// arrives, from the provider or from `PUT /api/vpn/servers`.
-    awaiting_list: Option<(Instant, u32)>,
 }
 
 async fn wait_child(child: &mut Option<Child>) -> std::io::Result<std::process::ExitStatus> {
@@ -178,19 +192,15 @@ impl Supervisor {
             key: None,
             pos: 0,
             state: VpnState::Connecting,
-            halted: false,
-            fails: 0,
-            succ: 0,
+            phase: Phase::Running,
+            checks: Checks::default(),
             server_failures: 0,
             total_failures: 0,
             next_attempt: None,
-            counters: None,
-            stall: 0,
             reconnects: 0,
             uptime: Uptime::default(),
             down_at: None,
             provider_fetched: None,
-            awaiting_list: None,
         }
     }
 
@@ -248,7 +258,7 @@ impl Supervisor {
 
     fn unavailable(&mut self, reason: String) {
         tracing::error!(reason = %reason, "vpn unavailable; routes that require the VPN stay closed");
-        self.halted = true;
+        self.phase = Phase::Halted;
         self.set_state(VpnState::Unavailable, Some(reason));
     }
 
@@ -301,7 +311,9 @@ impl Supervisor {
         match super::load_key(&self.store, &self.keyring) {
             Ok(Some(k)) => self.key = Some(k),
             Ok(None) => {
-                return self.unavailable("no private key: run `miauflix-gate vpn set-key` or PUT /api/vpn/key".into());
+                self.unavailable("no private key: run `miauflix-gate vpn set-key` or PUT /api/vpn/key".into());
+                self.phase = Phase::NoKey;
+                return;
             }
             Err(e) => return self.unavailable(format!("the stored private key cannot be read: {e}")),
         }
@@ -330,7 +342,7 @@ impl Supervisor {
     /// backoff for `failures` failed fetches.
     fn await_list(&mut self, failures: u32) {
         let wait = self.backoff_after(failures);
-        self.awaiting_list = Some((Instant::now() + wait, failures + 1));
+        self.phase = Phase::AwaitingList { next: Instant::now() + wait, failures: failures + 1 };
         let why = self.shared.get().last_error.unwrap_or_else(|| "no answer".into());
         let reason = format!(
             "no VPN servers yet: the NordVPN list could not be fetched ({why}); next try in {} s",
@@ -342,7 +354,7 @@ impl Supervisor {
 
     /// A list arrived while start-up waited for one: carry on with it.
     async fn list_arrived(&mut self) {
-        self.awaiting_list = None;
+        self.phase = Phase::Running;
         tracing::info!(servers = self.servers.len(), "vpn server list in; starting the tunnel");
         self.set_state(VpnState::Connecting, None);
         self.bring_up().await;
@@ -479,10 +491,7 @@ impl Supervisor {
                     .detail("attempt", self.total_failures.to_string()),
             );
         }
-        self.fails = 0;
-        self.succ = 0;
-        self.counters = None;
-        self.stall = 0;
+        self.checks.reset();
         if let Err(e) = self.apply(initial).await {
             tracing::warn!(error = %e, "vpn connect attempt failed");
             self.shared.update(|s| s.last_error = Some(e.clone()));
@@ -568,7 +577,7 @@ impl Supervisor {
 
     /// The tunnel process vanished: down now, restart after the backoff.
     async fn lost(&mut self, what: &str) {
-        if self.halted {
+        if self.phase.halted() {
             return;
         }
         tracing::warn!(reason = what, "wireguard-go is gone; restarting it");
@@ -624,11 +633,11 @@ impl Supervisor {
     }
 
     async fn tick(&mut self) {
-        if self.halted {
+        if self.phase.halted() {
             return;
         }
-        if let Some((at, failures)) = self.awaiting_list {
-            if Instant::now() >= at {
+        if let Phase::AwaitingList { next, failures } = self.phase {
+            if Instant::now() >= next {
                 self.refresh_provider().await;
                 if self.servers.is_empty() {
                     self.await_list(failures);
@@ -664,66 +673,42 @@ impl Supervisor {
         let health = self.judge(&dev, probe);
         self.refresh_killswitch_view().await;
         if let Err(e) = &health {
-            self.fails += 1;
-            self.succ = 0;
-            tracing::debug!(error = %e, fails = self.fails, "vpn health check failed");
+            tracing::debug!(error = %e, fails = self.checks.failures() + 1, "vpn health check failed");
             self.shared.update(|s| s.last_error = Some(e.clone()));
-        } else {
-            self.succ += 1;
-            self.fails = 0;
         }
-        let h = &self.cfg.health;
-        let (trying, running) = (
-            matches!(self.state, VpnState::Connecting | VpnState::Reconnecting),
-            matches!(self.state, VpnState::Up | VpnState::Degraded),
-        );
-        match health {
-            // Enough failures in a row (the latest among them): down, whatever we were.
-            Err(e) if (trying || running) && self.fails >= h.failures_to_down => self.failed(&e).await,
-            Err(_) if running => self.set_state(VpnState::Degraded, None),
-            Ok(()) if self.succ >= h.successes_to_up && self.state != VpnState::Up && (trying || running) => {
-                if trying {
-                    self.became_up()
-                } else {
-                    self.set_state(VpnState::Up, None)
-                }
-            }
-            _ => {}
+        match self.checks.step(self.state, health, &self.cfg.health) {
+            Step::Down(e) => self.failed(&e).await,
+            Step::Degraded => self.set_state(VpnState::Degraded, None),
+            Step::Connected => self.became_up(),
+            Step::Recovered => self.set_state(VpnState::Up, None),
+            Step::Stay => {}
         }
     }
 
-    /// Passive checks on the device counters plus the probe's verdict.
+    /// Passive checks on the device counters plus the probe's verdict (decided by
+    /// [`Checks::judge`]); publishes what it read.
     fn judge(&mut self, dev: &uapi::Device, probe: Result<(), String>) -> Result<(), String> {
-        let Some(peer) = dev.peers.first() else { return Err("the device has no peer".into()) };
-        let now = crate::clock::now().max(0) as u64;
-        let age = peer.last_handshake.map(|t| now.saturating_sub(t));
-        let (rx, tx) = (peer.rx_bytes, peer.tx_bytes);
-        metrics::gauge!("vpn_rx_bytes").set(rx as f64);
-        metrics::gauge!("vpn_tx_bytes").set(tx as f64);
-        if let Some(a) = age {
-            metrics::gauge!("vpn_handshake_age_seconds").set(a as f64);
-        }
-        self.shared.update(|s| {
-            s.handshake_age_secs = age;
-            s.rx_bytes = rx;
-            s.tx_bytes = tx;
-        });
-        if let Some((rx0, tx0)) = self.counters {
-            self.stall = if tx > tx0 && rx == rx0 { self.stall + 1 } else { 0 };
-        }
-        self.counters = Some((rx, tx));
-        probe?;
-        match age {
-            None => return Err("no handshake with the server yet".into()),
-            Some(a) if a > self.cfg.health.handshake_max_age_secs => {
-                return Err(format!("latest handshake {a} s ago"));
+        let sample = dev.peers.first().map(|peer| {
+            let now = crate::clock::now().max(0) as u64;
+            Sample {
+                rx_bytes: peer.rx_bytes,
+                tx_bytes: peer.tx_bytes,
+                handshake_age: peer.last_handshake.map(|t| now.saturating_sub(t)),
             }
-            _ => {}
+        });
+        if let Some(s) = sample {
+            metrics::gauge!("vpn_rx_bytes").set(s.rx_bytes as f64);
+            metrics::gauge!("vpn_tx_bytes").set(s.tx_bytes as f64);
+            if let Some(a) = s.handshake_age {
+                metrics::gauge!("vpn_handshake_age_seconds").set(a as f64);
+            }
+            self.shared.update(|st| {
+                st.handshake_age_secs = s.handshake_age;
+                st.rx_bytes = s.rx_bytes;
+                st.tx_bytes = s.tx_bytes;
+            });
         }
-        if self.stall >= STALL_CHECKS {
-            return Err(format!("sent but received nothing for {STALL_CHECKS} checks"));
-        }
-        Ok(())
+        self.checks.judge(sample, probe, self.cfg.health.handshake_max_age_secs)
     }
 
     fn became_up(&mut self) {
@@ -769,13 +754,11 @@ impl Supervisor {
                 drop(b64);
                 self.shared.update(|s| s.public_key = Some(public.clone()));
                 tracing::info!(public_key = %public, "VPN private key stored");
-                if self.state == VpnState::Unavailable
-                    && self.shared.get().reason.as_deref().is_some_and(|r| r.starts_with("no private key"))
-                {
-                    self.halted = false;
+                if self.phase == Phase::NoKey {
+                    self.phase = Phase::Running;
                     self.set_state(VpnState::Connecting, None);
                     self.attempt(true).await;
-                } else if !self.halted && self.awaiting_list.is_none() {
+                } else if self.phase == Phase::Running {
                     self.attempt(false).await;
                 }
                 Ok(format!("private key stored; public key {public}"))
@@ -795,13 +778,13 @@ impl Supervisor {
                 if self.servers.is_empty() {
                     return Err("no servers left: configure [[vpn.servers]] or give a list".into());
                 }
-                if self.awaiting_list.is_some() {
+                if matches!(self.phase, Phase::AwaitingList { .. }) {
                     self.list_arrived().await;
                     return Ok(format!("{} servers in effect", self.servers.len()));
                 }
                 self.pos = current.and_then(|n| self.servers.iter().position(|s| s.name == n)).unwrap_or(0);
                 self.save_position(self.pos).await;
-                if !self.halted {
+                if !self.phase.halted() {
                     self.engage().await?;
                     self.attempt(false).await;
                 }
@@ -812,7 +795,7 @@ impl Supervisor {
                     let _ = c.kill().await;
                 }
                 let removed = super::tear_down(&self.cfg).await?;
-                self.halted = true;
+                self.phase = Phase::Halted;
                 self.next_attempt = None;
                 self.set_state(VpnState::Disabled, Some("disabled by an admin until the next start".into()));
                 self.refresh_killswitch_view().await;
