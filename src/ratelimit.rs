@@ -131,6 +131,54 @@ impl std::fmt::Display for AddrKey {
     }
 }
 
+/// Places held at once per client address (connections, WebSocket tunnels), each address
+/// under one cap; an address back at 0 is forgotten, so the map holds only live addresses.
+pub(crate) struct AddrCounts {
+    counts: dashmap::DashMap<AddrKey, usize>,
+    max: usize,
+}
+
+impl AddrCounts {
+    pub(crate) fn new(max: usize) -> AddrCounts {
+        AddrCounts { counts: dashmap::DashMap::new(), max }
+    }
+
+    /// Takes a place for `key`; `false` when it holds `max` already.
+    pub(crate) fn take(&self, key: AddrKey) -> bool {
+        match self.counts.entry(key) {
+            dashmap::mapref::entry::Entry::Occupied(e) if *e.get() >= self.max => false,
+            dashmap::mapref::entry::Entry::Occupied(mut e) => {
+                *e.get_mut() += 1;
+                true
+            }
+            dashmap::mapref::entry::Entry::Vacant(e) => {
+                e.insert(1);
+                true
+            }
+        }
+    }
+
+    /// Gives back a place `take` gave.
+    pub(crate) fn give_back(&self, key: AddrKey) {
+        self.counts.remove_if_mut(&key, |_, n| {
+            *n -= 1;
+            *n == 0
+        });
+    }
+
+    /// Addresses holding a place.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.counts.len()
+    }
+
+    /// The places `key` holds, if any.
+    #[cfg(test)]
+    pub(crate) fn get(&self, key: &AddrKey) -> Option<usize> {
+        self.counts.get(key).map(|n| *n)
+    }
+}
+
 /// A request that may pass, with what is left.
 #[derive(Debug, Clone)]
 pub struct Allowed {

@@ -542,19 +542,6 @@ async fn multiplexed_streams_cannot_hold_more_upstream_sockets_than_the_cap() {
     )
     .unwrap();
     let gate = Gate::start(&dir.path().join("data"), &[("MIAUFLIX_CONFIG", cfg.to_str().unwrap())]);
-    let h2_conn = |gate: &Gate| {
-        let addr = gate.addr;
-        async move {
-            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let (h2, conn) = hyper::client::conn::http2::handshake(
-                hyper_util::rt::TokioExecutor::new(),
-                hyper_util::rt::TokioIo::new(tcp),
-            )
-            .await
-            .unwrap();
-            (h2, tokio::spawn(conn))
-        }
-    };
     let get = |path: &str| {
         hyper::Request::get(format!("http://gate.test{path}"))
             .body(http_body_util::Empty::<bytes::Bytes>::new())
@@ -608,6 +595,21 @@ async fn multiplexed_streams_cannot_hold_more_upstream_sockets_than_the_cap() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(gate.terminate().success());
+}
+
+/// An h2c (prior knowledge) connection to the gate, driven by its own task.
+async fn h2_conn(
+    gate: &Gate,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+) {
+    let tcp = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
+    let (h2, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    (h2, tokio::spawn(conn))
 }
 
 async fn get_h1(gate: &Gate, path: &str) -> u16 {
@@ -688,12 +690,7 @@ async fn websocket_tunnels_have_their_own_budget_and_cannot_starve_the_pool() {
     assert_eq!(r.status, 503, "the sixth tunnel is over the total of five: {r:?}");
 
     // With five tunnels open, HTTP/2 streams still have both of the pool's places.
-    let tcp = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
-    let (mut h2, conn) =
-        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .unwrap();
-    let conn = tokio::spawn(conn);
+    let (mut h2, conn) = h2_conn(&gate).await;
     for _ in 0..2 {
         let req =
             hyper::Request::get("http://gate.test/up/x").body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();

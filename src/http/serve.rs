@@ -22,8 +22,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use dashmap::DashMap;
-use dashmap::mapref::entry::Entry;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use hyper::body::Incoming;
@@ -39,7 +37,7 @@ use futures_util::future::Either;
 
 use crate::http::middleware::EdgePolicy;
 use crate::http::proxy::{ClientUpgrade, ConnInfo, ProxiedBody, UpgradedIo, UpstreamSlot};
-use crate::ratelimit::AddrKey;
+use crate::ratelimit::{AddrCounts, AddrKey};
 
 /// A lingering close reads and discards at most this much of what the client still sends…
 const LINGER_BYTES: usize = 4 * 1024 * 1024;
@@ -51,8 +49,7 @@ const LINGER_TIME: Duration = Duration::from_secs(3);
 /// many clients' connections, count only in the total.
 pub struct ConnectionCaps {
     total: Arc<Semaphore>,
-    per_addr: DashMap<AddrKey, usize>,
-    max_per_addr: usize,
+    per_addr: AddrCounts,
     trusted: Vec<ipnet::IpNet>,
     /// When a refusal was last logged (ms since `started`, per reason): one line a minute.
     logged: [AtomicU64; 2],
@@ -70,8 +67,7 @@ impl ConnectionCaps {
     pub fn new(max_total: usize, max_per_addr: usize, trusted: Vec<ipnet::IpNet>) -> Arc<ConnectionCaps> {
         Arc::new(ConnectionCaps {
             total: Arc::new(Semaphore::new(max_total.min(Semaphore::MAX_PERMITS))),
-            per_addr: DashMap::new(),
-            max_per_addr,
+            per_addr: AddrCounts::new(max_per_addr),
             trusted,
             logged: [AtomicU64::new(u64::MAX), AtomicU64::new(u64::MAX)],
             started: Instant::now(),
@@ -83,14 +79,8 @@ impl ConnectionCaps {
     pub fn admit(self: &Arc<Self>, peer: Option<std::net::IpAddr>) -> Result<ConnectionSlot, Refusal> {
         let permit = self.total.clone().try_acquire_owned().map_err(|_| Refusal::Total)?;
         let key = peer.filter(|ip| !self.trusted.iter().any(|net| net.contains(ip))).map(AddrKey::of);
-        if let Some(key) = key {
-            match self.per_addr.entry(key) {
-                Entry::Occupied(e) if *e.get() >= self.max_per_addr => return Err(Refusal::PerAddress),
-                Entry::Occupied(mut e) => *e.get_mut() += 1,
-                Entry::Vacant(e) => {
-                    e.insert(1);
-                }
-            }
+        if key.is_some_and(|key| !self.per_addr.take(key)) {
+            return Err(Refusal::PerAddress);
         }
         Ok(ConnectionSlot { caps: self.clone(), key, _permit: permit })
     }
@@ -125,10 +115,7 @@ pub struct ConnectionSlot {
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         if let Some(key) = self.key {
-            self.caps.per_addr.remove_if_mut(&key, |_, n| {
-                *n -= 1;
-                *n == 0
-            });
+            self.caps.per_addr.give_back(key);
         }
     }
 }

@@ -13,8 +13,6 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use dashmap::DashMap;
-use dashmap::mapref::entry::Entry;
 use poem::http::{HeaderValue, StatusCode, header};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -22,13 +20,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::http::problem::ApiError;
 use crate::http::proxy::UpgradedIo;
 use crate::http::serve::{Tracked, idle_watch};
-use crate::ratelimit::AddrKey;
+use crate::ratelimit::{AddrCounts, AddrKey};
 
 /// The tunnels open at once, in total and per client address.
 pub struct Tunnels {
     total: Arc<Semaphore>,
-    per_addr: DashMap<AddrKey, usize>,
-    max_per_addr: usize,
+    per_addr: AddrCounts,
     idle: Duration,
 }
 
@@ -50,10 +47,7 @@ impl Drop for TunnelPlace {
     fn drop(&mut self) {
         metrics::gauge!("proxy_tunnels_open").decrement(1.0);
         if let Some(key) = self.key {
-            self.tunnels.per_addr.remove_if_mut(&key, |_, n| {
-                *n -= 1;
-                *n == 0
-            });
+            self.tunnels.per_addr.give_back(key);
         }
     }
 }
@@ -62,8 +56,7 @@ impl Tunnels {
     pub fn new(max_total: usize, max_per_addr: usize, idle: Duration) -> Arc<Tunnels> {
         Arc::new(Tunnels {
             total: Arc::new(Semaphore::new(max_total.clamp(1, Semaphore::MAX_PERMITS))),
-            per_addr: DashMap::new(),
-            max_per_addr: max_per_addr.max(1),
+            per_addr: AddrCounts::new(max_per_addr.max(1)),
             idle,
         })
     }
@@ -73,14 +66,8 @@ impl Tunnels {
     pub fn admit(self: &Arc<Self>, client: &str) -> Result<TunnelPlace, TunnelRefusal> {
         let permit = self.total.clone().try_acquire_owned().map_err(|_| TunnelRefusal::Total)?;
         let key = client.parse::<std::net::IpAddr>().ok().map(AddrKey::of);
-        if let Some(key) = key {
-            match self.per_addr.entry(key) {
-                Entry::Occupied(e) if *e.get() >= self.max_per_addr => return Err(TunnelRefusal::PerAddress),
-                Entry::Occupied(mut e) => *e.get_mut() += 1,
-                Entry::Vacant(e) => {
-                    e.insert(1);
-                }
-            }
+        if key.is_some_and(|key| !self.per_addr.take(key)) {
+            return Err(TunnelRefusal::PerAddress);
         }
         metrics::gauge!("proxy_tunnels_open").increment(1.0);
         Ok(TunnelPlace { tunnels: self.clone(), key, _permit: permit })
