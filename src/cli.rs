@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::admin::Request;
-use crate::config::{Config, ConfigError, LogFormat, Overrides};
+use crate::config::{Config, LogFormat, Overrides};
 
 /// `--version`: the crate version and the git commit it was built from
 /// (`MIAUFLIX_GIT_COMMIT` at build time, set by `just release`).
@@ -208,8 +208,8 @@ pub fn run() -> ExitCode {
     let overrides = Overrides { data_dir: cli.data_dir.clone(), listen: cli.listen.clone(), tls: cli.tls.clone() };
     let config = match Config::load(cli.config.as_deref(), std::env::vars(), &overrides) {
         Ok(c) => c,
-        Err(ConfigError(msg)) => {
-            eprintln!("miauflix-gate: {msg}");
+        Err(e) => {
+            eprintln!("miauflix-gate: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };

@@ -79,15 +79,12 @@ impl RateLimitConfig {
         }
     }
 
-    /// Checks every quota; the message names the class.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks every quota; keys are relative to `[rate_limits]`.
+    pub fn validate(&self) -> Result<(), crate::validate::ConfigError> {
         for class in [RateClass::Auth, RateClass::Api, RateClass::Stream, RateClass::Global] {
             let q = self.quota(class);
             if !(1..=100_000_000).contains(&q.per_minute) || !(1..=10_000_000).contains(&q.burst) {
-                return Err(format!(
-                    "rate_limits.{}: per_minute must be 1..=100000000 and burst 1..=10000000",
-                    class.as_str()
-                ));
+                return crate::validate::bad(class.as_str(), "per_minute must be 1..=100000000 and burst 1..=10000000");
             }
         }
         Ok(())

@@ -12,7 +12,7 @@ fn load_str(toml: &str, vars: &[(&str, &str)]) -> Result<Config, String> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gate.toml");
     std::fs::write(&path, toml).unwrap();
-    Config::load(Some(&path), env(vars), &Overrides::default()).map_err(|e| e.0)
+    Config::load(Some(&path), env(vars), &Overrides::default()).map_err(|e| e.to_string())
 }
 
 #[test]
@@ -107,7 +107,7 @@ fn malformed_toml_names_the_line() {
 #[test]
 fn missing_config_file_is_a_clear_error() {
     let e = Config::load(Some(Path::new("/nonexistent/gate.toml")), env(&[]), &Overrides::default()).unwrap_err();
-    assert!(e.0.contains("/nonexistent/gate.toml"), "{}", e.0);
+    assert!(e.msg.contains("/nonexistent/gate.toml"), "{}", e.msg);
 }
 
 #[test]
@@ -134,7 +134,7 @@ fn acme_and_manual_settings_are_checked_with_the_key_named() {
 
 #[test]
 fn dot_segments_are_found_also_when_encoded() {
-    use miauflix_gate::config::has_dot_segment;
+    use miauflix_gate::paths::has_dot_segment;
     for p in [
         "/public/../api/users",
         "/public/./x",

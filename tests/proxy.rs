@@ -419,11 +419,13 @@ fn routes_cannot_shadow_the_gates_own_paths() {
         let f = dir.path().join("g.toml");
         std::fs::write(&f, toml).unwrap();
         let e = Config::load(Some(&f), Vec::new(), &Overrides::default()).unwrap_err();
-        assert!(e.0.contains("routes[0]"), "{prefix}: {}", e.0);
+        assert!(e.to_string().contains("routes[0]"), "{prefix}: {e}");
     }
     let f = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(f.path(), "[[routes]]\nprefix = \"/x\"\nupstream = \"ftp://h\"\n").unwrap();
-    assert!(Config::load(Some(f.path()), Vec::new(), &Overrides::default()).unwrap_err().0.contains("upstream"));
+    assert!(
+        Config::load(Some(f.path()), Vec::new(), &Overrides::default()).unwrap_err().to_string().contains("upstream")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -32,7 +32,7 @@ fn vpn_config() -> VpnConfig {
 }
 
 fn check(vpn: VpnConfig) -> Result<(), String> {
-    Config { vpn, ..Default::default() }.validate().map_err(|e| e.0)
+    Config { vpn, ..Default::default() }.validate().map_err(|e| e.to_string())
 }
 
 #[test]

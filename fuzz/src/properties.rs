@@ -11,10 +11,10 @@ use miauflix_gate::auth::stream_keys::StreamKeys;
 use miauflix_gate::auth::tokens::SigningKeys;
 use miauflix_gate::config::{Config, Overrides};
 use miauflix_gate::crypto::keyring::{FieldContext, Keyring};
-use miauflix_gate::http::canonical::canonical_path;
 use miauflix_gate::http::credentials::cookies;
 use miauflix_gate::http::middleware::{forwarded_for, parse_node};
 use miauflix_gate::http::proxy::{STREAM_KEY_PARAM, stream_key_of, strip_stream_key};
+use miauflix_gate::paths::canonical_path;
 use miauflix_gate::store::Store;
 use poem::http::{HeaderMap, HeaderValue, header};
 

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
+pub mod config;
 pub mod event;
 
 use crate::monitor::Monitor;

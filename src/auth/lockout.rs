@@ -32,18 +32,20 @@ impl Default for LockoutConfig {
 }
 
 impl LockoutConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks what types alone cannot; keys are relative to `[lockout]`.
+    pub fn validate(&self) -> Result<(), crate::validate::ConfigError> {
+        use crate::validate::bad;
         if !(1..=100).contains(&self.max_failures) {
-            return Err("lockout.max_failures: must be between 1 and 100".into());
+            return bad("max_failures", "must be between 1 and 100");
         }
         if !(60..=86_400).contains(&self.window_secs) {
-            return Err("lockout.window_secs: must be between 60 and 86400".into());
+            return bad("window_secs", "must be between 60 and 86400");
         }
         if !(1..=86_400).contains(&self.base_lock_secs)
             || self.max_lock_secs < self.base_lock_secs
             || self.max_lock_secs > 7 * 86_400
         {
-            return Err("lockout.base_lock_secs/max_lock_secs: need 1 <= base <= max <= 604800".into());
+            return bad("base_lock_secs/max_lock_secs", "need 1 <= base <= max <= 604800");
         }
         Ok(())
     }

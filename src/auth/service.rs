@@ -7,12 +7,12 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::config::AuthConfig;
 use super::live::Live;
 use super::lockout::{Lockout, LockoutConfig};
 use super::model::{AuthError, UserRecord, check_password};
 use super::tokens::{KeyError, SigningKeys};
 use crate::clock::now;
-use crate::config::AuthConfig;
 use crate::crypto::{Keyring, PasswordHasher};
 use crate::store::{Store, StoreError, tables};
 

@@ -7,11 +7,51 @@ use std::sync::Arc;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
+use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
 use super::CryptoError;
-use crate::config::PasswordConfig;
+use crate::validate::{ConfigError, bad};
+
+/// `[password]`: argon2id parameters.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PasswordConfig {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+    /// Hashes computed at once; the rest wait in line. Defaults to the number of cores.
+    pub max_concurrent: Option<usize>,
+}
+
+impl Default for PasswordConfig {
+    fn default() -> Self {
+        PasswordConfig { memory_kib: 19_456, iterations: 2, parallelism: 1, max_concurrent: None }
+    }
+}
+
+impl PasswordConfig {
+    /// Checks what types alone cannot; keys are relative to `[password]`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.memory_kib < 19_456 {
+            return bad("memory_kib", "must be at least 19456 (OWASP minimum for argon2id)");
+        }
+        if self.memory_kib > 4 * 1024 * 1024 {
+            return bad("memory_kib", "must be at most 4194304 (4 GiB)");
+        }
+        if !(2..=100).contains(&self.iterations) {
+            return bad("iterations", "must be between 2 and 100");
+        }
+        if !(1..=16).contains(&self.parallelism) {
+            return bad("parallelism", "must be between 1 and 16");
+        }
+        if self.max_concurrent == Some(0) {
+            return bad("max_concurrent", "must be at least 1");
+        }
+        Ok(())
+    }
+}
 
 /// Hashes and verifies passwords with argon2id (PHC strings).
 #[derive(Clone)]

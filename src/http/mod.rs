@@ -2,7 +2,6 @@
 //! This is the only layer that knows HTTP; it turns domain modules into endpoints.
 
 pub mod api;
-pub mod canonical;
 pub mod context;
 pub mod credentials;
 pub mod middleware;

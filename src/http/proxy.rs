@@ -76,7 +76,7 @@ pub struct ProxyRoute {
 impl ProxyRoute {
     /// Whether this route serves `path` (segment-aligned prefix match).
     fn matches(&self, path: &str) -> bool {
-        crate::config::is_under(path, &self.prefix)
+        crate::paths::is_under(path, &self.prefix)
     }
 }
 
@@ -195,19 +195,19 @@ impl Proxy {
     }
 
     /// The route for a request path and the path's canonical form
-    /// ([`canonical_path`](crate::http::canonical::canonical_path)), if any. The gate's own
+    /// ([`canonical_path`](crate::paths::canonical_path)), if any. The gate's own
     /// paths never reach here, nor do refused paths (they get the gate's 404, forward auth
     /// 403), nor a path whose case-folded form falls under another route than its exact form
     /// (`/media/PRIVATE` with `/media` and `/media/private`: case-insensitive upstreams would
     /// serve the stricter route's path under the looser policy).
     pub fn route_for<'a>(&self, path: &'a str) -> Option<(Arc<ProxyRoute>, Cow<'a, str>)> {
-        let path = crate::http::canonical::canonical_path(path)?;
-        if crate::config::is_reserved_path(&path) {
+        let path = crate::paths::canonical_path(path)?;
+        if crate::paths::is_reserved_path(&path) {
             return None;
         }
         let exact = self.routes.iter().find(|r| r.matches(&path))?;
         if path.bytes().any(|b| b.is_ascii_uppercase())
-            && let Some(folded) = self.routes.iter().find(|r| crate::config::is_under_ignore_case(&path, &r.prefix))
+            && let Some(folded) = self.routes.iter().find(|r| crate::paths::is_under_ignore_case(&path, &r.prefix))
             && !Arc::ptr_eq(folded, exact)
         {
             return None;

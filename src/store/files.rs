@@ -64,13 +64,29 @@ impl Replacement {
     /// Starts replacing `dest` with a new file of mode `mode`.
     pub fn new(dest: &Path, mode: u32) -> std::io::Result<Replacement> {
         let name = dest.file_name().ok_or_else(|| std::io::Error::other("not a file name"))?;
-        let tmp = dest.with_file_name(format!(
-            ".{}.tmp-{}",
-            name.to_string_lossy(),
-            hex::encode(crate::crypto::id_bytes::<6>())
-        ));
-        let file = create_new(&tmp, mode)?;
-        Ok(Replacement { file: std::io::BufWriter::new(file), tmp, dest: dest.to_path_buf(), done: false })
+        // The name needs to be unique, not secret: `create_new` refuses whatever is there
+        // (file or symlink), and a name taken by someone else is skipped. The suffix is std's
+        // per-process random SipHash keys over a counter (no RNG call outside `crypto`).
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seed = std::collections::hash_map::RandomState::new();
+        for _ in 0..16 {
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let suffix = std::hash::BuildHasher::hash_one(&seed, (std::process::id(), n));
+            let tmp = dest.with_file_name(format!(".{}.tmp-{suffix:016x}", name.to_string_lossy()));
+            match create_new(&tmp, mode) {
+                Ok(file) => {
+                    return Ok(Replacement {
+                        file: std::io::BufWriter::new(file),
+                        tmp,
+                        dest: dest.to_path_buf(),
+                        done: false,
+                    });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, "no free temporary name beside the file"))
     }
 
     /// Flushes, syncs and renames the file into place.

@@ -13,11 +13,11 @@ use rustls_acme::{AccountCache, CertCache};
 use rustls_acme::{EventError, EventOk, ResolvesServerCertAcme, UseChallenge};
 use serde::{Deserialize, Serialize};
 
+use super::config::{AcmeChallenge, AcmeConfig};
 use super::self_signed::CertSlot;
 use super::status::{CertFacts, TlsStatus};
 use crate::audit::Audit;
 use crate::audit::{ClientInfo, EventKind, SecurityEvent, Severity};
-use crate::config::{AcmeChallenge, AcmeConfig};
 use crate::crypto::{FieldContext, Keyring};
 use crate::store::{Store, StoreError};
 

@@ -2,6 +2,7 @@
 //! poem `Acceptor`, and the self-signed certificate.
 
 pub mod acme;
+pub mod config;
 pub mod manual;
 pub mod self_signed;
 pub mod status;

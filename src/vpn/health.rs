@@ -5,7 +5,7 @@
 //! supervisor does the I/O (UAPI, the probe, events); this decides.
 
 use super::VpnState;
-use crate::config::VpnHealthConfig;
+use super::config::VpnHealthConfig;
 
 /// Checks in a row that saw bytes sent but none received before the link counts as stalled.
 pub(super) const STALL_CHECKS: u32 = 3;

@@ -21,7 +21,7 @@ use nftables::schema::{Chain, NfListObject, Nftables, Rule, Table};
 use nftables::stmt::{Counter, JumpTarget, Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
-use crate::config::{KillswitchScope, VpnConfig};
+use super::config::{KillswitchScope, VpnConfig};
 
 /// The gate's table.
 pub const TABLE: &str = "miauflix_gate";

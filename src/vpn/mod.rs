@@ -6,6 +6,7 @@
 //! kill switch ([`killswitch`]), the `wireguard-go` child and its UAPI socket ([`uapi`]), the
 //! addresses, routes and policy rules ([`netcfg`]) and the server list ([`nordvpn`]).
 
+pub mod config;
 mod health;
 pub mod killswitch;
 pub mod netcfg;
@@ -22,7 +23,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroizing;
 
-use crate::config::{VpnConfig, VpnServer};
+use self::config::{VpnConfig, VpnServer};
 use crate::crypto::{FieldContext, Keyring};
 use crate::store::{Store, StoreError};
 

@@ -9,7 +9,7 @@
 
 use tokio::process::Command;
 
-use crate::config::{KillswitchScope, VpnConfig};
+use super::config::{KillswitchScope, VpnConfig};
 
 /// The policy-routing table of the tunnel.
 pub const TABLE: u32 = 0x4d47;

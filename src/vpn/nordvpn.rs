@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 
-use crate::config::{NordVpnConfig, VpnServer};
+use super::config::{NordVpnConfig, VpnServer};
 
 const MAX_BODY: usize = 4 * 1024 * 1024;
 const TIMEOUT: Duration = Duration::from_secs(20);

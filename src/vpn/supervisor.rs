@@ -19,11 +19,11 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use zeroize::Zeroizing;
 
+use super::config::{KillswitchScope, VpnConfig, VpnProvider, VpnServer};
 use super::health::{Checks, Sample, Step};
 use super::{Request, Shared, VpnCommand, VpnState, killswitch, netcfg, nordvpn, uapi};
 use crate::audit::Audit;
 use crate::audit::{ClientInfo, EventKind, SecurityEvent, Severity};
-use crate::config::{KillswitchScope, VpnConfig, VpnProvider, VpnServer};
 use crate::crypto::Keyring;
 use crate::store::Store;
 

@@ -66,7 +66,7 @@ impl ForwardAuthApi {
             None => authenticate_request(&self.state, req.headers(), req.uri(), None).map_err(fail)?.map(|a| a.0),
         };
         let route = route.map(|(r, _)| r);
-        if route.is_none() && crate::http::canonical::canonical_path(path).is_none() {
+        if route.is_none() && crate::paths::canonical_path(path).is_none() {
             return Err(fail(AuthError::Forbidden));
         }
         // Default deny: a path no route covers is refused.

@@ -46,7 +46,7 @@ impl StreamKeysApi {
     async fn stream_key(&self, auth: Auth, body: Json<StreamKeyRequest>) -> poem::Result<Json<StreamKeyResponse>> {
         let p = auth.require(Role::Guest)?;
         let path = body.0.path;
-        let canonical = (!path.contains(['?', '#'])).then(|| crate::http::canonical::canonical_path(&path)).flatten();
+        let canonical = (!path.contains(['?', '#'])).then(|| crate::paths::canonical_path(&path)).flatten();
         let Some(path) = canonical.map(|p| p.into_owned()) else {
             return Err(ApiError::bad_request(
                 "The path must be an absolute path without query, dot segments, empty segments or parameters.",

@@ -1,5 +1,7 @@
-//! The one canonical form of a request path, computed once per request and used for route
-//! choice, forward auth and the path the upstream receives.
+//! Request paths: the one canonical form of a path, computed once per request and used for
+//! route choice, forward auth and the path the upstream receives; which paths are the gate's
+//! own; prefix matching. A leaf module: `config` checks route prefixes with it and `http`
+//! routes with it, so it belongs to neither.
 //!
 //! Upstreams disagree on what a path means: Go and WSGI decode `%70` to `p`, Express and
 //! Spring drop `;` parameters, some collapse `//` or decode `%2F` to `/`. If the gate matched
@@ -111,6 +113,82 @@ fn push_encoded(out: &mut String, b: u8) {
     out.push('%');
     out.push(HEX[usize::from(b >> 4)] as char);
     out.push(HEX[usize::from(b & 15)] as char);
+}
+
+/// Paths the gate serves itself; no route may take them over.
+pub const RESERVED_PREFIXES: &[&str] = &[
+    "/api/auth",
+    "/api/me",
+    "/api/users",
+    "/api/stream-keys",
+    "/api/openapi.json",
+    "/api/docs",
+    "/api/audit",
+    "/api/system",
+    "/api/tls",
+    "/api/vpn",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/admin",
+    "/.well-known",
+];
+
+/// Whether `path` belongs to the gate itself.
+pub fn is_reserved_path(path: &str) -> bool {
+    path == "/" || RESERVED_PREFIXES.iter().any(|p| is_under(path, p))
+}
+
+/// Whether `path` has a `.` or `..` segment, also when its dots, slashes or backslashes are
+/// percent-encoded (`/media/..%2Fapi`, `/media/%2e%2e/api`). Such a path could match one
+/// route here and mean another to an upstream that normalises it, so it is never proxied
+/// ([`canonical_path`], which routing uses, refuses
+/// these and more). No allocation unless the path has a `%`.
+pub fn has_dot_segment(path: &str) -> bool {
+    if !path.contains(['.', '%', '\\']) {
+        return false;
+    }
+    // `..;x` counts too: servlet containers drop path parameters before normalising.
+    let dotted = |p: &str| {
+        p.split(['/', '\\']).any(|seg| {
+            let seg = seg.split(';').next().unwrap_or(seg);
+            seg == "." || seg == ".."
+        })
+    };
+    if !path.contains('%') {
+        return dotted(path);
+    }
+    let mut decoded = String::with_capacity(path.len());
+    let mut rest = path;
+    while let Some(i) = rest.find('%') {
+        decoded.push_str(&rest[..i]);
+        let code = rest.get(i + 1..i + 3).map(|h| h.to_ascii_lowercase());
+        match code.as_deref() {
+            Some("2e") => decoded.push('.'),
+            Some("2f") => decoded.push('/'),
+            Some("5c") => decoded.push('\\'),
+            _ => {
+                decoded.push('%');
+                rest = &rest[i + 1..];
+                continue;
+            }
+        }
+        rest = &rest[i + 3..];
+    }
+    decoded.push_str(rest);
+    dotted(&decoded)
+}
+
+/// Whether `path` is `prefix` or below it (segment-aligned, no allocation).
+pub fn is_under(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// [`is_under`], ASCII letters compared without case.
+pub fn is_under_ignore_case(path: &str, prefix: &str) -> bool {
+    path.len() >= prefix.len()
+        && path.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+        && path.as_bytes().get(prefix.len()).is_none_or(|&b| b == b'/')
 }
 
 #[cfg(test)]

@@ -1,0 +1,107 @@
+//! `[[routes]]`: the upstreams the gate proxies to, by path prefix, and the checks that keep
+//! a route from shadowing the gate's own paths or being spelt two ways.
+
+use serde::{Deserialize, Serialize};
+
+use crate::paths::{canonical_path, is_reserved_path};
+use crate::validate::{ConfigError, bad};
+
+/// Minimum role for a proxied route, in order from loosest to strictest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteRole {
+    /// No sign-in needed.
+    Public,
+    Guest,
+    User,
+    Admin,
+}
+
+/// `[[routes]]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub prefix: String,
+    /// `http://host:port[/base]`
+    pub upstream: String,
+    #[serde(default = "default_min_role")]
+    pub min_role: RouteRole,
+    #[serde(default = "default_rate_class")]
+    pub rate_class: crate::ratelimit::RateClass,
+    #[serde(default)]
+    pub requires_vpn: bool,
+    #[serde(default)]
+    pub strip_prefix: bool,
+    #[serde(default = "default_route_timeout")]
+    pub timeout_secs: u64,
+    /// Content-Security-Policy for this route's responses (default: the upstream's, else the gate's).
+    #[serde(default)]
+    pub csp: Option<String>,
+    /// Accept a signed stream URL instead of a session.
+    #[serde(default)]
+    pub stream_keys: bool,
+    /// Forward the client's `Authorization` header and the gate's cookies to the upstream.
+    #[serde(default)]
+    pub forward_credentials: bool,
+}
+
+impl RouteRole {
+    /// The name used in config files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteRole::Public => "public",
+            RouteRole::Guest => "guest",
+            RouteRole::User => "user",
+            RouteRole::Admin => "admin",
+        }
+    }
+}
+
+fn default_min_role() -> RouteRole {
+    RouteRole::User
+}
+
+fn default_rate_class() -> crate::ratelimit::RateClass {
+    crate::ratelimit::RateClass::Api
+}
+
+fn default_route_timeout() -> u64 {
+    30
+}
+
+/// Checks every route; keys are `routes[i]`.
+pub fn validate(routes: &[RouteConfig]) -> Result<(), ConfigError> {
+    let mut prefixes = std::collections::HashSet::new();
+    for (i, r) in routes.iter().enumerate() {
+        let key = format!("routes[{i}]");
+        if !r.prefix.starts_with('/') || r.prefix.contains(['?', '#', ' ', '\\']) || r.prefix.contains("..") {
+            return bad(key, format!("prefix `{}` must be an absolute path", r.prefix));
+        }
+        if canonical_path(&r.prefix).is_none_or(|c| c != r.prefix) {
+            return bad(
+                key,
+                format!(
+                    "prefix `{}` must be a canonical path (no %-encoded letters, digits or -._~, no //, no ;)",
+                    r.prefix
+                ),
+            );
+        }
+        if r.prefix == "/" || is_reserved_path(&r.prefix) || is_reserved_path(r.prefix.trim_end_matches('/')) {
+            return bad(key, format!("prefix `{}` would shadow the gate's own paths", r.prefix));
+        }
+        if !prefixes.insert(r.prefix.trim_end_matches('/').to_string()) {
+            return bad(key, format!("prefix `{}` is configured twice", r.prefix));
+        }
+        match r.upstream.parse::<http::Uri>() {
+            Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() && u.query().is_none() => {}
+            _ => return bad(key, format!("upstream `{}` must be an http://host:port URL", r.upstream)),
+        }
+        if !(1..=3600).contains(&r.timeout_secs) {
+            return bad(key, "timeout_secs must be between 1 and 3600");
+        }
+        if r.stream_keys && r.min_role == RouteRole::Public {
+            return bad(key, "stream_keys makes no sense on a public route");
+        }
+    }
+    Ok(())
+}
