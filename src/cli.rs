@@ -483,7 +483,7 @@ impl PayloadSink {
 
 async fn run_admin(config: &Config, req: &Request, out: Option<&PathBuf>) -> anyhow::Result<(serde_json::Value, bool)> {
     use tokio::io::AsyncReadExt;
-    let sock = config.data_dir.join(crate::admin::SOCKET);
+    let sock = config.admin_socket_path();
     if let Some((resp, mut reader)) = crate::admin::socket::send(&sock, req).await? {
         if !resp.ok {
             anyhow::bail!("{}", resp.error.unwrap_or_else(|| "the command failed".into()));
@@ -506,7 +506,7 @@ async fn run_admin(config: &Config, req: &Request, out: Option<&PathBuf>) -> any
         return Ok((resp.data, true));
     }
     // No gate answers: open the data file directly and run the same command.
-    let core = crate::admin::AdminCore::open_offline(config.clone()).await?;
+    let core = crate::core::Core::open(config.clone(), crate::core::Opening::Offline).await?;
     let result = crate::admin::execute(&core, req, crate::admin::socket::own_uid()).await;
     let outcome = match result {
         Err(e) => Err(anyhow::anyhow!("{e}")),

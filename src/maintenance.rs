@@ -104,7 +104,7 @@ pub async fn retire(
 /// verifies. The gate must be stopped. Returns where the replaced file was kept.
 pub async fn restore(config: &Config, from: &std::path::Path) -> anyhow::Result<Option<std::path::PathBuf>> {
     let store_path = config.store_path();
-    let sock = config.data_dir.join(crate::admin::SOCKET);
+    let sock = config.admin_socket_path();
     if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
         anyhow::bail!("the gate is running; stop it first (restore replaces its data file)");
     }
@@ -127,7 +127,7 @@ pub async fn restore(config: &Config, from: &std::path::Path) -> anyhow::Result<
             key_path.display()
         );
     }
-    crate::server::prepare_data_dir(config)?;
+    crate::core::prepare_data_dir(config)?;
     // Root may run this in a directory the service user owns: no entry is followed.
     use crate::store::files;
     for path in [&store_path, &key_path] {

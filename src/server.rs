@@ -2,7 +2,7 @@
 //! then drains in-flight requests, flushes the writer and closes the store.
 
 use std::net::SocketAddr;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,7 +12,8 @@ use poem::listener::TcpAcceptor;
 use crate::audit::Audit;
 use crate::auth::setup::{SetupState, ensure_setup_token};
 use crate::config::{Config, TlsMode};
-use crate::crypto::{Keyring, MasterKey, PasswordHasher};
+use crate::core::{Core, Opening};
+use crate::crypto::Keyring;
 use crate::http::{AppState, build_app};
 use crate::store::Store;
 use crate::tls::self_signed::{self, CertSlot};
@@ -85,61 +86,14 @@ async fn open_tls(config: &Config, store: &Store, keyring: &Arc<Keyring>, audit:
     Ok((Some(tls), status, Some(parts)))
 }
 
-/// Creates the data directory with mode 0700 (or warns when an existing one is looser).
-pub fn prepare_data_dir(config: &Config) -> anyhow::Result<()> {
-    let dir = &config.data_dir;
-    if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("cannot create data directory {}", dir.display()))?;
-    } else if !dir.is_dir() {
-        anyhow::bail!("data directory {} is not a directory", dir.display());
-    } else if let Ok(meta) = std::fs::metadata(dir)
-        && meta.permissions().mode() & 0o077 != 0
-    {
-        tracing::warn!(path = %dir.display(), mode = format!("{:04o}", meta.permissions().mode() & 0o777), "data directory is accessible by group or others; chmod 700 it");
-    }
-    Ok(())
-}
-
-/// Opens the data dir, master key, store, keyring, certificate and setup token.
+/// Opens the core, the certificate and the setup token, and builds the HTTP state.
 pub async fn open(config: Config) -> anyhow::Result<Opened> {
-    prepare_data_dir(&config)?;
-    let key_path = config.master_key_path();
-    let store_path = config.store_path();
-    // A new key beside existing data would only lock that data away.
-    if !key_path.exists() && std::fs::metadata(&store_path).map(|m| m.len() > 0).unwrap_or(false) {
-        anyhow::bail!(
-            "master key file {} is missing but data file {} exists; restore the master key that belongs to it",
-            key_path.display(),
-            store_path.display()
-        );
-    }
-    let master = MasterKey::load_or_create(&key_path)?;
-    let store = Store::open(&store_path)?;
-    let keyring = Arc::new(Keyring::load_or_init(&store, &master).await?);
-    drop(master);
-    let hasher = PasswordHasher::new(&config.password)?;
-
-    let audit = crate::audit::Audit::new(store.clone(), Arc::new(crate::monitor::Monitor::new()));
-    crate::monitor::prometheus();
-    audit.publish_length();
-    let (tls, tls_status, acme) = open_tls(&config, &store, &keyring, &audit).await?;
-    note_config_change(&store, &audit, &config).await?;
-    let auth = crate::auth::AuthService::open(
-        store.clone(),
-        keyring.clone(),
-        hasher.clone(),
-        config.auth.clone(),
-        config.lockout.clone(),
-        config.setup_token_path(),
-        audit,
-    )
-    .await
-    .context("loading the auth service")?;
-    match ensure_setup_token(!auth.setup_required(), &config.setup_token_path())? {
+    let core = Core::open(config, Opening::Serve).await?;
+    let config = core.config.clone();
+    let audit = core.audit.clone();
+    let (tls, tls_status, acme) = open_tls(&config, &core.store, &core.keyring, &audit).await?;
+    note_config_change(&core.store, &audit, &config).await?;
+    match ensure_setup_token(!core.auth.setup_required(), &config.setup_token_path())? {
         SetupState::Pending => {
             let scheme = if tls.is_some() { "https" } else { "http" };
             tracing::warn!(
@@ -156,29 +110,22 @@ pub async fn open(config: Config) -> anyhow::Result<Opened> {
         None => None,
     };
     let limits = Arc::new(crate::ratelimit::RateLimits::new(&config.rate_limits));
-    let vpn = crate::vpn::Vpn::start(&config.vpn, store.clone(), keyring.clone(), auth.audit().clone()).await;
-    let config_routes = config.routes.clone();
-    let max_upstream = config.http.max_upstream_requests;
+    let vpn = core.vpn.clone().context("a serving core runs the VPN supervisor")?;
     let tunnels = crate::http::tunnel::Tunnels::new(
         config.http.max_tunnels,
         config.http.max_tunnels_per_address,
         std::time::Duration::from_secs(config.http.tunnel_idle_timeout_secs),
     );
     let state = Arc::new(AppState {
-        config: Arc::new(config),
-        store,
-        keyring,
-        hasher,
-        auth: Arc::new(auth),
+        core,
         limits,
-        proxy: Arc::new(crate::http::proxy::Proxy::new(&config_routes, max_upstream, tunnels)),
-        vpn: Arc::new(vpn),
+        proxy: Arc::new(crate::http::proxy::Proxy::new(&config.routes, config.http.max_upstream_requests, tunnels)),
+        vpn,
         started: Instant::now(),
         tls: tls_status,
         metrics_token,
     });
     // A full chain check in the background, so the dashboard has a status from the start.
-    let audit = state.auth.audit().clone();
     tokio::task::spawn_blocking(move || {
         if let Ok(r) = audit.verify() {
             tracing::info!(ok = r.ok, records = r.checked, "audit chain verified");
@@ -268,30 +215,25 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     // Idle rate-limit keys are evicted so memory stays bounded.
     let limits = state.limits.clone();
-    let evictor = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(60));
-        loop {
-            tick.tick().await;
-            limits.evict_idle();
-        }
+    state.core.every("rate-limit eviction", Duration::from_secs(60), move || {
+        limits.evict_idle();
+        std::future::ready(())
     });
     // Audit retention, at startup and then every `prune_interval_secs`.
-    let pruner = {
-        let audit = state.auth.audit().clone();
-        let cfg = config.audit.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(cfg.prune_interval_secs));
-            loop {
-                tick.tick().await;
-                if let Err(e) = audit.prune(cfg.retention_days, cfg.max_events).await {
-                    tracing::error!(error = %e, "audit retention failed");
-                }
+    let audit = state.core.audit.clone();
+    let cfg = config.audit.clone();
+    state.core.every("audit retention", Duration::from_secs(cfg.prune_interval_secs), move || {
+        let audit = audit.clone();
+        async move {
+            if let Err(e) = audit.prune(cfg.retention_days, cfg.max_events).await {
+                tracing::error!(error = %e, "audit retention failed");
             }
-        })
-    };
+        }
+    });
     // Admin commands from the CLI (root and the service user only).
-    let admin_path = config.data_dir.join(crate::admin::SOCKET);
-    let admin = crate::admin::socket::serve(crate::admin::AdminCore::from_state(&state), admin_path.clone())?;
+    let admin_path = config.admin_socket_path();
+    let admin = crate::admin::socket::bind(state.core.clone(), admin_path.clone())?;
+    state.core.spawn("admin socket", admin);
     let grace = Some(Duration::from_secs(config.http.shutdown_grace_secs));
     let idle = Duration::from_secs(config.http.idle_timeout_secs);
     let app = build_app(state.clone());
@@ -343,11 +285,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(r) = redirect {
         let _ = r.await;
     }
-    evictor.abort();
-    pruner.abort();
-    admin.abort();
+    state.core.shutdown().await;
     let _ = std::fs::remove_file(&admin_path);
-    state.store.close().await;
     tracing::info!("stopped cleanly");
     match main_result {
         Ok(Ok(())) => Ok(()),

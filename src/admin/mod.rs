@@ -10,7 +10,6 @@ pub mod socket;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -18,13 +17,10 @@ use zeroize::Zeroizing;
 
 use crate::audit::ClientInfo;
 use crate::auth::UserPatch;
-use crate::auth::{AuthError, AuthService, Principal, Role, UserView};
-use crate::config::Config;
-use crate::crypto::{Keyring, MasterKey, PasswordHasher};
-use crate::store::{Store, StoreError};
+use crate::auth::{AuthError, Principal, Role, UserView};
+use crate::core::Core;
+use crate::crypto::MasterKey;
 
-/// Socket file name in the data directory.
-pub const SOCKET: &str = "admin.sock";
 /// Largest request line accepted.
 pub const MAX_REQUEST: usize = 64 * 1024;
 
@@ -65,60 +61,6 @@ pub struct Response {
 /// the caller and then deleted.
 pub enum Payload {
     TempFile(PathBuf),
-}
-
-/// What the commands need: the gate's own state, or the same opened by the CLI.
-#[derive(Clone)]
-pub struct AdminCore {
-    pub config: Arc<Config>,
-    pub store: Store,
-    pub keyring: Arc<Keyring>,
-    pub auth: Arc<AuthService>,
-    /// The running supervisor; `None` when the CLI works on the store itself.
-    pub vpn: Option<Arc<dyn crate::vpn::VpnStatus>>,
-}
-
-impl AdminCore {
-    pub fn from_state(state: &crate::http::AppState) -> AdminCore {
-        AdminCore {
-            config: state.config.clone(),
-            store: state.store.clone(),
-            keyring: state.keyring.clone(),
-            auth: state.auth.clone(),
-            vpn: Some(state.vpn.clone()),
-        }
-    }
-
-    /// Opens the store directly (no gate running): store, keyring, audit log, auth.
-    pub async fn open_offline(config: Config) -> anyhow::Result<AdminCore> {
-        let store_path = config.store_path();
-        if !store_path.exists() {
-            anyhow::bail!("no data file at {}; start the gate once first", store_path.display());
-        }
-        let master = MasterKey::load(&config.master_key_path())?;
-        let store = Store::open(&store_path).map_err(|e| match e {
-            StoreError::Locked(p) => anyhow::anyhow!(
-                "data file {} is in use but the admin socket does not answer; is the gate starting or stopping?",
-                p.display()
-            ),
-            other => other.into(),
-        })?;
-        let keyring = Arc::new(Keyring::load_or_init(&store, &master).await?);
-        drop(master);
-        let hasher = PasswordHasher::new(&config.password)?;
-        let audit = crate::audit::Audit::new(store.clone(), Default::default());
-        let auth = AuthService::open(
-            store.clone(),
-            keyring.clone(),
-            hasher,
-            config.auth.clone(),
-            config.lockout.clone(),
-            config.setup_token_path(),
-            audit,
-        )
-        .await?;
-        Ok(AdminCore { config: Arc::new(config), store, keyring, auth: Arc::new(auth), vpn: None })
-    }
 }
 
 fn cli_principal() -> Principal {
@@ -176,12 +118,12 @@ fn secret(req: &Request, what: &str) -> Result<Zeroizing<String>, String> {
 }
 
 /// A fresh file name in the data directory for a payload that is streamed, then deleted.
-fn temp_path(core: &AdminCore, what: &str, ext: &str) -> PathBuf {
+fn temp_path(core: &Core, what: &str, ext: &str) -> PathBuf {
     core.config.data_dir.join(format!(".{what}-{}.{ext}", hex::encode(crate::crypto::id_bytes::<6>())))
 }
 
 /// Runs one command. `uid` is the caller's (for the audit trail).
-pub async fn execute(core: &AdminCore, req: &Request, uid: u32) -> Result<(Value, Option<Payload>), String> {
+pub async fn execute(core: &Core, req: &Request, uid: u32) -> Result<(Value, Option<Payload>), String> {
     let client = ClientInfo {
         ip: "local".into(),
         user_agent: format!("miauflix-gate cli (uid {uid})"),

@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use super::{AdminCore, MAX_REQUEST, Payload, Request, Response, execute};
+use super::{MAX_REQUEST, Payload, Request, Response, execute};
 use crate::audit::{ClientInfo, EventKind, SecurityEvent, Severity};
+use crate::core::Core;
 
 /// The effective uid of this process (the owner of `/proc/self`).
 pub fn own_uid() -> u32 {
@@ -19,8 +20,9 @@ pub fn authorized(peer_uid: u32, gate_uid: u32) -> bool {
     peer_uid == 0 || peer_uid == gate_uid
 }
 
-/// Binds `<data>/admin.sock` (0600) and serves commands until the task is aborted.
-pub fn serve(core: AdminCore, path: PathBuf) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+/// Binds `<data>/admin.sock` (0600); the future it returns serves commands until dropped
+/// (the core stops it at shutdown).
+pub fn bind(core: Core, path: PathBuf) -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(&path).is_ok() {
             anyhow::bail!("another gate already answers on {}", path.display());
@@ -32,7 +34,7 @@ pub fn serve(core: AdminCore, path: PathBuf) -> anyhow::Result<tokio::task::Join
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     let gate_uid = own_uid();
     tracing::info!(path = %path.display(), "admin socket ready (root and the service user only)");
-    Ok(tokio::spawn(async move {
+    Ok(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
             let core = core.clone();
@@ -42,7 +44,7 @@ pub fn serve(core: AdminCore, path: PathBuf) -> anyhow::Result<tokio::task::Join
                 }
             });
         }
-    }))
+    })
 }
 
 async fn respond(stream: &mut UnixStream, resp: &Response) -> std::io::Result<()> {
@@ -51,7 +53,7 @@ async fn respond(stream: &mut UnixStream, resp: &Response) -> std::io::Result<()
     stream.write_all(&line).await
 }
 
-async fn handle(core: AdminCore, mut stream: UnixStream, gate_uid: u32) -> std::io::Result<()> {
+async fn handle(core: Core, mut stream: UnixStream, gate_uid: u32) -> std::io::Result<()> {
     let uid = stream.peer_cred()?.uid();
     if !authorized(uid, gate_uid) {
         let client =

@@ -257,6 +257,11 @@ impl Config {
         self.data_dir.join("gate.redb")
     }
 
+    /// The admin socket the CLI talks to a running gate over.
+    pub fn admin_socket_path(&self) -> PathBuf {
+        self.data_dir.join("admin.sock")
+    }
+
     /// The one-time setup token file.
     pub fn setup_token_path(&self) -> PathBuf {
         self.data_dir.join("setup-token")

@@ -21,26 +21,29 @@ use poem::web::{Html, Redirect};
 use poem::{Endpoint, EndpointExt, Route, get, handler};
 use poem_openapi::OpenApiService;
 
-use crate::auth::AuthService;
-use crate::config::Config;
-use crate::crypto::{Keyring, PasswordHasher};
-use crate::store::Store;
+use crate::core::Core;
 
 /// What every endpoint may reach.
+/// The [`Core`] (config, store, keyring, audit, auth; reached through `Deref`) plus what
+/// only the listeners need.
 pub struct AppState {
-    pub config: Arc<Config>,
-    pub store: Store,
-    pub keyring: Arc<Keyring>,
-    pub hasher: PasswordHasher,
-    pub auth: Arc<AuthService>,
+    pub core: Core,
     pub limits: Arc<crate::ratelimit::RateLimits>,
     pub proxy: Arc<proxy::Proxy>,
+    /// The core's VPN supervisor, which a serving core always has.
     pub vpn: Arc<dyn crate::vpn::VpnStatus>,
     pub started: Instant,
     /// What the main listener serves (mode, certificate, renewal state).
     pub tls: Arc<crate::tls::status::TlsStatus>,
     /// Bearer token a Prometheus scraper may present at `/metrics`.
     pub metrics_token: Option<zeroize::Zeroizing<String>>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.core
+    }
 }
 
 /// The OpenAPI service with every documented endpoint.
