@@ -6,6 +6,7 @@ use anyhow::Context;
 use crate::audit::{ClientInfo, EventKind, SecurityEvent, Severity};
 use crate::auth::tokens::SigningKeys;
 use crate::config::Config;
+use crate::crypto::sealed;
 use crate::crypto::{Keyring, MasterKey};
 use crate::store::{Store, StoreError};
 
@@ -57,14 +58,14 @@ pub fn sealed_values(store: &Store) -> anyhow::Result<Vec<(String, u32)>> {
     if let Some(id) = crate::tls::self_signed::sealed_key_id(store)? {
         out.push(("self-signed TLS key".into(), id));
     }
-    if let Some(id) = crate::vpn::sealed_key_id(store)? {
+    if let Some(id) = sealed::record_key_id(store, &crate::vpn::SECRET)? {
         out.push(("VPN private key".into(), id));
     }
-    if let Some(sealed) = crate::auth::stream_keys::sealed(store)? {
-        out.push(("stream-URL key".into(), Keyring::key_id_of(&sealed)?));
+    if let Some(id) = sealed::record_key_id(store, &crate::auth::stream_keys::SECRET)? {
+        out.push(("stream-URL key".into(), id));
     }
-    for (name, sealed) in crate::tls::acme::sealed_entries(store)? {
-        out.push((name, Keyring::key_id_of(&sealed)?));
+    for (name, envelope) in crate::tls::acme::sealed_entries(store)? {
+        out.push((name, Keyring::key_id_of(&envelope)?));
     }
     Ok(out)
 }

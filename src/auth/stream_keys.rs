@@ -3,19 +3,20 @@
 //! made with a secret kept in the store (sealed by the keyring). Verification needs no store
 //! read; the session is then checked against the live view like any access token.
 
-use aws_lc_rs::hmac;
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use zeroize::Zeroizing;
 
-use crate::crypto::{FieldContext, Keyring};
+use crate::crypto::Keyring;
+use crate::crypto::sealed::Secret;
+use crate::crypto::sign::HmacKey;
 use crate::store::{Store, StoreError};
 
 const RECORD: &str = "stream.hmac_key";
 
 /// The HMAC key for stream URLs.
 pub struct StreamKeys {
-    key: hmac::Key,
+    key: HmacKey,
 }
 
 /// A verified key's claims.
@@ -30,50 +31,38 @@ fn message(user_id: &str, session_id: &str, prefix: &str, expires_at: i64) -> Ve
     format!("miauflix-stream-v1\n{user_id}\n{session_id}\n{prefix}\n{expires_at}").into_bytes()
 }
 
-fn key_ctx() -> FieldContext<'static> {
-    FieldContext::new("secrets", "stream_hmac_key", RECORD)
-}
+/// Where the HMAC secret is sealed.
+pub const SECRET: Secret<'static> = Secret::new("stream_hmac_key", RECORD);
 
 /// The sealed HMAC secret as stored, if there is one.
 pub fn sealed(store: &Store) -> Result<Option<Vec<u8>>, StoreError> {
-    store.get_secret(RECORD)?.map(|b| B64.decode(&b).map_err(|e| StoreError::Codec(e.to_string()))).transpose()
+    Ok(crate::crypto::sealed::stored_envelope(store, &SECRET)?)
 }
 
 /// Re-seals the HMAC secret with the active data key (key rotation); `true` if there was one.
 /// Stream URLs already handed out stay valid: the secret itself does not change.
 pub async fn reencrypt(store: &Store, keyring: &Keyring) -> Result<bool, StoreError> {
-    let Some(sealed) = sealed(store)? else { return Ok(false) };
-    let codec = |e: crate::crypto::CryptoError| StoreError::Codec(e.to_string());
-    let secret = keyring.decrypt(&key_ctx(), &sealed).map_err(codec)?;
-    let resealed = keyring.encrypt(&key_ctx(), &secret).map_err(codec)?;
-    store.put_secret(RECORD, B64.encode(resealed).into_bytes()).await?;
-    Ok(true)
+    Ok(crate::crypto::sealed::reseal_record(store, keyring, &SECRET).await?)
 }
 
 impl StreamKeys {
     /// Loads the secret, making it on first use.
     pub async fn load_or_init(store: &Store, keyring: &Keyring) -> Result<StreamKeys, StoreError> {
-        let ctx = key_ctx();
-        let stored = store.get_secret(RECORD)?;
-        let secret: Zeroizing<Vec<u8>> = match stored {
-            Some(sealed) => {
-                let sealed = B64.decode(&sealed).map_err(|e| StoreError::Codec(e.to_string()))?;
-                keyring.decrypt(&ctx, &sealed).map_err(|e| StoreError::Codec(e.to_string()))?
-            }
+        let secret: Zeroizing<Vec<u8>> = match crate::crypto::sealed::get(store, keyring, &SECRET)? {
+            Some(secret) => secret,
             None => {
                 let secret = Zeroizing::new(crate::crypto::random_bytes::<32>().to_vec());
-                let sealed = B64.encode(keyring.encrypt(&ctx, &secret).map_err(|e| StoreError::Codec(e.to_string()))?);
-                store.put_secret(RECORD, sealed.into_bytes()).await?;
+                crate::crypto::sealed::put(store, keyring, &SECRET, &secret).await?;
                 secret
             }
         };
-        Ok(StreamKeys { key: hmac::Key::new(hmac::HMAC_SHA256, &secret) })
+        Ok(StreamKeys { key: HmacKey::sha256(&secret) })
     }
 
     /// A key for `prefix` until `expires_at`.
     pub fn sign(&self, user_id: &str, session_id: &str, prefix: &str, expires_at: i64) -> String {
-        let tag = hmac::sign(&self.key, &message(user_id, session_id, prefix, expires_at));
-        format!("{session_id}.{expires_at}.{}.{}", B64URL.encode(prefix), B64URL.encode(tag.as_ref()))
+        let tag = self.key.sign(&message(user_id, session_id, prefix, expires_at));
+        format!("{session_id}.{expires_at}.{}.{}", B64URL.encode(prefix), B64URL.encode(&tag))
     }
 
     /// Parses a key without trusting it; [`StreamKeys::verify`] checks it.
@@ -96,7 +85,9 @@ impl StreamKeys {
     pub fn verify(&self, token: &str, user_id: &str, path: &str, now: i64) -> Option<StreamClaims> {
         let claims = Self::parse(token)?;
         let tag = B64URL.decode(token.rsplit('.').next()?).ok()?;
-        hmac::verify(&self.key, &message(user_id, &claims.session_id, &claims.prefix, claims.expires_at), &tag).ok()?;
+        if !self.key.verify(&message(user_id, &claims.session_id, &claims.prefix, claims.expires_at), &tag) {
+            return None;
+        }
         if claims.expires_at <= now {
             return None;
         }

@@ -4,13 +4,13 @@
 
 use std::sync::RwLock;
 
-use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::{FieldContext, Keyring};
+use crate::crypto::Keyring;
+use crate::crypto::sealed::{self, Secret};
 use crate::store::{Store, StoreError};
 
 const RECORD: &str = "jwt.signing_keys";
@@ -84,13 +84,14 @@ pub struct SigningKeys {
     access_ttl: i64,
 }
 
-fn seal_ctx(kid: &str) -> FieldContext<'_> {
-    FieldContext::new("secrets", "jwt_private_key", kid)
+/// Where a signing key's private half is sealed (a field of the key list's entry `kid`).
+fn secret(kid: &str) -> Secret<'_> {
+    Secret::new("jwt_private_key", kid)
 }
 
 fn load_key(rec: &StoredKey, keyring: &Keyring) -> Result<LoadedKey, KeyError> {
-    let sealed = B64.decode(&rec.private_sealed).map_err(|e| KeyError::Keys(e.to_string()))?;
-    let pkcs8 = keyring.decrypt(&seal_ctx(&rec.kid), &sealed).map_err(|e| KeyError::Keys(e.to_string()))?;
+    let pkcs8 =
+        sealed::open(keyring, &secret(&rec.kid), &rec.private_sealed).map_err(|e| KeyError::Keys(e.to_string()))?;
     let public = B64.decode(&rec.public).map_err(|e| KeyError::Keys(e.to_string()))?;
     Ok(LoadedKey {
         kid: rec.kid.clone(),
@@ -102,18 +103,11 @@ fn load_key(rec: &StoredKey, keyring: &Keyring) -> Result<LoadedKey, KeyError> {
 }
 
 fn new_key(keyring: &Keyring, now: i64) -> Result<StoredKey, KeyError> {
-    let rng = aws_lc_rs::rand::SystemRandom::new();
-    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| KeyError::Keys("key generation failed".into()))?;
-    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| KeyError::Keys("key parse failed".into()))?;
+    let (pkcs8, public) = crate::crypto::sign::ed25519_generate().map_err(|e| KeyError::Keys(e.to_string()))?;
     let kid = hex::encode(crate::crypto::random_bytes::<8>());
-    let sealed = keyring.encrypt(&seal_ctx(&kid), pkcs8.as_ref()).map_err(|e| KeyError::Keys(e.to_string()))?;
-    Ok(StoredKey {
-        kid,
-        created_at: now,
-        retired_at: None,
-        public: B64.encode(pair.public_key().as_ref()),
-        private_sealed: B64.encode(sealed),
-    })
+    let private_sealed =
+        sealed::seal(keyring, &secret(&kid), pkcs8.as_ref()).map_err(|e| KeyError::Keys(e.to_string()))?;
+    Ok(StoredKey { kid, created_at: now, retired_at: None, public: B64.encode(public), private_sealed })
 }
 
 fn read_stored(store: &Store) -> Result<Vec<StoredKey>, KeyError> {
@@ -188,10 +182,8 @@ impl SigningKeys {
     pub async fn reencrypt(store: &Store, keyring: &Keyring) -> Result<usize, KeyError> {
         let mut stored = read_stored(store)?;
         for k in stored.iter_mut() {
-            let sealed = B64.decode(&k.private_sealed).map_err(|e| KeyError::Keys(e.to_string()))?;
-            let plain = keyring.decrypt(&seal_ctx(&k.kid), &sealed).map_err(|e| KeyError::Keys(e.to_string()))?;
-            let resealed = keyring.encrypt(&seal_ctx(&k.kid), &plain).map_err(|e| KeyError::Keys(e.to_string()))?;
-            k.private_sealed = B64.encode(resealed);
+            k.private_sealed = sealed::reseal(keyring, &secret(&k.kid), &k.private_sealed)
+                .map_err(|e| KeyError::Keys(e.to_string()))?;
         }
         let n = stored.len();
         write_stored(store, stored).await?;
@@ -203,8 +195,8 @@ impl SigningKeys {
         read_stored(store)?
             .iter()
             .map(|k| {
-                let sealed = B64.decode(&k.private_sealed).map_err(|e| KeyError::Keys(e.to_string()))?;
-                let id = Keyring::key_id_of(&sealed).map_err(|e| KeyError::Keys(e.to_string()))?;
+                let id =
+                    sealed::key_id(&secret(&k.kid), &k.private_sealed).map_err(|e| KeyError::Keys(e.to_string()))?;
                 Ok((k.kid.clone(), id))
             })
             .collect()

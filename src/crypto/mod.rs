@@ -5,6 +5,8 @@
 pub mod keyring;
 pub mod master_key;
 pub mod password;
+pub mod sealed;
+pub mod sign;
 
 pub use keyring::{FieldContext, Keyring};
 pub use master_key::MasterKey;
@@ -29,6 +31,8 @@ pub enum CryptoError {
     Hash(String),
     #[error("{0}")]
     MasterKey(String),
+    #[error("key generation failed")]
+    KeyGeneration,
 }
 
 /// `n` bytes from the operating system's CSPRNG.
@@ -50,6 +54,12 @@ pub fn id_bytes<const N: usize>() -> [u8; N] {
 pub fn random_token<const N: usize>() -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<N>())
+}
+
+/// A uniformly drawn index below `n` (not for secrets), e.g. a first server to try.
+pub fn random_index(n: usize) -> usize {
+    use rand::Rng;
+    if n == 0 { 0 } else { rand::thread_rng().gen_range(0..n) }
 }
 
 /// Compares two byte strings in time independent of where they differ.

@@ -580,11 +580,9 @@ fn websocket_accepted(headers: &HeaderMap, key: &HeaderValue) -> bool {
     if !only(headers, &header::UPGRADE).is_some_and(|u| u.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket")) {
         return false;
     }
-    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY);
-    ctx.update(key.as_bytes().trim_ascii());
-    ctx.update(GUID);
+    let digest = crate::crypto::sign::sha1_legacy(&[key.as_bytes().trim_ascii(), GUID]);
     let mut want = [0u8; 28];
-    let n = base64::engine::general_purpose::STANDARD.encode_slice(ctx.finish().as_ref(), &mut want).unwrap_or(0);
+    let n = base64::engine::general_purpose::STANDARD.encode_slice(digest, &mut want).unwrap_or(0);
     only(headers, &header::SEC_WEBSOCKET_ACCEPT).is_some_and(|a| a.as_bytes().trim_ascii() == &want[..n])
 }
 

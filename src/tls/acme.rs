@@ -5,8 +5,6 @@
 
 use std::sync::Arc;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
 use futures_util::StreamExt;
 use rustls::sign::CertifiedKey;
 use rustls_acme::{AccountCache, CertCache};
@@ -18,7 +16,8 @@ use super::self_signed::CertSlot;
 use super::status::{CertFacts, TlsStatus};
 use crate::audit::Audit;
 use crate::audit::{ClientInfo, EventKind, SecurityEvent, Severity};
-use crate::crypto::{FieldContext, Keyring};
+use crate::crypto::Keyring;
+use crate::crypto::sealed::{self, Secret};
 use crate::store::{Store, StoreError};
 
 /// What the listeners need from ACME: the challenge-aware resolver (for HTTP-01 answers)
@@ -46,8 +45,10 @@ pub fn parse_bundle(pem: &[u8]) -> Result<(Arc<CertifiedKey>, CertFacts), String
     super::certified_from_pem(pem, pem, "the bundle", "the bundle")
 }
 
-fn key_ctx(name: &str) -> FieldContext<'_> {
-    FieldContext::new("secrets", "private_key", name)
+/// Where a cached record's private key is sealed: a field of a certificate record, or an
+/// account record's whole value (raw, as earlier versions wrote it).
+fn secret(name: &str) -> Secret<'_> {
+    if name.starts_with("acme.account.") { Secret::raw("private_key", name) } else { Secret::new("private_key", name) }
 }
 
 /// Caches rustls-acme's certificate bundle (private key PEM first, then the chain) with the
@@ -63,8 +64,8 @@ pub async fn store_cert_bundle(
     let text = std::str::from_utf8(cert).map_err(|e| e.to_string())?;
     let chain_start = text.find("-----BEGIN CERTIFICATE-----").ok_or("no certificate in the bundle")?;
     let (key_pem, chain_pem) = text.split_at(chain_start);
-    let sealed = keyring.encrypt(&key_ctx(&name), key_pem.as_bytes()).map_err(|e| e.to_string())?;
-    let rec = StoredCert { chain_pem: chain_pem.to_string(), key_sealed: B64.encode(sealed) };
+    let key_sealed = sealed::seal(keyring, &secret(&name), key_pem.as_bytes()).map_err(|e| e.to_string())?;
+    let rec = StoredCert { chain_pem: chain_pem.to_string(), key_sealed };
     let bytes = serde_json::to_vec(&rec).map_err(|e| e.to_string())?;
     store.put_secret(name, bytes).await.map_err(|e| e.to_string())
 }
@@ -78,55 +79,56 @@ pub async fn store_account_key(
     account: &[u8],
 ) -> Result<(), String> {
     let name = record_name("account", contact, directory_url);
-    let sealed = keyring.encrypt(&key_ctx(&name), account).map_err(|e| e.to_string())?;
-    store.put_secret(name, sealed).await.map_err(|e| e.to_string())
+    sealed::put(store, keyring, &secret(&name), account).await.map_err(|e| e.to_string())
 }
 
-/// Every cached ACME record: (name, its sealed key blob).
-pub fn sealed_entries(store: &Store) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-    let rows = store.read(|txn| {
+/// The names of every cached ACME record.
+fn record_names(store: &Store) -> Result<Vec<String>, StoreError> {
+    store.read(|txn| {
         let t = txn.open_table(crate::store::tables::SECRETS)?;
-        let mut rows = Vec::new();
+        let mut names = Vec::new();
         for row in t.range("acme."..)? {
-            let (k, v) = row?;
+            let (k, _) = row?;
             if !k.value().starts_with("acme.") {
                 break;
             }
-            rows.push((k.value().to_string(), v.value().to_vec()));
+            names.push(k.value().to_string());
         }
-        Ok(rows)
-    })?;
-    let codec = |e: String| StoreError::Codec(e);
+        Ok(names)
+    })
+}
+
+/// Every cached ACME record: (name, its sealed key's envelope).
+pub fn sealed_entries(store: &Store) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
     let mut out = Vec::new();
-    for (name, bytes) in rows {
+    for name in record_names(store)? {
         if name.starts_with("acme.cert.") {
+            let Some(bytes) = store.get_secret(&name)? else { continue };
             let rec: StoredCert = serde_json::from_slice(&bytes)?;
-            out.push((name, B64.decode(&rec.key_sealed).map_err(|e| codec(e.to_string()))?));
-        } else if name.starts_with("acme.account.") {
-            out.push((name, bytes));
+            let env = sealed::envelope(&secret(&name), &rec.key_sealed)?;
+            out.push((name, env));
+        } else if name.starts_with("acme.account.")
+            && let Some(env) = sealed::stored_envelope(store, &secret(&name))?
+        {
+            out.push((name, env));
         }
     }
     Ok(out)
 }
 
-/// Re-seals every cached ACME key (account and certificates) with the active data key
-/// (key rotation); returns how many.
+/// Re-seals every cached ACME key with the active data key (key rotation).
 pub async fn reencrypt(store: &Store, keyring: &Keyring) -> Result<usize, StoreError> {
-    let codec = |e: crate::crypto::CryptoError| StoreError::Codec(e.to_string());
     let mut n = 0;
-    for (name, sealed) in sealed_entries(store)? {
-        let plain = keyring.decrypt(&key_ctx(&name), &sealed).map_err(codec)?;
-        let resealed = keyring.encrypt(&key_ctx(&name), &plain).map_err(codec)?;
-        let bytes = if name.starts_with("acme.cert.") {
-            let Some(raw) = store.get_secret(&name)? else { continue };
-            let mut rec: StoredCert = serde_json::from_slice(&raw)?;
-            rec.key_sealed = B64.encode(resealed);
-            serde_json::to_vec(&rec)?
-        } else {
-            resealed
-        };
-        store.put_secret(name, bytes).await?;
-        n += 1;
+    for name in record_names(store)? {
+        if name.starts_with("acme.cert.") {
+            let Some(bytes) = store.get_secret(&name)? else { continue };
+            let mut rec: StoredCert = serde_json::from_slice(&bytes)?;
+            rec.key_sealed = sealed::reseal(keyring, &secret(&name), &rec.key_sealed)?;
+            store.put_secret(name, serde_json::to_vec(&rec)?).await?;
+            n += 1;
+        } else if name.starts_with("acme.account.") && sealed::reseal_record(store, keyring, &secret(&name)).await? {
+            n += 1;
+        }
     }
     Ok(n)
 }
@@ -163,11 +165,7 @@ impl CertCache for StoreCache {
         let name = record_name("cert", domains, directory_url);
         let Some(bytes) = self.store.get_secret(&name).map_err(|e| e.to_string())? else { return Ok(None) };
         let rec: StoredCert = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
-        let sealed = B64.decode(&rec.key_sealed).map_err(|e| e.to_string())?;
-        let key = self
-            .keyring
-            .decrypt(&FieldContext::new("secrets", "private_key", &name), &sealed)
-            .map_err(|e| e.to_string())?;
+        let key = sealed::open(&self.keyring, &secret(&name), &rec.key_sealed).map_err(|e| e.to_string())?;
         let mut pem = key.to_vec();
         pem.extend_from_slice(b"\n");
         pem.extend_from_slice(rec.chain_pem.as_bytes());
@@ -196,12 +194,8 @@ impl AccountCache for StoreCache {
 
     async fn load_account(&self, contact: &[String], directory_url: &str) -> Result<Option<Vec<u8>>, String> {
         let name = record_name("account", contact, directory_url);
-        let Some(sealed) = self.store.get_secret(&name).map_err(|e| e.to_string())? else { return Ok(None) };
-        let key = self
-            .keyring
-            .decrypt(&FieldContext::new("secrets", "private_key", &name), &sealed)
-            .map_err(|e| e.to_string())?;
-        Ok(Some(key.to_vec()))
+        let key = sealed::get(&self.store, &self.keyring, &secret(&name)).map_err(|e| e.to_string())?;
+        Ok(key.map(|k| k.to_vec()))
     }
 
     async fn store_account(&self, contact: &[String], directory_url: &str, account: &[u8]) -> Result<(), String> {

@@ -47,18 +47,10 @@ pub fn client_config(ca_roots: &[std::path::PathBuf]) -> anyhow::Result<Arc<rust
     Ok(Arc::new(config))
 }
 
-/// The one crypto provider: aws-lc-rs, with forward-secret AEAD suites only
-/// (ECDHE key exchange in TLS 1.2; every TLS 1.3 suite is both).
+/// The one crypto provider: aws-lc-rs, forward-secret AEAD suites only
+/// ([`crate::crypto::sign::tls_provider`]).
 pub fn crypto_provider() -> rustls::crypto::CryptoProvider {
-    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
-    provider.cipher_suites.retain(|suite| match suite {
-        rustls::SupportedCipherSuite::Tls13(_) => true,
-        rustls::SupportedCipherSuite::Tls12(s) => {
-            let name = format!("{:?}", s.common.suite);
-            name.contains("ECDHE") && (name.contains("GCM") || name.contains("CHACHA20_POLY1305"))
-        }
-    });
-    provider
+    crate::crypto::sign::tls_provider()
 }
 
 /// Installs aws-lc-rs as the process-wide rustls provider (first call wins).
@@ -237,8 +229,8 @@ pub fn certified_from_pem(
     let facts = status::CertFacts::from_der(leaf).map_err(|e| format!("{chain_name}: {e}"))?;
     let key =
         PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("{key_name} holds no usable private key: {e}"))?;
-    let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key)
-        .map_err(|e| format!("{key_name}: unsupported key: {e}"))?;
+    let signing =
+        crate::crypto::sign::tls_signing_key(&key).map_err(|e| format!("{key_name}: unsupported key: {e}"))?;
     let certified = rustls::sign::CertifiedKey::new(chain, signing);
     certified
         .keys_match()

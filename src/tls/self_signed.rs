@@ -13,7 +13,8 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::{FieldContext, Keyring};
+use crate::crypto::Keyring;
+use crate::crypto::sealed::{self, Secret};
 use crate::store::{Store, StoreError};
 
 const RECORD: &str = "tls.self_signed";
@@ -107,6 +108,9 @@ pub fn default_names(listen: IpAddr, extra: &[String]) -> Vec<String> {
     names
 }
 
+/// Where the private key is sealed (a field of the certificate record).
+const SECRET: Secret<'static> = Secret::new("private_key", RECORD);
+
 /// Loads the stored certificate when it covers `names` and is not near expiry; otherwise
 /// makes a new one and stores it.
 pub async fn load_or_create(
@@ -124,24 +128,15 @@ pub async fn load_or_create(
         have.sort();
         if want == have && rec.not_after - now > RENEW_BEFORE_DAYS * 86_400 {
             let cert_der = B64.decode(&rec.cert_der).map_err(|e| SelfSignedError::Stored(e.to_string()))?;
-            let sealed = B64.decode(&rec.key_sealed).map_err(|e| SelfSignedError::Stored(e.to_string()))?;
-            let key_der = keyring
-                .decrypt(&FieldContext::new("secrets", "private_key", RECORD), &sealed)
-                .map_err(|e| SelfSignedError::Stored(e.to_string()))?;
+            let key_der =
+                sealed::open(keyring, &SECRET, &rec.key_sealed).map_err(|e| SelfSignedError::Stored(e.to_string()))?;
             let certified = certified_key(&cert_der, &key_der)?;
             return Ok(SelfSigned { certified, cert_der, names: rec.names, created: false });
         }
     }
     let (cert_der, key_der, not_after) = generate(&names)?;
-    let sealed = keyring
-        .encrypt(&FieldContext::new("secrets", "private_key", RECORD), &key_der)
-        .map_err(|e| SelfSignedError::Generate(e.to_string()))?;
-    let rec = StoredCert {
-        names: names.clone(),
-        cert_der: B64.encode(&cert_der),
-        key_sealed: B64.encode(&sealed),
-        not_after,
-    };
+    let key_sealed = sealed::seal(keyring, &SECRET, &key_der).map_err(|e| SelfSignedError::Generate(e.to_string()))?;
+    let rec = StoredCert { names: names.clone(), cert_der: B64.encode(&cert_der), key_sealed, not_after };
     let bytes = serde_json::to_vec(&rec).map_err(|e| SelfSignedError::Generate(e.to_string()))?;
     store.put_secret(RECORD, bytes).await?;
     let certified = certified_key(&cert_der, &key_der)?;
@@ -180,8 +175,7 @@ fn generate(names: &[String]) -> Result<Generated, SelfSignedError> {
 
 fn certified_key(cert_der: &[u8], key_der: &[u8]) -> Result<Arc<CertifiedKey>, SelfSignedError> {
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_der.to_vec()));
-    let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key)
-        .map_err(|e| SelfSignedError::Stored(e.to_string()))?;
+    let signing = crate::crypto::sign::tls_signing_key(&key).map_err(|e| SelfSignedError::Stored(e.to_string()))?;
     Ok(Arc::new(CertifiedKey::new(vec![CertificateDer::from(cert_der.to_vec())], signing)))
 }
 
@@ -189,8 +183,7 @@ fn certified_key(cert_der: &[u8], key_der: &[u8]) -> Result<Arc<CertifiedKey>, S
 pub fn sealed_key_id(store: &Store) -> Result<Option<u32>, SelfSignedError> {
     let Some(bytes) = store.get_secret(RECORD)? else { return Ok(None) };
     let rec: StoredCert = serde_json::from_slice(&bytes).map_err(|e| SelfSignedError::Stored(e.to_string()))?;
-    let sealed = B64.decode(&rec.key_sealed).map_err(|e| SelfSignedError::Stored(e.to_string()))?;
-    Keyring::key_id_of(&sealed).map(Some).map_err(|e| SelfSignedError::Stored(e.to_string()))
+    sealed::key_id(&SECRET, &rec.key_sealed).map(Some).map_err(|e| SelfSignedError::Stored(e.to_string()))
 }
 
 /// Re-encrypts the stored private key with the keyring's active key (after a key rotation).
@@ -198,10 +191,8 @@ pub async fn reencrypt(store: &Store, keyring: &Keyring) -> Result<bool, SelfSig
     let stored = store.get_secret(RECORD)?;
     let Some(bytes) = stored else { return Ok(false) };
     let mut rec: StoredCert = serde_json::from_slice(&bytes).map_err(|e| SelfSignedError::Stored(e.to_string()))?;
-    let ctx = FieldContext::new("secrets", "private_key", RECORD);
-    let sealed = B64.decode(&rec.key_sealed).map_err(|e| SelfSignedError::Stored(e.to_string()))?;
-    let key = keyring.decrypt(&ctx, &sealed).map_err(|e| SelfSignedError::Stored(e.to_string()))?;
-    rec.key_sealed = B64.encode(keyring.encrypt(&ctx, &key).map_err(|e| SelfSignedError::Stored(e.to_string()))?);
+    rec.key_sealed =
+        sealed::reseal(keyring, &SECRET, &rec.key_sealed).map_err(|e| SelfSignedError::Stored(e.to_string()))?;
     let bytes = serde_json::to_vec(&rec).map_err(|e| SelfSignedError::Stored(e.to_string()))?;
     store.put_secret(RECORD, bytes).await?;
     Ok(true)

@@ -24,7 +24,8 @@ use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroizing;
 
 use self::config::{VpnConfig, VpnServer};
-use crate::crypto::{FieldContext, Keyring};
+use crate::crypto::Keyring;
+use crate::crypto::sealed::{self, Secret};
 use crate::store::{Store, StoreError};
 
 /// Decodes a base64 WireGuard key (32 bytes).
@@ -35,10 +36,7 @@ pub fn decode_key(b64: &str) -> Option<[u8; 32]> {
 
 /// The public key (base64) belonging to a private key.
 pub fn public_key_of(private: &[u8; 32]) -> Option<String> {
-    use aws_lc_rs::agreement::{PrivateKey, X25519};
-    let key = PrivateKey::from_private_key(&X25519, private).ok()?;
-    let public = key.compute_public_key().ok()?;
-    Some(B64.encode(public.as_ref()))
+    crate::crypto::sign::x25519_public(private).map(|p| B64.encode(p))
 }
 
 /// Supervisor states.
@@ -296,15 +294,12 @@ impl VpnStatus for Vpn {
 
 const KEY_RECORD: &str = "vpn_private_key";
 
-fn key_ctx() -> FieldContext<'static> {
-    FieldContext::new("secrets", "vpn_private_key", KEY_RECORD)
-}
+/// Where the private key is sealed.
+pub const SECRET: Secret<'static> = Secret::new("vpn_private_key", KEY_RECORD);
 
 /// The stored private key, unsealed.
 pub fn load_key(store: &Store, keyring: &Keyring) -> Result<Option<Zeroizing<[u8; 32]>>, StoreError> {
-    let Some(sealed) = store.get_secret(KEY_RECORD)? else { return Ok(None) };
-    let sealed = B64.decode(&sealed).map_err(|e| StoreError::Codec(e.to_string()))?;
-    let plain = keyring.decrypt(&key_ctx(), &sealed).map_err(|e| StoreError::Codec(e.to_string()))?;
+    let Some(plain) = sealed::get(store, keyring, &SECRET)? else { return Ok(None) };
     let key = <[u8; 32]>::try_from(plain.as_slice()).map_err(|_| StoreError::Codec("bad VPN key length".into()))?;
     Ok(Some(Zeroizing::new(key)))
 }
@@ -313,24 +308,13 @@ pub fn load_key(store: &Store, keyring: &Keyring) -> Result<Option<Zeroizing<[u8
 pub async fn store_key(store: &Store, keyring: &Keyring, b64: &str) -> Result<String, String> {
     let key = Zeroizing::new(decode_key(b64).ok_or("the private key must be a base64 WireGuard key (32 bytes)")?);
     let public = public_key_of(&key).ok_or("not a usable X25519 private key")?;
-    let sealed = keyring.encrypt(&key_ctx(), key.as_slice()).map_err(|e| e.to_string())?;
-    store.put_secret(KEY_RECORD, B64.encode(sealed).into_bytes()).await.map_err(|e| e.to_string())?;
+    sealed::put(store, keyring, &SECRET, key.as_slice()).await.map_err(|e| e.to_string())?;
     Ok(public)
-}
-
-/// The data key id the stored private key is sealed with (for `keys retire`).
-pub fn sealed_key_id(store: &Store) -> Result<Option<u32>, StoreError> {
-    let Some(sealed) = store.get_secret(KEY_RECORD)? else { return Ok(None) };
-    let sealed = B64.decode(&sealed).map_err(|e| StoreError::Codec(e.to_string()))?;
-    Keyring::key_id_of(&sealed).map(Some).map_err(|e| StoreError::Codec(e.to_string()))
 }
 
 /// Re-seals the private key with the active data key (key rotation); `true` if there was one.
 pub async fn reencrypt(store: &Store, keyring: &Keyring) -> Result<bool, StoreError> {
-    let Some(key) = load_key(store, keyring)? else { return Ok(false) };
-    let sealed = keyring.encrypt(&key_ctx(), key.as_slice()).map_err(|e| StoreError::Codec(e.to_string()))?;
-    store.put_secret(KEY_RECORD, B64.encode(sealed).into_bytes()).await?;
-    Ok(true)
+    Ok(sealed::reseal_record(store, keyring, &SECRET).await?)
 }
 
 /// Removes the kill switch, the policy rules and the interface (offline `vpn disable`).

@@ -404,7 +404,7 @@ impl Supervisor {
         match stored {
             Some(p) => p % n,
             None => {
-                let p = rand::random::<usize>() % n;
+                let p = crate::crypto::random_index(n);
                 self.save_position(p).await;
                 p
             }
