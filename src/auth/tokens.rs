@@ -64,7 +64,13 @@ pub enum KeyError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("signing keys: {0}")]
-    Keys(String),
+    Sealed(#[from] crate::crypto::sealed::SealedError),
+    #[error("signing keys: {0}")]
+    Crypto(#[from] crate::crypto::CryptoError),
+    #[error("signing keys record: {0}")]
+    Record(#[from] serde_json::Error),
+    #[error("signing keys: a public key is not base64: {0}")]
+    Encoding(#[from] base64::DecodeError),
 }
 
 /// Most verified tokens remembered; a full cache is emptied (tokens are re-verified).
@@ -90,9 +96,8 @@ fn secret(kid: &str) -> Secret<'_> {
 }
 
 fn load_key(rec: &StoredKey, keyring: &Keyring) -> Result<LoadedKey, KeyError> {
-    let pkcs8 =
-        sealed::open(keyring, &secret(&rec.kid), &rec.private_sealed).map_err(|e| KeyError::Keys(e.to_string()))?;
-    let public = B64.decode(&rec.public).map_err(|e| KeyError::Keys(e.to_string()))?;
+    let pkcs8 = sealed::open(keyring, &secret(&rec.kid), &rec.private_sealed)?;
+    let public = B64.decode(&rec.public)?;
     Ok(LoadedKey {
         kid: rec.kid.clone(),
         retired_at: rec.retired_at,
@@ -103,23 +108,22 @@ fn load_key(rec: &StoredKey, keyring: &Keyring) -> Result<LoadedKey, KeyError> {
 }
 
 fn new_key(keyring: &Keyring, now: i64) -> Result<StoredKey, KeyError> {
-    let (pkcs8, public) = crate::crypto::sign::ed25519_generate().map_err(|e| KeyError::Keys(e.to_string()))?;
+    let (pkcs8, public) = crate::crypto::sign::ed25519_generate()?;
     let kid = hex::encode(crate::crypto::random_bytes::<8>());
-    let private_sealed =
-        sealed::seal(keyring, &secret(&kid), pkcs8.as_ref()).map_err(|e| KeyError::Keys(e.to_string()))?;
+    let private_sealed = sealed::seal(keyring, &secret(&kid), pkcs8.as_ref())?;
     Ok(StoredKey { kid, created_at: now, retired_at: None, public: B64.encode(public), private_sealed })
 }
 
 fn read_stored(store: &Store) -> Result<Vec<StoredKey>, KeyError> {
     let bytes = store.get_secret(RECORD)?;
     match bytes {
-        Some(b) => serde_json::from_slice(&b).map_err(|e| KeyError::Keys(e.to_string())),
+        Some(b) => Ok(serde_json::from_slice(&b)?),
         None => Ok(Vec::new()),
     }
 }
 
 async fn write_stored(store: &Store, keys: Vec<StoredKey>) -> Result<(), KeyError> {
-    let bytes = serde_json::to_vec(&keys).map_err(|e| KeyError::Keys(e.to_string()))?;
+    let bytes = serde_json::to_vec(&keys)?;
     store.put_secret(RECORD, bytes).await?;
     Ok(())
 }
@@ -182,8 +186,7 @@ impl SigningKeys {
     pub async fn reencrypt(store: &Store, keyring: &Keyring) -> Result<usize, KeyError> {
         let mut stored = read_stored(store)?;
         for k in stored.iter_mut() {
-            k.private_sealed = sealed::reseal(keyring, &secret(&k.kid), &k.private_sealed)
-                .map_err(|e| KeyError::Keys(e.to_string()))?;
+            k.private_sealed = sealed::reseal(keyring, &secret(&k.kid), &k.private_sealed)?;
         }
         let n = stored.len();
         write_stored(store, stored).await?;
@@ -195,8 +198,7 @@ impl SigningKeys {
         read_stored(store)?
             .iter()
             .map(|k| {
-                let id =
-                    sealed::key_id(&secret(&k.kid), &k.private_sealed).map_err(|e| KeyError::Keys(e.to_string()))?;
+                let id = sealed::key_id(&secret(&k.kid), &k.private_sealed)?;
                 Ok((k.kid.clone(), id))
             })
             .collect()

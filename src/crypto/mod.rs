@@ -27,8 +27,12 @@ pub enum CryptoError {
     Decrypt,
     #[error("encryption failed")]
     Encrypt,
+    #[error("password hashing parameters: {0}")]
+    HashParams(#[from] argon2::Error),
     #[error("password hashing failed: {0}")]
-    Hash(String),
+    Hash(#[from] argon2::password_hash::Error),
+    #[error("password hashing failed: {0}")]
+    Hasher(&'static str),
     #[error("{0}")]
     MasterKey(String),
     #[error("key generation failed")]

@@ -77,8 +77,7 @@ impl std::fmt::Debug for PasswordHasher {
 impl PasswordHasher {
     /// A hasher with the configured parameters.
     pub fn new(cfg: &PasswordConfig) -> Result<PasswordHasher, CryptoError> {
-        let params = Params::new(cfg.memory_kib, cfg.iterations, cfg.parallelism, None)
-            .map_err(|e| CryptoError::Hash(e.to_string()))?;
+        let params = Params::new(cfg.memory_kib, cfg.iterations, cfg.parallelism, None).map_err(CryptoError::from)?;
         let slots =
             cfg.max_concurrent.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
         Ok(PasswordHasher {
@@ -94,24 +93,21 @@ impl PasswordHasher {
 
     fn hash_blocking(&self, password: &[u8]) -> Result<String, CryptoError> {
         let salt = SaltString::generate(&mut rand::rngs::OsRng);
-        self.argon2()
-            .hash_password(password, &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| CryptoError::Hash(e.to_string()))
+        self.argon2().hash_password(password, &salt).map(|h| h.to_string()).map_err(CryptoError::from)
     }
 
     /// Hashes a password into a PHC string, waiting for a free slot.
     pub async fn hash(&self, password: Zeroizing<String>) -> Result<String, CryptoError> {
         // The permit moves into the blocking task: a caller that goes away (a client that hung
         // up) does not free its slot while its hash still runs.
-        let permit = self.slots.clone().acquire_owned().await.map_err(|_| CryptoError::Hash("hasher closed".into()))?;
+        let permit = self.slots.clone().acquire_owned().await.map_err(|_| CryptoError::Hasher("hasher closed"))?;
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             this.hash_blocking(password.as_bytes())
         })
         .await
-        .map_err(|_| CryptoError::Hash("hashing task failed".into()))?
+        .map_err(|_| CryptoError::Hasher("hashing task failed"))?
     }
 
     /// Verifies a password against a PHC string. `None` (unknown user) verifies against a
@@ -124,15 +120,15 @@ impl PasswordHasher {
                 self.dummy.get_or_try_init(|| self.hash(Zeroizing::new(super::random_token::<24>()))).await?.clone()
             }
         };
-        let permit = self.slots.clone().acquire_owned().await.map_err(|_| CryptoError::Hash("hasher closed".into()))?;
+        let permit = self.slots.clone().acquire_owned().await.map_err(|_| CryptoError::Hasher("hasher closed"))?;
         let this = self.clone();
         let ok = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            let parsed = PasswordHash::new(&phc).map_err(|e| CryptoError::Hash(e.to_string()))?;
+            let parsed = PasswordHash::new(&phc).map_err(CryptoError::from)?;
             Ok::<bool, CryptoError>(this.argon2().verify_password(password.as_bytes(), &parsed).is_ok())
         })
         .await
-        .map_err(|_| CryptoError::Hash("hashing task failed".into()))??;
+        .map_err(|_| CryptoError::Hasher("hashing task failed"))??;
         Ok(ok && known)
     }
 

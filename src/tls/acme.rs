@@ -51,6 +51,21 @@ fn secret(name: &str) -> Secret<'_> {
     if name.starts_with("acme.account.") { Secret::raw("private_key", name) } else { Secret::new("private_key", name) }
 }
 
+/// Why a cached ACME record could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cached ACME key: {0}")]
+    Sealed(#[from] crate::crypto::sealed::SealedError),
+    #[error("cached ACME record: {0}")]
+    Record(#[from] serde_json::Error),
+    #[error("the ACME certificate bundle is not PEM text")]
+    NotText(#[from] std::str::Utf8Error),
+    #[error("the ACME certificate bundle: {0}")]
+    Bundle(String),
+}
+
 /// Caches rustls-acme's certificate bundle (private key PEM first, then the chain) with the
 /// key sealed; what the cache's `store_cert` writes.
 pub async fn store_cert_bundle(
@@ -59,15 +74,16 @@ pub async fn store_cert_bundle(
     domains: &[String],
     directory_url: &str,
     cert: &[u8],
-) -> Result<(), String> {
+) -> Result<(), CacheError> {
     let name = record_name("cert", domains, directory_url);
-    let text = std::str::from_utf8(cert).map_err(|e| e.to_string())?;
-    let chain_start = text.find("-----BEGIN CERTIFICATE-----").ok_or("no certificate in the bundle")?;
+    let text = std::str::from_utf8(cert)?;
+    let chain_start =
+        text.find("-----BEGIN CERTIFICATE-----").ok_or_else(|| CacheError::Bundle("no certificate in it".into()))?;
     let (key_pem, chain_pem) = text.split_at(chain_start);
-    let key_sealed = sealed::seal(keyring, &secret(&name), key_pem.as_bytes()).map_err(|e| e.to_string())?;
+    let key_sealed = sealed::seal(keyring, &secret(&name), key_pem.as_bytes())?;
     let rec = StoredCert { chain_pem: chain_pem.to_string(), key_sealed };
-    let bytes = serde_json::to_vec(&rec).map_err(|e| e.to_string())?;
-    store.put_secret(name, bytes).await.map_err(|e| e.to_string())
+    store.put_secret(name, serde_json::to_vec(&rec)?).await?;
+    Ok(())
 }
 
 /// Caches rustls-acme's account key, sealed; what the cache's `store_account` writes.
@@ -77,9 +93,9 @@ pub async fn store_account_key(
     contact: &[String],
     directory_url: &str,
     account: &[u8],
-) -> Result<(), String> {
+) -> Result<(), CacheError> {
     let name = record_name("account", contact, directory_url);
-    sealed::put(store, keyring, &secret(&name), account).await.map_err(|e| e.to_string())
+    Ok(sealed::put(store, keyring, &secret(&name), account).await?)
 }
 
 /// The names of every cached ACME record.
@@ -143,8 +159,8 @@ struct StoreCache {
 
 impl StoreCache {
     /// Serves `pem` from now on and records its facts.
-    fn install(&self, pem: &[u8]) -> Result<CertFacts, String> {
-        let (certified, facts) = parse_bundle(pem)?;
+    fn install(&self, pem: &[u8]) -> Result<CertFacts, CacheError> {
+        let (certified, facts) = parse_bundle(pem).map_err(CacheError::Bundle)?;
         self.slot.replace(certified);
         let renew_at = facts.not_after - (facts.not_after - facts.not_before) / 3;
         let f = facts.clone();
@@ -159,13 +175,13 @@ impl StoreCache {
 
 #[async_trait::async_trait]
 impl CertCache for StoreCache {
-    type EC = String;
+    type EC = CacheError;
 
-    async fn load_cert(&self, domains: &[String], directory_url: &str) -> Result<Option<Vec<u8>>, String> {
+    async fn load_cert(&self, domains: &[String], directory_url: &str) -> Result<Option<Vec<u8>>, CacheError> {
         let name = record_name("cert", domains, directory_url);
-        let Some(bytes) = self.store.get_secret(&name).map_err(|e| e.to_string())? else { return Ok(None) };
-        let rec: StoredCert = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
-        let key = sealed::open(&self.keyring, &secret(&name), &rec.key_sealed).map_err(|e| e.to_string())?;
+        let Some(bytes) = self.store.get_secret(&name)? else { return Ok(None) };
+        let rec: StoredCert = serde_json::from_slice(&bytes)?;
+        let key = sealed::open(&self.keyring, &secret(&name), &rec.key_sealed)?;
         let mut pem = key.to_vec();
         pem.extend_from_slice(b"\n");
         pem.extend_from_slice(rec.chain_pem.as_bytes());
@@ -181,7 +197,7 @@ impl CertCache for StoreCache {
         }
     }
 
-    async fn store_cert(&self, domains: &[String], directory_url: &str, cert: &[u8]) -> Result<(), String> {
+    async fn store_cert(&self, domains: &[String], directory_url: &str, cert: &[u8]) -> Result<(), CacheError> {
         // Serve it first: a failure to cache must not keep the new certificate off the wire.
         self.install(cert)?;
         store_cert_bundle(&self.store, &self.keyring, domains, directory_url, cert).await
@@ -190,15 +206,15 @@ impl CertCache for StoreCache {
 
 #[async_trait::async_trait]
 impl AccountCache for StoreCache {
-    type EA = String;
+    type EA = CacheError;
 
-    async fn load_account(&self, contact: &[String], directory_url: &str) -> Result<Option<Vec<u8>>, String> {
+    async fn load_account(&self, contact: &[String], directory_url: &str) -> Result<Option<Vec<u8>>, CacheError> {
         let name = record_name("account", contact, directory_url);
-        let key = sealed::get(&self.store, &self.keyring, &secret(&name)).map_err(|e| e.to_string())?;
+        let key = sealed::get(&self.store, &self.keyring, &secret(&name))?;
         Ok(key.map(|k| k.to_vec()))
     }
 
-    async fn store_account(&self, contact: &[String], directory_url: &str, account: &[u8]) -> Result<(), String> {
+    async fn store_account(&self, contact: &[String], directory_url: &str, account: &[u8]) -> Result<(), CacheError> {
         store_account_key(&self.store, &self.keyring, contact, directory_url, account).await
     }
 }

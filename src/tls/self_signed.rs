@@ -82,9 +82,15 @@ pub enum SelfSignedError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot make the self-signed certificate: {0}")]
-    Generate(String),
+    Generate(#[from] rcgen::Error),
     #[error("the stored self-signed certificate cannot be read: {0}")]
-    Stored(String),
+    Record(#[from] serde_json::Error),
+    #[error("the stored self-signed certificate cannot be read: {0}")]
+    Encoding(#[from] base64::DecodeError),
+    #[error("the self-signed certificate's private key: {0}")]
+    Sealed(#[from] crate::crypto::sealed::SealedError),
+    #[error("the self-signed certificate's private key is unusable: {0}")]
+    Key(#[from] rustls::Error),
 }
 
 /// The names the certificate covers: localhost, loopback addresses, this host's name,
@@ -121,23 +127,22 @@ pub async fn load_or_create(
     let stored = store.get_secret(RECORD)?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     if let Some(bytes) = stored {
-        let rec: StoredCert = serde_json::from_slice(&bytes).map_err(|e| SelfSignedError::Stored(e.to_string()))?;
+        let rec: StoredCert = serde_json::from_slice(&bytes)?;
         let mut want = names.clone();
         want.sort();
         let mut have = rec.names.clone();
         have.sort();
         if want == have && rec.not_after - now > RENEW_BEFORE_DAYS * 86_400 {
-            let cert_der = B64.decode(&rec.cert_der).map_err(|e| SelfSignedError::Stored(e.to_string()))?;
-            let key_der =
-                sealed::open(keyring, &SECRET, &rec.key_sealed).map_err(|e| SelfSignedError::Stored(e.to_string()))?;
+            let cert_der = B64.decode(&rec.cert_der)?;
+            let key_der = sealed::open(keyring, &SECRET, &rec.key_sealed)?;
             let certified = certified_key(&cert_der, &key_der)?;
             return Ok(SelfSigned { certified, cert_der, names: rec.names, created: false });
         }
     }
     let (cert_der, key_der, not_after) = generate(&names)?;
-    let key_sealed = sealed::seal(keyring, &SECRET, &key_der).map_err(|e| SelfSignedError::Generate(e.to_string()))?;
+    let key_sealed = sealed::seal(keyring, &SECRET, &key_der)?;
     let rec = StoredCert { names: names.clone(), cert_der: B64.encode(&cert_der), key_sealed, not_after };
-    let bytes = serde_json::to_vec(&rec).map_err(|e| SelfSignedError::Generate(e.to_string()))?;
+    let bytes = serde_json::to_vec(&rec)?;
     store.put_secret(RECORD, bytes).await?;
     let certified = certified_key(&cert_der, &key_der)?;
     Ok(SelfSigned { certified, cert_der, names, created: true })
@@ -147,13 +152,12 @@ pub async fn load_or_create(
 type Generated = (Vec<u8>, zeroize::Zeroizing<Vec<u8>>, i64);
 
 fn generate(names: &[String]) -> Result<Generated, SelfSignedError> {
-    let gen_err = |e: rcgen::Error| SelfSignedError::Generate(e.to_string());
-    let key = KeyPair::generate().map_err(gen_err)?;
-    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(gen_err)?;
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
     for name in names {
         let san = match name.parse::<IpAddr>() {
             Ok(ip) => SanType::IpAddress(ip),
-            Err(_) => SanType::DnsName(name.clone().try_into().map_err(gen_err)?),
+            Err(_) => SanType::DnsName(name.clone().try_into()?),
         };
         params.subject_alt_names.push(san);
     }
@@ -169,31 +173,30 @@ fn generate(names: &[String]) -> Result<Generated, SelfSignedError> {
     let mut serial = crate::crypto::random_bytes::<16>();
     serial[0] &= 0x7f; // a positive DER integer
     params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
-    let cert = params.self_signed(&key).map_err(gen_err)?;
+    let cert = params.self_signed(&key)?;
     Ok((cert.der().to_vec(), zeroize::Zeroizing::new(key.serialize_der()), params.not_after.unix_timestamp()))
 }
 
 fn certified_key(cert_der: &[u8], key_der: &[u8]) -> Result<Arc<CertifiedKey>, SelfSignedError> {
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_der.to_vec()));
-    let signing = crate::crypto::sign::tls_signing_key(&key).map_err(|e| SelfSignedError::Stored(e.to_string()))?;
+    let signing = crate::crypto::sign::tls_signing_key(&key)?;
     Ok(Arc::new(CertifiedKey::new(vec![CertificateDer::from(cert_der.to_vec())], signing)))
 }
 
 /// The data key id the stored private key is sealed with (for `keys retire`).
 pub fn sealed_key_id(store: &Store) -> Result<Option<u32>, SelfSignedError> {
     let Some(bytes) = store.get_secret(RECORD)? else { return Ok(None) };
-    let rec: StoredCert = serde_json::from_slice(&bytes).map_err(|e| SelfSignedError::Stored(e.to_string()))?;
-    sealed::key_id(&SECRET, &rec.key_sealed).map(Some).map_err(|e| SelfSignedError::Stored(e.to_string()))
+    let rec: StoredCert = serde_json::from_slice(&bytes)?;
+    Ok(Some(sealed::key_id(&SECRET, &rec.key_sealed)?))
 }
 
 /// Re-encrypts the stored private key with the keyring's active key (after a key rotation).
 pub async fn reencrypt(store: &Store, keyring: &Keyring) -> Result<bool, SelfSignedError> {
     let stored = store.get_secret(RECORD)?;
     let Some(bytes) = stored else { return Ok(false) };
-    let mut rec: StoredCert = serde_json::from_slice(&bytes).map_err(|e| SelfSignedError::Stored(e.to_string()))?;
-    rec.key_sealed =
-        sealed::reseal(keyring, &SECRET, &rec.key_sealed).map_err(|e| SelfSignedError::Stored(e.to_string()))?;
-    let bytes = serde_json::to_vec(&rec).map_err(|e| SelfSignedError::Stored(e.to_string()))?;
+    let mut rec: StoredCert = serde_json::from_slice(&bytes)?;
+    rec.key_sealed = sealed::reseal(keyring, &SECRET, &rec.key_sealed)?;
+    let bytes = serde_json::to_vec(&rec)?;
     store.put_secret(RECORD, bytes).await?;
     Ok(true)
 }

@@ -53,9 +53,38 @@ pub fn url(cfg: &NordVpnConfig) -> String {
     u
 }
 
+/// Why the server list could not be fetched; the supervisor logs it and keeps the last list.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("bad URL: {0}")]
+    Url(#[from] hyper::http::uri::InvalidUri),
+    #[error("URL must be http(s)://host/…")]
+    UrlShape,
+    #[error("no answer from {0} within {1} s")]
+    Timeout(String, u64),
+    #[error("{host}: {source}")]
+    Connect { host: String, source: std::io::Error },
+    #[error("TLS with {host}: {source}")]
+    Tls { host: String, source: std::io::Error },
+    #[error("TLS client: {0}")]
+    ClientConfig(String),
+    #[error("not a TLS server name: {0}")]
+    Name(#[from] rustls::pki_types::InvalidDnsNameError),
+    #[error("request: {0}")]
+    Request(#[from] hyper::http::Error),
+    #[error("HTTP: {0}")]
+    Http(#[from] hyper::Error),
+    #[error("HTTP {0}")]
+    Status(hyper::StatusCode),
+    #[error("answer body: {0}")]
+    Body(String),
+    #[error("unexpected answer: {0}")]
+    Answer(#[from] serde_json::Error),
+}
+
 /// Turns NordVPN's answer into servers; entries without a WireGuard key are skipped.
-pub fn parse(body: &[u8]) -> Result<Vec<VpnServer>, String> {
-    let servers: Vec<Server> = serde_json::from_slice(body).map_err(|e| format!("unexpected answer: {e}"))?;
+pub fn parse(body: &[u8]) -> Result<Vec<VpnServer>, FetchError> {
+    let servers: Vec<Server> = serde_json::from_slice(body)?;
     let mut out = Vec::new();
     for s in servers {
         let Some(key) = s
@@ -84,53 +113,54 @@ pub fn parse(body: &[u8]) -> Result<Vec<VpnServer>, String> {
 }
 
 /// Fetches and parses the list.
-pub async fn fetch(cfg: &NordVpnConfig) -> Result<Vec<VpnServer>, String> {
+pub async fn fetch(cfg: &NordVpnConfig) -> Result<Vec<VpnServer>, FetchError> {
     let body = tokio::time::timeout(TIMEOUT, get(&url(cfg)))
         .await
-        .map_err(|_| format!("no answer from {} within {} s", cfg.api_base, TIMEOUT.as_secs()))??;
+        .map_err(|_| FetchError::Timeout(cfg.api_base.clone(), TIMEOUT.as_secs()))??;
     parse(&body)
 }
 
-async fn get(url: &str) -> Result<Vec<u8>, String> {
-    let uri: hyper::Uri = url.parse().map_err(|e| format!("bad URL: {e}"))?;
-    let host = uri.host().ok_or("URL without host")?.to_string();
+async fn get(url: &str) -> Result<Vec<u8>, FetchError> {
+    let uri: hyper::Uri = url.parse()?;
+    let host = uri.host().ok_or(FetchError::UrlShape)?.to_string();
     let tls = match uri.scheme_str() {
         Some("https") => true,
         Some("http") => false,
-        _ => return Err("URL must be http or https".into()),
+        _ => return Err(FetchError::UrlShape),
     };
     let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-    let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| format!("{host}: {e}"))?;
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|source| FetchError::Connect { host: host.clone(), source })?;
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
     let req = hyper::Request::get(path)
         .header(hyper::header::HOST, &host)
         .header(hyper::header::USER_AGENT, concat!("miauflix-gate/", env!("CARGO_PKG_VERSION")))
         .header(hyper::header::ACCEPT, "application/json")
-        .body(Empty::<bytes::Bytes>::new())
-        .map_err(|e| e.to_string())?;
+        .body(Empty::<bytes::Bytes>::new())?;
     if tls {
-        let config = crate::tls::client_config(&[]).map_err(|e| e.to_string())?;
-        let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
+        let config = crate::tls::client_config(&[]).map_err(|e| FetchError::ClientConfig(format!("{e:#}")))?;
+        let name = rustls::pki_types::ServerName::try_from(host.clone())?;
         let stream = tokio_rustls::TlsConnector::from(config)
             .connect(name, tcp)
             .await
-            .map_err(|e| format!("TLS with {host}: {e}"))?;
+            .map_err(|source| FetchError::Tls { host: host.clone(), source })?;
         send(TokioIo::new(stream), req).await
     } else {
         send(TokioIo::new(tcp), req).await
     }
 }
 
-async fn send<S>(io: S, req: hyper::Request<Empty<bytes::Bytes>>) -> Result<Vec<u8>, String>
+async fn send<S>(io: S, req: hyper::Request<Empty<bytes::Bytes>>) -> Result<Vec<u8>, FetchError>
 where
     S: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| e.to_string())?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
     tokio::spawn(conn);
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await?;
     if !resp.status().is_success() {
-        return Err(format!("HTTP {}", resp.status()));
+        return Err(FetchError::Status(resp.status()));
     }
-    let body = Limited::new(resp.into_body(), MAX_BODY).collect().await.map_err(|e| e.to_string())?;
+    let body = Limited::new(resp.into_body(), MAX_BODY).collect().await.map_err(|e| FetchError::Body(e.to_string()))?;
     Ok(body.to_bytes().to_vec())
 }
