@@ -9,8 +9,7 @@ use std::sync::Arc;
 
 use common::{Reply, http_request};
 use miauflix_gate::audit::{AuditFilter, AuditRecord};
-use miauflix_gate::config::{Config, Overrides};
-use miauflix_gate::http::{AppState, build_app};
+use miauflix_gate::http::AppState;
 use serde_json::{Value, json};
 
 const ADMIN: &str = "admin@example.com";
@@ -30,20 +29,10 @@ impl Harness {
     }
 
     async fn start_in(dir: tempfile::TempDir, vars: &[(&str, &str)]) -> Harness {
-        let flags = Overrides {
-            data_dir: Some(dir.path().join("data")),
-            listen: Some("127.0.0.1:0".into()),
-            tls: Some("off".into()),
-        };
-        let mut env: Vec<(String, String)> =
-            vec![("MIAUFLIX_RATE_LIMITS__AUTH".into(), "{per_minute = 100000, burst = 10000}".into())];
-        env.extend(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let state = miauflix_gate::server::open(Config::load(None, env, &flags).unwrap()).await.unwrap().state;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let acceptor = poem::listener::TcpAcceptor::from_tokio(listener).unwrap();
-        let app = build_app(state.clone());
-        tokio::spawn(async move { poem::Server::new_with_acceptor(acceptor).run(app).await });
+        let mut env = vec![("MIAUFLIX_RATE_LIMITS__AUTH", "{per_minute = 100000, burst = 10000}")];
+        env.extend(vars.iter().copied());
+        let state = common::app::open_in(dir.path(), None, &env).await;
+        let addr = common::app::serve(state.clone()).await;
         Harness { state, addr, _dir: dir }
     }
 

@@ -1,10 +1,11 @@
 //! The auth API in process: setup, cookie sessions, bearer tokens, refresh rotation and
 //! reuse detection, roles, user administration, token validation.
 
+mod common;
+
 use std::sync::Arc;
 
-use miauflix_gate::config::{Config, Overrides};
-use miauflix_gate::http::{AppState, build_app, openapi_json};
+use miauflix_gate::http::{AppState, openapi_json};
 use poem::test::{TestClient, TestResponse};
 use serde_json::{Value, json};
 
@@ -20,21 +21,12 @@ struct Env {
 }
 
 async fn env_with(vars: &[(&str, &str)]) -> Env {
-    let dir = tempfile::tempdir().unwrap();
-    let flags = Overrides {
-        data_dir: Some(dir.path().join("data")),
-        listen: Some("127.0.0.1:0".into()),
-        tls: Some("off".into()),
-    };
     // Generous auth quota: these tests log in many times from one address.
-    let mut env: Vec<(String, String)> =
-        vec![("MIAUFLIX_RATE_LIMITS__AUTH".into(), "{per_minute = 100000, burst = 10000}".into())];
-    env.extend(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    let config = Config::load(None, env, &flags).unwrap();
-    let state = miauflix_gate::server::open(config).await.unwrap().state;
-    let app = poem::EndpointExt::boxed(build_app(state.clone()));
+    let mut env = vec![("MIAUFLIX_RATE_LIMITS__AUTH", "{per_minute = 100000, burst = 10000}")];
+    env.extend(vars.iter().copied());
+    let common::app::App { state, dir } = common::app::App::open(None, &env).await;
     // Requests come from the gate's own origin, as a browser on the gate's page would send.
-    let cli = TestClient::new(app).default_header("host", "gate.test").default_header("origin", "http://gate.test");
+    let cli = common::app::client(&state).default_header("origin", "http://gate.test");
     Env { cli, state, _dir: dir }
 }
 
@@ -709,9 +701,7 @@ async fn outdated_hashes_are_upgraded_at_the_next_login() {
     let open = |iterations: &'static str| {
         let data = dir.path().join("data");
         async move {
-            let flags = Overrides { data_dir: Some(data), listen: Some("127.0.0.1:0".into()), tls: Some("off".into()) };
-            let env = vec![("MIAUFLIX_PASSWORD__ITERATIONS".to_string(), iterations.to_string())];
-            miauflix_gate::server::open(Config::load(None, env, &flags).unwrap()).await.unwrap().state
+            common::app::open_in(data.parent().unwrap(), None, &[("MIAUFLIX_PASSWORD__ITERATIONS", iterations)]).await
         }
     };
     let hash_of = |state: &Arc<AppState>| {

@@ -1,9 +1,10 @@
 //! The edge stack in process: security headers, CORS, CSRF, rate limits, lockout.
 
+mod common;
+
 use std::sync::Arc;
 
-use miauflix_gate::config::{Config, Overrides};
-use miauflix_gate::http::{AppState, build_app};
+use miauflix_gate::http::AppState;
 use miauflix_gate::ratelimit::{RateClass, RateLimitConfig, RateLimits};
 use poem::test::{TestClient, TestResponse};
 use serde_json::{Value, json};
@@ -14,16 +15,8 @@ const PW: &str = "correct-horse-battery";
 type Client = TestClient<poem::endpoint::BoxEndpoint<'static, poem::Response>>;
 
 async fn open(vars: &[(&str, &str)]) -> (Client, Arc<AppState>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let flags = Overrides {
-        data_dir: Some(dir.path().join("data")),
-        listen: Some("127.0.0.1:0".into()),
-        tls: Some("off".into()),
-    };
-    let env: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    let state = miauflix_gate::server::open(Config::load(None, env, &flags).unwrap()).await.unwrap().state;
-    let cli = TestClient::new(poem::EndpointExt::boxed(build_app(state.clone()))).default_header("host", "gate.test");
-    (cli, state, dir)
+    let common::app::App { state, dir } = common::app::App::open(None, vars).await;
+    (common::app::client(&state), state, dir)
 }
 
 async fn setup(cli: &Client, state: &AppState) {

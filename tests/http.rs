@@ -1,16 +1,14 @@
 //! In-process HTTP behaviour: problem+json, request ids, body limits, the OpenAPI document.
 
+mod common;
+
 use std::sync::Arc;
 
-use miauflix_gate::config::{Config, Overrides};
 use miauflix_gate::http::{AppState, build_app, openapi_json};
 use poem::test::TestClient;
 
 async fn state(dir: &std::path::Path) -> Arc<AppState> {
-    let flags =
-        Overrides { data_dir: Some(dir.join("data")), listen: Some("127.0.0.1:0".into()), tls: Some("off".into()) };
-    let config = Config::load(None, Vec::new(), &flags).unwrap();
-    miauflix_gate::server::open(config).await.unwrap().state
+    common::app::open_in(dir, None, &[]).await
 }
 
 fn assert_problem(resp: &poem::test::TestResponse, status: u16, kind: &str) {

@@ -12,7 +12,7 @@ use miauflix_gate::http::{AppState, build_app};
 use poem::listener::TcpAcceptor;
 use poem::test::{TestClient, TestResponse};
 use poem::web::Json as PJson;
-use poem::{EndpointExt, Request, Response, Route, get, handler};
+use poem::{Request, Response, Route, get, handler};
 use serde_json::{Value, json};
 
 const ADMIN: &str = "admin@example.com";
@@ -161,19 +161,8 @@ csp = "default-src 'none'"
 }
 
 async fn open(up: SocketAddr) -> (Client, Arc<AppState>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("gate.toml");
-    std::fs::write(&file, routes_toml(up)).unwrap();
-    let flags = Overrides {
-        data_dir: Some(dir.path().join("data")),
-        listen: Some("127.0.0.1:0".into()),
-        tls: Some("off".into()),
-    };
-    let state =
-        miauflix_gate::server::open(Config::load(Some(&file), Vec::new(), &flags).unwrap()).await.unwrap().state;
-    let cli = TestClient::new(build_app(state.clone()).boxed())
-        .default_header("host", "gate.test")
-        .default_header("origin", "http://gate.test");
+    let common::app::App { state, dir } = common::app::App::open(Some(&routes_toml(up)), &[]).await;
+    let cli = common::app::client(&state).default_header("origin", "http://gate.test");
     let token = std::fs::read_to_string(state.config.setup_token_path()).unwrap();
     state.auth.complete_setup(ADMIN, PW.to_string().into(), token.trim(), &Default::default()).await.unwrap();
     (cli, state, dir)
@@ -693,21 +682,12 @@ async fn forward_auth_reads_one_uri_header() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forward_auth_can_read_x_forwarded_uri_instead() {
     let up = upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("gate.toml");
     let toml = format!(
         "[forward_auth]\nuri_header = \"x-forwarded-uri\"\nmethod_header = \"x-forwarded-method\"\n{}",
         routes_toml(up)
     );
-    std::fs::write(&file, toml).unwrap();
-    let flags = Overrides {
-        data_dir: Some(dir.path().join("data")),
-        listen: Some("127.0.0.1:0".into()),
-        tls: Some("off".into()),
-    };
-    let state =
-        miauflix_gate::server::open(Config::load(Some(&file), Vec::new(), &flags).unwrap()).await.unwrap().state;
-    let cli = TestClient::new(build_app(state.clone()).boxed()).default_header("host", "gate.test");
+    let app = common::app::App::open(Some(&toml), &[]).await;
+    let (state, cli) = (app.state.clone(), app.client());
     let get = |h: &'static str, v: &'static str| cli.get("/api/auth/verify").header(h, v).send();
     assert_eq!(get("x-forwarded-uri", "/public/x").await.0.status(), 200);
     assert_eq!(get("x-forwarded-uri", "/adminonly/x").await.0.status(), 401);

@@ -13,6 +13,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 
+pub mod app;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_miauflix-gate");
 
 /// A running gate process; killed on drop.
