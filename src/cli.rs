@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::admin::Request;
+use crate::admin::{AdminCommand, Reply, Response, Secret};
+use crate::auth::Role;
 use crate::config::{Config, LogFormat, Overrides};
 
 /// `--version`: the crate version and the git commit it was built from
@@ -354,94 +355,63 @@ fn read_secret(what: &str) -> anyhow::Result<String> {
     Ok(line)
 }
 
-/// Builds the admin request (and where its payload goes) from a CLI command.
-fn admin_request(cmd: Command) -> anyhow::Result<(Request, Option<PathBuf>)> {
-    let mut req = Request::default();
-    let mut out = None;
-    let mut set = |k: &str, v: String| {
-        req.args.insert(k.to_string(), v);
-    };
-    let cmd_name = match cmd {
-        Command::User { command } => match command {
-            UserCommand::Add { email, role, display_name } => {
-                set("email", email);
-                set("role", role);
-                if let Some(d) = display_name {
-                    set("display_name", d);
+fn role(r: &str) -> anyhow::Result<Role> {
+    Role::parse(r).ok_or_else(|| anyhow::anyhow!("role must be admin, user or guest, not {r:?}"))
+}
+
+fn time_ms(name: &str, v: Option<String>) -> anyhow::Result<Option<i64>> {
+    v.map(|v| {
+        crate::audit::parse_rfc3339_ms(&v)
+            .ok_or_else(|| anyhow::anyhow!("--{name} must be an RFC 3339 time such as 2026-11-29T08:00:00Z"))
+    })
+    .transpose()
+}
+
+impl Command {
+    /// The admin command this CLI command asks for, and where its payload goes; `secret`
+    /// reads a password or key (its prompt) from standard input.
+    fn into_admin(
+        self,
+        secret: impl FnOnce(&str) -> anyhow::Result<Secret>,
+    ) -> anyhow::Result<(AdminCommand, Option<PathBuf>)> {
+        use AdminCommand as A;
+        let cmd = match self {
+            Command::User { command } => match command {
+                UserCommand::Add { email, role: r, display_name } => {
+                    let password = secret("password")?;
+                    A::UserAdd { email, role: role(&r)?, display_name, password }
                 }
-                req.secret = Some(read_secret("password")?);
-                "user.add"
-            }
-            UserCommand::List => "user.list",
-            UserCommand::SetRole { email, role } => {
-                set("email", email);
-                set("role", role);
-                "user.set-role"
-            }
-            UserCommand::Disable { email } => {
-                set("email", email);
-                "user.disable"
-            }
-            UserCommand::Enable { email } => {
-                set("email", email);
-                "user.enable"
-            }
-            UserCommand::ResetPassword { email } => {
-                set("email", email);
-                req.secret = Some(read_secret("new password")?);
-                "user.reset-password"
-            }
-            UserCommand::Unlock { email } => {
-                set("email", email);
-                "user.unlock"
-            }
-        },
-        Command::Sessions { command } => match command {
-            SessionsCommand::List { email } => {
-                set("email", email);
-                "sessions.list"
-            }
-            SessionsCommand::Revoke { email, session } => {
-                set("email", email);
-                if let Some(s) = session {
-                    set("session", s);
+                UserCommand::List => A::UserList {},
+                UserCommand::SetRole { email, role: r } => A::UserSetRole { email, role: role(&r)? },
+                UserCommand::Disable { email } => A::UserDisable { email },
+                UserCommand::Enable { email } => A::UserEnable { email },
+                UserCommand::ResetPassword { email } => {
+                    A::UserResetPassword { email, password: secret("new password")? }
                 }
-                "sessions.revoke"
+                UserCommand::Unlock { email } => A::UserUnlock { email },
+            },
+            Command::Sessions { command: SessionsCommand::List { email } } => A::SessionsList { email },
+            Command::Sessions { command: SessionsCommand::Revoke { email, session } } => {
+                A::SessionsRevoke { email, session }
             }
-        },
-        Command::Backup { out: path } => {
-            out = Some(path);
-            "backup"
-        }
-        Command::Vpn { command } => match command {
-            VpnCommand::Status => "vpn.status",
-            VpnCommand::SetKey => {
-                req.secret = Some(read_secret("WireGuard private key")?);
-                "vpn.set-key"
+            Command::Backup { out } => return Ok((A::Backup {}, Some(out))),
+            Command::Vpn { command } => match command {
+                VpnCommand::Status => A::VpnStatus {},
+                VpnCommand::SetKey => A::VpnSetKey { private_key: secret("WireGuard private key")? },
+                VpnCommand::Reconnect => A::VpnReconnect {},
+                VpnCommand::Disable => A::VpnDisable {},
+            },
+            Command::Keys { command: KeysCommand::Rotate } => A::KeysRotate {},
+            Command::Keys { command: KeysCommand::Retire { key_id } } => A::KeysRetire { key_id },
+            Command::Audit { command: AuditCommand::Verify } => A::AuditVerify {},
+            Command::Audit { command: AuditCommand::Export { since, until, out } } => {
+                let cmd = A::AuditExport { since_ms: time_ms("since", since)?, until_ms: time_ms("until", until)? };
+                return Ok((cmd, out));
             }
-            VpnCommand::Reconnect => "vpn.reconnect",
-            VpnCommand::Disable => "vpn.disable",
-        },
-        Command::Keys { command: KeysCommand::Rotate } => "keys.rotate",
-        Command::Keys { command: KeysCommand::Retire { key_id } } => {
-            set("key_id", key_id.to_string());
-            "keys.retire"
-        }
-        Command::Audit { command: AuditCommand::Verify } => "audit.verify",
-        Command::Audit { command: AuditCommand::Export { since, until, out: path } } => {
-            if let Some(s) = since {
-                set("since", s);
-            }
-            if let Some(u) = until {
-                set("until", u);
-            }
-            out = path;
-            "audit.export"
-        }
-        _ => anyhow::bail!("not an admin command"),
-    };
-    req.cmd = cmd_name.to_string();
-    Ok((req, out))
+            _ => anyhow::bail!("not an admin command"),
+        };
+        Ok((cmd, None))
+    }
 }
 
 /// Where a payload goes: a new 0600 file renamed over `--out` when complete (an existing file
@@ -481,16 +451,17 @@ impl PayloadSink {
     }
 }
 
-async fn run_admin(config: &Config, req: &Request, out: Option<&PathBuf>) -> anyhow::Result<(serde_json::Value, bool)> {
+async fn run_admin(config: &Config, cmd: AdminCommand, out: Option<&PathBuf>) -> anyhow::Result<(Reply, bool)> {
     use tokio::io::AsyncReadExt;
     let sock = config.admin_socket_path();
-    if let Some((resp, mut reader)) = crate::admin::socket::send(&sock, req).await? {
-        if !resp.ok {
-            anyhow::bail!("{}", resp.error.unwrap_or_else(|| "the command failed".into()));
-        }
-        if resp.payload_bytes > 0 {
+    if let Some((resp, mut reader)) = crate::admin::socket::send(&sock, &cmd).await? {
+        let (reply, payload_bytes) = match resp {
+            Response::Ok { reply, payload_bytes } => (reply, payload_bytes),
+            Response::Error(error) => anyhow::bail!("{error}"),
+        };
+        if payload_bytes > 0 {
             let mut sink = PayloadSink::open(out)?;
-            let mut left = resp.payload_bytes;
+            let mut left = payload_bytes;
             let mut buf = vec![0u8; 64 * 1024];
             while left > 0 {
                 let want = buf.len().min(left as usize);
@@ -503,14 +474,14 @@ async fn run_admin(config: &Config, req: &Request, out: Option<&PathBuf>) -> any
             }
             sink.finish(out)?;
         }
-        return Ok((resp.data, true));
+        return Ok((reply, true));
     }
     // No gate answers: open the data file directly and run the same command.
     let core = crate::core::Core::open(config.clone(), crate::core::Opening::Offline).await?;
-    let result = crate::admin::execute(&core, req, crate::admin::socket::own_uid()).await;
+    let result = cmd.apply(&core, crate::admin::socket::own_uid()).await;
     let outcome = match result {
         Err(e) => Err(anyhow::anyhow!("{e}")),
-        Ok((data, payload)) => {
+        Ok((reply, payload)) => {
             let written = match payload {
                 None => Ok(()),
                 Some(crate::admin::Payload::TempFile(path)) => {
@@ -524,7 +495,7 @@ async fn run_admin(config: &Config, req: &Request, out: Option<&PathBuf>) -> any
                     r
                 }
             };
-            written.map(|_| (data, false))
+            written.map(|_| (reply, false))
         }
     };
     core.store.close().await;
@@ -536,107 +507,126 @@ fn admin_command(config: &Config, cmd: Command, json: bool) -> ExitCode {
         eprintln!("miauflix-gate: {}", format!("{e:#}").replace('\n', " "));
         ExitCode::FAILURE
     };
-    let (req, out) = match admin_request(cmd) {
+    let (cmd, out) = match cmd.into_admin(|what| read_secret(what).map(Secret::new)) {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
     let Some(runtime) = runtime(false) else { return ExitCode::FAILURE };
-    let (data, online) = match runtime.block_on(run_admin(config, &req, out.as_ref())) {
+    let (reply, online) = match runtime.block_on(run_admin(config, cmd, out.as_ref())) {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
     if json {
-        println!("{data}");
+        println!("{}", reply.data());
     } else {
-        print_human(&req.cmd, &data, out.as_ref(), config, online);
+        print_human(&reply, out.as_ref(), config, online);
     }
-    if req.cmd == "audit.verify" && data["ok"] != true {
+    if matches!(reply, Reply::AuditVerified { ok: false, .. }) {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
 }
 
-fn print_human(cmd: &str, d: &serde_json::Value, out: Option<&PathBuf>, config: &Config, online: bool) {
-    let user_line = |u: &serde_json::Value| {
-        format!(
-            "{:<32} {:<6} {:<9} {}",
-            u["email"].as_str().unwrap_or(""),
-            u["role"].as_str().unwrap_or(""),
-            if u["disabled"] == true { "disabled" } else { "enabled" },
-            u["id"].as_str().unwrap_or("")
-        )
+/// A number, or `null` (what the JSON showed) when there is none.
+fn or_null(n: Option<u64>) -> String {
+    n.map_or_else(|| "null".into(), |n| n.to_string())
+}
+
+fn print_human(reply: &Reply, out: Option<&PathBuf>, config: &Config, online: bool) {
+    let user_line = |u: &crate::admin::UserData| {
+        let state = if u.disabled { "disabled" } else { "enabled" };
+        format!("{:<32} {:<6} {:<9} {}", u.email, u.role.as_str(), state, u.id)
     };
-    match cmd {
-        "user.list" => {
+    match reply {
+        Reply::Users(users) => {
             println!("{:<32} {:<6} {:<9} id", "email", "role", "state");
-            for u in d.as_array().into_iter().flatten() {
+            for u in users {
                 println!("{}", user_line(u));
             }
         }
-        "user.add" | "user.set-role" | "user.disable" | "user.enable" => println!("{}", user_line(d)),
-        "user.reset-password" => println!(
-            "password set for {}; {} session(s) ended",
-            d["email"].as_str().unwrap_or(""),
-            d["sessionsRevoked"]
-        ),
-        "user.unlock" => println!(
-            "{}: {}",
-            d["email"].as_str().unwrap_or(""),
-            if d["wasLocked"] == true { "unlocked" } else { "was not locked" }
-        ),
-        "sessions.list" => {
-            for s in d.as_array().into_iter().flatten() {
-                println!(
-                    "{}  last used {}  from {}",
-                    s["id"].as_str().unwrap_or(""),
-                    s["lastUsedAt"],
-                    s["ip"].as_str().unwrap_or("")
-                );
+        Reply::User(u) => println!("{}", user_line(u)),
+        Reply::PasswordReset { email, sessions_revoked } => {
+            println!("password set for {email}; {sessions_revoked} session(s) ended")
+        }
+        Reply::Unlocked { email, was_locked } => {
+            println!("{email}: {}", if *was_locked { "unlocked" } else { "was not locked" })
+        }
+        Reply::Sessions(sessions) => {
+            for s in sessions {
+                println!("{}  last used {}  from {}", s.id, s.last_used_at, s.ip);
             }
         }
-        "sessions.revoke" => println!("{} session(s) of {} ended", d["revoked"], d["email"].as_str().unwrap_or("")),
-        "keys.rotate" => println!(
-            "rotated: data key {} is active, signing key {} signs, {} encrypted field(s) re-encrypted{}",
-            d["dataKey"],
-            d["signingKid"].as_str().unwrap_or(""),
-            d["reencrypted"],
+        Reply::Revoked { email, revoked } => println!("{revoked} session(s) of {email} ended"),
+        Reply::Rotated { data_key, signing_kid, reencrypted } => println!(
+            "rotated: data key {data_key} is active, signing key {signing_kid} signs, {reencrypted} encrypted field(s) re-encrypted{}",
             if online { " (live in the running gate)" } else { "" }
         ),
-        "keys.retire" => println!("data key {} retired; data keys left: {}", d["retired"], d["dataKeys"]),
-        "audit.verify" => {
-            if d["ok"] == true {
-                println!("audit chain verifies: records {}..{} ({} checked)", d["first"], d["last"], d["checked"]);
-            } else {
-                eprintln!(
-                    "miauflix-gate: audit chain broken at record {} ({}); records {}..{} before it verify",
-                    d["firstBad"],
-                    d["reason"].as_str().unwrap_or(""),
-                    d["first"],
-                    d["firstBad"].as_u64().unwrap_or(1).saturating_sub(1)
-                );
-            }
+        Reply::Retired { retired, data_keys } => {
+            let left: Vec<String> = data_keys.iter().map(u32::to_string).collect();
+            println!("data key {retired} retired; data keys left: [{}]", left.join(","))
         }
-        "audit.export" => eprintln!("exported {} record(s)", d["records"]),
-        "backup" => println!(
-            "backup written to {} ({} bytes, 0600). The master key is NOT in it: keep {} safe; restore needs it.",
+        Reply::AuditVerified { ok: true, first, last, checked, .. } => {
+            println!("audit chain verifies: records {first}..{last} ({checked} checked)")
+        }
+        Reply::AuditVerified { ok: false, first, first_bad, reason, .. } => eprintln!(
+            "miauflix-gate: audit chain broken at record {} ({}); records {first}..{} before it verify",
+            or_null(*first_bad),
+            reason.as_deref().unwrap_or(""),
+            first_bad.unwrap_or(1).saturating_sub(1)
+        ),
+        Reply::AuditExported { records } => eprintln!("exported {records} record(s)"),
+        Reply::Backup { bytes, .. } => println!(
+            "backup written to {} ({bytes} bytes, 0600). The master key is NOT in it: keep {} safe; restore needs it.",
             out.map(|p| p.display().to_string()).unwrap_or_default(),
-            d["bytes"],
             config.master_key_path().display()
         ),
-        "vpn.status" => {
-            let state = d["state"].as_str().unwrap_or("unknown");
-            match (d["server"].as_str(), d["reason"].as_str()) {
+        Reply::Vpn(s) => {
+            let state = s.state.as_str();
+            match (s.server.as_deref(), s.reason.as_deref()) {
                 (Some(server), _) if state == "up" || state == "degraded" => println!(
                     "vpn: {state} via {server} ({}), handshake {} s ago, kill switch {}",
-                    d["endpoint"].as_str().unwrap_or("?"),
-                    d["handshakeAgeSecs"],
-                    if d["killswitch"]["installed"] == true { "on" } else { "off" }
+                    s.endpoint.as_deref().unwrap_or("?"),
+                    or_null(s.handshake_age_secs),
+                    if s.killswitch.installed { "on" } else { "off" }
                 ),
                 (_, Some(reason)) => println!("vpn: {state} ({reason})"),
                 _ => println!("vpn: {state}"),
             }
         }
-        "vpn.set-key" | "vpn.reconnect" | "vpn.disable" => println!("{}", d["message"].as_str().unwrap_or("done")),
-        _ => println!("{d}"),
+        Reply::VpnStopped { reason, .. } => println!("vpn: stopped ({reason})"),
+        Reply::Message { message } => println!("{message}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_stdin(what: &str) -> anyhow::Result<Secret> {
+        panic!("{what} read from standard input")
+    }
+
+    #[test]
+    fn subcommands_become_typed_admin_commands() {
+        let set_role =
+            |r: &str| Command::User { command: UserCommand::SetRole { email: "a@b.c".into(), role: r.into() } };
+        let (cmd, out) = set_role("guest").into_admin(no_stdin).unwrap();
+        assert!(matches!(cmd, AdminCommand::UserSetRole { role: Role::Guest, .. }) && out.is_none());
+        let err = set_role("emperor").into_admin(no_stdin).unwrap_err().to_string();
+        assert_eq!(err, r#"role must be admin, user or guest, not "emperor""#);
+        let add = Command::User {
+            command: UserCommand::Add { email: "a@b.c".into(), role: "user".into(), display_name: None },
+        };
+        let (cmd, _) = add.into_admin(|what| Ok(Secret::new(format!("{what}-value")))).unwrap();
+        let AdminCommand::UserAdd { password, .. } = cmd else { panic!("{cmd:?}") };
+        assert_eq!(&*password.require("the password").unwrap(), "password-value");
+        let export = |since: &str| Command::Audit {
+            command: AuditCommand::Export { since: Some(since.into()), until: None, out: Some("x".into()) },
+        };
+        let (cmd, out) = export("1970-01-01T00:00:01Z").into_admin(no_stdin).unwrap();
+        assert!(matches!(cmd, AdminCommand::AuditExport { since_ms: Some(1000), until_ms: None }));
+        assert_eq!(out, Some(PathBuf::from("x")));
+        assert!(export("yesterday").into_admin(no_stdin).unwrap_err().to_string().starts_with("--since must be"));
+        assert!(Command::Serve.into_admin(no_stdin).is_err());
     }
 }

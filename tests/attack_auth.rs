@@ -556,8 +556,10 @@ async fn guesses_whose_clients_hang_up_mid_hash_still_spend_the_budget() {
                 .header("x-forwarded-for", format!("198.51.100.{}", i + 1))
                 .body(Full::new(Bytes::from(body)))
                 .unwrap();
-            // Written, then abandoned before the answer: the connection closes with it.
-            let _ = tokio::time::timeout(std::time::Duration::from_millis(5), sender.send_request(req)).await;
+            // Written, then abandoned before the answer: the connection closes with it. (20 ms:
+            // with 5 ms a loaded machine sometimes gave up before the request was even read, so
+            // no check started and there was nothing to spend; 30 hashes queue far longer.)
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(20), sender.send_request(req)).await;
         }));
     }
     for t in tasks {

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use miauflix_gate::admin::Request as AdminRequest;
+use miauflix_gate::admin::AdminCommand;
 use miauflix_gate::auth::stream_keys::StreamKeys;
 use miauflix_gate::auth::tokens::SigningKeys;
 use miauflix_gate::config::{Config, Overrides};
@@ -164,13 +164,21 @@ fn sealed(h: &Harness, data: &[u8]) {
     assert!(h.keyring.decrypt(&ctx, &tampered).is_err(), "a changed byte at {i} still opens");
 }
 
-/// The admin socket's one request line: what parses prints and parses to the same request.
+/// The admin socket's one request line: a command, or one clear line of error (never a
+/// panic); a command prints as one line and reads back to the same command.
 fn admin_line(data: &[u8]) {
-    let Ok(req) = serde_json::from_slice::<AdminRequest>(data) else { return };
-    let printed = serde_json::to_string(&req).unwrap();
-    let again: AdminRequest = serde_json::from_str(&printed).unwrap();
-    assert_eq!(serde_json::to_string(&again).unwrap(), printed);
+    let cmd = match AdminCommand::from_line(data) {
+        Ok(cmd) => cmd,
+        Err(e) => {
+            assert!(!e.is_empty() && !e.contains(['\n', '\r']), "one line of error: {e:?}");
+            assert!(e.len() <= 2048, "a bounded error: {} bytes", e.len());
+            return;
+        }
+    };
+    let printed = serde_json::to_string(&cmd).unwrap();
     assert!(!printed.contains('\n'), "one request is one line");
+    let again = AdminCommand::from_line(printed.as_bytes()).unwrap();
+    assert_eq!(serde_json::to_string(&again).unwrap(), printed);
 }
 
 /// A TOML file is loaded and validated or refused with an error that names a key; never a

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use super::{MAX_REQUEST, Payload, Request, Response, execute};
+use super::{AdminCommand, MAX_REQUEST, Payload, Response};
 use crate::audit::{ClientInfo, EventKind, SecurityEvent, Severity};
 use crate::core::Core;
 
@@ -64,9 +64,10 @@ async fn handle(core: Core, mut stream: UnixStream, gate_uid: u32) -> std::io::R
             .record(core.auth.audit())
             .await;
         let error = "permission denied: only root and the gate's service user may use the admin socket".to_string();
-        return respond(&mut stream, &Response { ok: false, error: Some(error), ..Default::default() }).await;
+        return respond(&mut stream, &Response::Error(error)).await;
     }
-    let mut line = Vec::new();
+    // Never grown past its first allocation (`take` stops at MAX_REQUEST): zeroized below.
+    let mut line = Vec::with_capacity(MAX_REQUEST);
     let n = {
         let mut reader = BufReader::new(&mut stream).take(MAX_REQUEST as u64);
         reader.read_until(b'\n', &mut line).await?
@@ -74,22 +75,20 @@ async fn handle(core: Core, mut stream: UnixStream, gate_uid: u32) -> std::io::R
     if n == 0 {
         return Ok(());
     }
-    let req: Request = match serde_json::from_slice(&line) {
-        Ok(r) => r,
-        Err(_) => {
-            let error = Some("malformed request".to_string());
-            return respond(&mut stream, &Response { ok: false, error, ..Default::default() }).await;
-        }
-    };
+    let parsed = AdminCommand::from_line(&line);
     zeroize::Zeroize::zeroize(&mut line);
-    match execute(&core, &req, uid).await {
-        Err(error) => respond(&mut stream, &Response { ok: false, error: Some(error), ..Default::default() }).await,
-        Ok((data, None)) => respond(&mut stream, &Response { ok: true, data, ..Default::default() }).await,
-        Ok((data, Some(Payload::TempFile(path)))) => {
+    let cmd = match parsed {
+        Ok(c) => c,
+        Err(error) => return respond(&mut stream, &Response::Error(error)).await,
+    };
+    match cmd.apply(&core, uid).await {
+        Err(error) => respond(&mut stream, &Response::Error(error)).await,
+        Ok((reply, None)) => respond(&mut stream, &Response::Ok { reply, payload_bytes: 0 }).await,
+        Ok((reply, Some(Payload::TempFile(path)))) => {
             let result = async {
                 let mut file = tokio::fs::File::open(&path).await?;
                 let len = file.metadata().await?.len();
-                respond(&mut stream, &Response { ok: true, data, payload_bytes: len, error: None }).await?;
+                respond(&mut stream, &Response::Ok { reply, payload_bytes: len }).await?;
                 tokio::io::copy(&mut file, &mut stream).await.map(|_| ())
             }
             .await;
@@ -99,9 +98,9 @@ async fn handle(core: Core, mut stream: UnixStream, gate_uid: u32) -> std::io::R
     }
 }
 
-/// Client side: sends `req`, returns the response and the stream positioned at the payload.
+/// Client side: sends `cmd`, returns the response and the stream positioned at the payload.
 /// `Ok(None)` when no gate answers on `path` (the CLI then opens the store itself).
-pub async fn send(path: &Path, req: &Request) -> anyhow::Result<Option<(Response, BufReader<UnixStream>)>> {
+pub async fn send(path: &Path, cmd: &AdminCommand) -> anyhow::Result<Option<(Response, BufReader<UnixStream>)>> {
     let mut stream = match UnixStream::connect(path).await {
         Ok(s) => s,
         Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
@@ -112,7 +111,10 @@ pub async fn send(path: &Path, req: &Request) -> anyhow::Result<Option<(Response
         }
         Err(e) => anyhow::bail!("cannot reach the gate on {}: {e}", path.display()),
     };
-    let mut line = serde_json::to_vec(req)?;
+    // Sized for the longest line the gate reads, so it never grows and leaves a copy of a
+    // secret behind in a freed buffer.
+    let mut line = Vec::with_capacity(MAX_REQUEST);
+    serde_json::to_writer(&mut line, cmd)?;
     line.push(b'\n');
     stream.write_all(&line).await?;
     zeroize::Zeroize::zeroize(&mut line);

@@ -19,7 +19,7 @@ use std::sync::{Arc, RwLock};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroizing;
 
@@ -40,7 +40,7 @@ pub fn public_key_of(private: &[u8; 32]) -> Option<String> {
 }
 
 /// Supervisor states.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VpnState {
     /// `vpn.enabled = false` or `vpn disable`.
@@ -82,7 +82,7 @@ impl VpnState {
 }
 
 /// Kill-switch facts for the status page.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct KillswitchView {
     pub enabled: bool,
@@ -92,8 +92,9 @@ pub struct KillswitchView {
     pub dropped_packets: u64,
 }
 
-/// Everything `GET /api/vpn` shows. Never holds the private key.
-#[derive(Debug, Clone, Serialize)]
+/// Everything `GET /api/vpn` (and `vpn status` over the admin socket) shows. Never holds the
+/// private key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VpnSnapshot {
     pub state: VpnState,
