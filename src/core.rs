@@ -97,7 +97,7 @@ impl Core {
         }
         let auth = AuthService::open(
             store.clone(),
-            keyring.clone(),
+            &keyring,
             hasher,
             config.auth.clone(),
             config.lockout.clone(),

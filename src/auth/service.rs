@@ -5,7 +5,6 @@
 //! user administration, passwords); the table access they share in `records.rs`.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use super::config::AuthConfig;
 use super::live::Live;
@@ -19,7 +18,6 @@ use crate::store::{Store, StoreError, tables};
 /// The auth service.
 pub struct AuthService {
     pub(super) store: Store,
-    pub(super) keyring: Arc<Keyring>,
     pub(super) hasher: PasswordHasher,
     pub(super) keys: SigningKeys,
     pub(super) live: Live,
@@ -37,18 +35,17 @@ impl AuthService {
     /// Loads signing keys and the live view from the store.
     pub async fn open(
         store: Store,
-        keyring: Arc<Keyring>,
+        keyring: &Keyring,
         hasher: PasswordHasher,
         cfg: AuthConfig,
         lockout: LockoutConfig,
         setup_token_path: PathBuf,
         audit: crate::audit::Audit,
     ) -> Result<AuthService, KeyError> {
-        let keys = SigningKeys::load_or_init(&store, &keyring, &cfg.issuer, &cfg.audience, cfg.access_ttl_secs).await?;
-        let stream_keys = super::stream_keys::StreamKeys::load_or_init(&store, &keyring).await?;
+        let keys = SigningKeys::load_or_init(&store, keyring, &cfg.issuer, &cfg.audience, cfg.access_ttl_secs).await?;
+        let stream_keys = super::stream_keys::StreamKeys::load_or_init(&store, keyring).await?;
         let service = AuthService {
             store,
-            keyring,
             hasher,
             keys,
             live: Live::default(),
@@ -113,11 +110,6 @@ impl AuthService {
     /// Sessions currently live (for the `auth_active_sessions` gauge).
     pub fn active_sessions(&self) -> usize {
         self.live.session_count()
-    }
-
-    /// The keyring (for key rotation tooling).
-    pub fn keyring(&self) -> &Arc<Keyring> {
-        &self.keyring
     }
 }
 

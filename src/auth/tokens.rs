@@ -41,7 +41,6 @@ struct StoredKey {
 
 struct LoadedKey {
     kid: String,
-    retired_at: Option<i64>,
     public: Vec<u8>,
     encoding: EncodingKey,
     decoding: DecodingKey,
@@ -100,7 +99,6 @@ fn load_key(rec: &StoredKey, keyring: &Keyring) -> Result<LoadedKey, KeyError> {
     let public = B64.decode(&rec.public)?;
     Ok(LoadedKey {
         kid: rec.kid.clone(),
-        retired_at: rec.retired_at,
         encoding: EncodingKey::from_ed_der(&pkcs8),
         decoding: DecodingKey::from_ed_der(&public),
         public,
@@ -285,18 +283,5 @@ impl SigningKeys {
                 .collect::<Vec<_>>()
         });
         serde_json::json!({ "keys": keys.unwrap_or_default() })
-    }
-
-    /// The id of the key that signs.
-    pub fn active_kid(&self) -> Option<String> {
-        self.keys.read().ok().and_then(|k| k.first().map(|k| k.kid.clone()))
-    }
-
-    /// Ids of keys that verify but no longer sign.
-    pub fn retired_kids(&self) -> Vec<String> {
-        self.keys
-            .read()
-            .map(|k| k.iter().filter(|k| k.retired_at.is_some()).map(|k| k.kid.clone()).collect())
-            .unwrap_or_default()
     }
 }
