@@ -202,3 +202,43 @@ fn primitives_are_called_only_in_crypto() {
     }
     assert!(direct.is_empty(), "files outside crypto/ that call primitives directly: {direct:?}");
 }
+
+/// **Architecture Invariant:** no write bypasses the store's writer thread: only `store/`
+/// opens the database or begins a write transaction; everyone else writes through
+/// `Store::write` closures, which the writer thread runs in its group commit.
+#[test]
+fn only_the_store_begins_a_write() {
+    let needles = ["begin_write", "redb::Database", "Database::create", "Database::open", "Database::builder"];
+    let mut direct = BTreeSet::new();
+    for (rel, text) in sources() {
+        if rel.starts_with("store/") {
+            continue;
+        }
+        let code = code(&text);
+        if needles.iter().any(|n| code.contains(n)) {
+            direct.insert(rel);
+        }
+    }
+    assert!(direct.is_empty(), "files outside store/ that open redb or begin a write themselves: {direct:?}");
+}
+
+/// **Architecture Invariant:** no `unsafe`: the crate forbids it (so no `allow` can turn it
+/// back on), and no source file contains an `unsafe` block, function or impl.
+#[test]
+fn unsafe_code_is_forbidden() {
+    let manifest = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")).unwrap();
+    let lints = manifest.split("[lints.rust]").nth(1).expect("Cargo.toml has a [lints.rust] table");
+    let lints = lints.split("\n[").next().unwrap();
+    assert!(
+        lints.lines().any(|l| l.split('#').next().unwrap().replace(' ', "") == "unsafe_code=\"forbid\""),
+        "[lints.rust] must say unsafe_code = \"forbid\""
+    );
+    let mut found = BTreeSet::new();
+    for (rel, text) in sources() {
+        let code = code(&text);
+        if ["unsafe {", "unsafe fn", "unsafe impl", "allow(unsafe_code)"].iter().any(|n| code.contains(n)) {
+            found.insert(rel);
+        }
+    }
+    assert!(found.is_empty(), "files with unsafe code: {found:?}");
+}
