@@ -1,5 +1,6 @@
 //! Users, roles, sessions, refresh-token families, login, setup. Knows nothing of HTTP.
 
+pub mod assertion;
 pub mod config;
 mod live;
 pub mod lockout;

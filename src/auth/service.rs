@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use super::config::AuthConfig;
 use super::live::Live;
 use super::lockout::{Lockout, LockoutConfig};
-use super::model::{AuthError, UserRecord, check_password};
+use super::model::{AuthError, Principal, UserRecord, check_password};
 use super::tokens::{KeyError, SigningKeys};
 use crate::clock::now;
 use crate::crypto::{Keyring, PasswordHasher};
@@ -28,6 +28,7 @@ pub struct AuthService {
     /// Refused attempts on a locked email, recorded once per email per window.
     pub(super) locked_refusals: crate::ratelimit::RefusalTally,
     pub(super) stream_keys: super::stream_keys::StreamKeys,
+    pub(super) assertions: super::assertion::Assertions,
     pub(super) audit: crate::audit::Audit,
 }
 
@@ -55,6 +56,7 @@ impl AuthService {
             lockout: Lockout::new(lockout),
             locked_refusals: crate::ratelimit::RefusalTally::new(),
             stream_keys,
+            assertions: Default::default(),
             audit,
         };
         service.live.reload(&service.store, now())?;
@@ -105,6 +107,18 @@ impl AuthService {
     /// The audit log.
     pub fn audit(&self) -> &crate::audit::Audit {
         &self.audit
+    }
+
+    /// The signed identity assertion for a proxied request (`auth::assertion`): cached, signed
+    /// again when it nears its end or the keys were reloaded.
+    pub fn identity_assertion(
+        &self,
+        principal: &Principal,
+        audience: &str,
+        method: &str,
+        path: &str,
+    ) -> Result<std::sync::Arc<str>, super::tokens::TokenError> {
+        self.assertions.get(&self.keys, principal, audience, method, path, now())
     }
 
     /// Sessions currently live (for the `auth_active_sessions` gauge).

@@ -87,6 +87,9 @@ pub struct SigningKeys {
     leeway: u64,
     /// Access-token lifetime; a retired key is dropped this long (plus leeway) after retiring.
     access_ttl: i64,
+    /// Bumped by every reload, so what was signed with an older ring (a cached identity
+    /// assertion) is signed again with the new key.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 /// Where a signing key's private half is sealed (a field of the key list's entry `kid`).
@@ -149,6 +152,7 @@ impl SigningKeys {
             audience: audience.to_string(),
             leeway: 30,
             access_ttl,
+            generation: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -177,6 +181,7 @@ impl SigningKeys {
         if let Ok(mut k) = self.keys.write() {
             *k = keys;
         }
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
@@ -202,8 +207,8 @@ impl SigningKeys {
             .collect()
     }
 
-    /// Signs an access token with the newest key.
-    pub fn sign(&self, claims: &Claims) -> Result<String, TokenError> {
+    /// Signs claims (an access token's, an identity assertion's) with the newest key.
+    pub fn sign<T: Serialize>(&self, claims: &T) -> Result<String, TokenError> {
         let keys = self.keys.read().map_err(|_| TokenError::Malformed)?;
         let key = keys.first().ok_or(TokenError::UnknownKey)?;
         let mut header = Header::new(Algorithm::EdDSA);
@@ -264,6 +269,16 @@ impl SigningKeys {
             cache.insert(digest, data.claims.clone());
         }
         Ok(data.claims)
+    }
+
+    /// How many times the ring was reloaded since the gate started.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The issuer (`iss`) the gate signs with.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
     }
 
     /// The public keys as a JWK set (OKP / Ed25519).
