@@ -38,6 +38,8 @@ pub struct Core {
     pub keyring: Arc<Keyring>,
     pub audit: Audit,
     pub auth: Arc<AuthService>,
+    /// The named secrets (a route's `upstream_headers` values).
+    pub secrets: Arc<crate::secrets::Secrets>,
     /// The running supervisor; `None` when the CLI works on the store offline.
     pub vpn: Option<Arc<dyn VpnStatus>>,
     pub monitor: Arc<Monitor>,
@@ -106,6 +108,8 @@ impl Core {
         )
         .await
         .context("loading the auth service")?;
+        let secrets = crate::secrets::Secrets::open(store.clone(), keyring.clone(), audit.clone())
+            .context("opening the named secrets")?;
         let vpn: Option<Arc<dyn VpnStatus>> = match how {
             Opening::Serve => {
                 Some(Arc::new(crate::vpn::Vpn::start(&config.vpn, store.clone(), keyring.clone(), audit.clone()).await))
@@ -118,6 +122,7 @@ impl Core {
             keyring,
             audit,
             auth: Arc::new(auth),
+            secrets: Arc::new(secrets),
             vpn,
             monitor,
             tasks: Arc::new(Tasks { stop: watch::channel(false).0, running: Mutex::new(Vec::new()) }),

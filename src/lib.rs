@@ -15,6 +15,7 @@ pub mod maintenance;
 pub mod monitor;
 pub mod paths;
 pub mod ratelimit;
+pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod tls;

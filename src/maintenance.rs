@@ -41,6 +41,7 @@ pub async fn rotate_with(
         n += 1;
     }
     n += crate::tls::acme::reencrypt(store, keyring).await.context("re-encrypting the ACME keys")?;
+    n += crate::secrets::reencrypt(store, keyring).await.context("re-encrypting the named secrets")?;
     SecurityEvent::new(EventKind::KeysRotated, Severity::Info, client)
         .actor("cli")
         .detail("data_key", data_key_id.to_string())
@@ -51,7 +52,8 @@ pub async fn rotate_with(
 }
 
 /// Every sealed value in the store and the data key id it is sealed with: signing keys, the
-/// self-signed key, the VPN key, the stream-URL key, the ACME account and certificate keys.
+/// self-signed key, the VPN key, the stream-URL key, the ACME account and certificate keys,
+/// the named secrets.
 pub fn sealed_values(store: &Store) -> anyhow::Result<Vec<(String, u32)>> {
     let mut out: Vec<(String, u32)> =
         SigningKeys::sealed_key_ids(store)?.into_iter().map(|(kid, id)| (format!("signing key {kid}"), id)).collect();
@@ -66,6 +68,9 @@ pub fn sealed_values(store: &Store) -> anyhow::Result<Vec<(String, u32)>> {
     }
     for (name, envelope) in crate::tls::acme::sealed_entries(store)? {
         out.push((name, Keyring::key_id_of(&envelope)?));
+    }
+    for s in crate::secrets::list(store)? {
+        out.push((format!("secret {}", s.name), s.key_id));
     }
     Ok(out)
 }

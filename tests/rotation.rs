@@ -32,6 +32,7 @@ async fn rotation_reseals_stream_and_acme_keys_with_the_new_data_key() {
     let bundle = format!("{}{}", cert.signing_key.serialize_pem(), cert.cert.pem());
     let domains = vec!["gate.example".to_string()];
     miauflix_gate::tls::acme::store_cert_bundle(&store, &keyring, &domains, dir_url, bundle.as_bytes()).await.unwrap();
+    miauflix_gate::secrets::set(&store, &keyring, "miauflix_proxy_secret", b"proxy-value-1").await.unwrap();
 
     let client = miauflix_gate::audit::ClientInfo::default();
     let report =
@@ -67,6 +68,20 @@ async fn rotation_reseals_stream_and_acme_keys_with_the_new_data_key() {
     assert!(sealed.len() >= 6, "{sealed:?}");
     assert!(sealed.iter().all(|(_, id)| *id == new), "{sealed:?}");
 
+    // Named secrets: re-sealed, still open, and bound to their name (a record copied under
+    // another name does not open).
+    let named = miauflix_gate::secrets::list(&store).unwrap();
+    assert_eq!(named.len(), 1, "{named:?}");
+    assert_eq!(named[0].key_id, new);
+    let value = miauflix_gate::secrets::get(&store, &keyring, "miauflix_proxy_secret").unwrap().unwrap();
+    assert_eq!(&value[..], b"proxy-value-1");
+    let record = store.get_secret("named.miauflix_proxy_secret").unwrap().unwrap();
+    assert!(!record.windows(13).any(|w| w == b"proxy-value-1"), "the value is sealed in the store");
+    store.put_secret("named.copied", record).await.unwrap();
+    assert!(miauflix_gate::secrets::get(&store, &keyring, "copied").is_err(), "the name is in the AAD");
+    assert!(miauflix_gate::secrets::delete(&store, "copied").await.unwrap());
+    assert!(sealed.iter().any(|(name, _)| name == "secret miauflix_proxy_secret"), "{sealed:?}");
+
     // The old key retires; the active one never does.
     let retire = |id| miauflix_gate::maintenance::retire(&store, &keyring, id, &audit, &client);
     assert!(retire(new).await.unwrap_err().to_string().contains("active"));
@@ -80,6 +95,7 @@ async fn rotation_reseals_stream_and_acme_keys_with_the_new_data_key() {
     assert!(miauflix_gate::vpn::load_key(&store, &reloaded).unwrap().is_some());
     miauflix_gate::auth::stream_keys::StreamKeys::load_or_init(&store, &reloaded).await.unwrap();
     assert_eq!(miauflix_gate::tls::acme::reencrypt(&store, &reloaded).await.unwrap(), 2);
+    assert!(miauflix_gate::secrets::get(&store, &reloaded, "miauflix_proxy_secret").unwrap().is_some());
     store.close().await;
 }
 

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod dto;
 pub mod forward_auth;
 pub mod keys;
+pub mod secrets;
 pub mod stream_keys;
 pub mod system;
 pub mod tls;
@@ -28,6 +29,7 @@ pub type Apis = (
     audit::AuditApi,
     tls::TlsApi,
     vpn::VpnApi,
+    secrets::SecretsApi,
 );
 
 pub fn apis(state: Arc<AppState>) -> Apis {
@@ -41,7 +43,8 @@ pub fn apis(state: Arc<AppState>) -> Apis {
         stream_keys::StreamKeysApi { state: state.clone() },
         audit::AuditApi { state: state.clone() },
         tls::TlsApi { state: state.clone() },
-        vpn::VpnApi { state },
+        vpn::VpnApi { state: state.clone() },
+        secrets::SecretsApi { state },
     )
 }
 
@@ -60,4 +63,6 @@ pub enum ApiTags {
     Audit,
     /// The WireGuard tunnel and its kill switch (admin).
     Vpn,
+    /// Named values the gate sends to upstreams, write-only (admin).
+    Secrets,
 }
