@@ -116,10 +116,17 @@ pub async fn open(config: Config) -> anyhow::Result<Opened> {
         config.http.max_tunnels_per_address,
         std::time::Duration::from_secs(config.http.tunnel_idle_timeout_secs),
     );
+    let proxy = crate::http::proxy::Proxy::new(
+        &config.routes,
+        config.http.max_upstream_requests,
+        tunnels,
+        core.auth.clone(),
+        core.secrets.clone(),
+    )?;
     let state = Arc::new(AppState {
         core,
         limits,
-        proxy: Arc::new(crate::http::proxy::Proxy::new(&config.routes, config.http.max_upstream_requests, tunnels)),
+        proxy: Arc::new(proxy),
         vpn,
         started: Instant::now(),
         tls: tls_status,

@@ -43,6 +43,70 @@ pub struct RouteConfig {
     /// Forward the client's `Authorization` header and the gate's cookies to the upstream.
     #[serde(default)]
     pub forward_credentials: bool,
+    /// Headers the gate adds to every request it forwards on this route, each from a named
+    /// secret (`{ secret = "name" }`, set with the CLI or API) or a file read at start
+    /// (`{ value_file = "/run/secrets/x" }`) — never a value in the TOML.
+    #[serde(default)]
+    pub upstream_headers: std::collections::BTreeMap<String, UpstreamHeader>,
+    /// Add `X-Miauflix-Assertion`, a signed JWT saying who the gate forwards for
+    /// (`auth::assertion`).
+    #[serde(default)]
+    pub identity_assertion: bool,
+    /// The assertion's `aud` (default: the upstream's origin, `http://host:port`).
+    #[serde(default)]
+    pub assertion_audience: Option<String>,
+}
+
+/// Where a configured upstream header's value comes from.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamHeader {
+    /// A named secret (`secrets set <name>` or `PUT /api/secrets/<name>`).
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// A file holding the value (trailing newline ignored), read when the gate starts.
+    #[serde(default)]
+    pub value_file: Option<std::path::PathBuf>,
+}
+
+impl RouteConfig {
+    /// The `aud` of this route's identity assertions.
+    pub fn audience(&self) -> String {
+        if let Some(a) = &self.assertion_audience {
+            return a.clone();
+        }
+        match self.upstream.parse::<http::Uri>() {
+            Ok(u) => {
+                format!("{}://{}", u.scheme_str().unwrap_or("http"), u.authority().map(|a| a.as_str()).unwrap_or(""))
+            }
+            Err(_) => self.upstream.clone(),
+        }
+    }
+}
+
+/// Header names the gate sets or strips itself: a route cannot configure them.
+fn is_gate_header(name: &str) -> bool {
+    let n = name.to_ascii_lowercase().replace('_', "-");
+    const OWN: &[&str] = &[
+        "host",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "forwarded",
+        "x-real-ip",
+        "authorization",
+        "cookie",
+        "x-session-id",
+    ];
+    OWN.contains(&n.as_str())
+        || n.starts_with("x-forwarded-")
+        || n.starts_with("x-miauflix-")
+        || n.starts_with("sec-websocket-")
 }
 
 impl RouteRole {
@@ -101,6 +165,41 @@ pub fn validate(routes: &[RouteConfig]) -> Result<(), ConfigError> {
         }
         if r.stream_keys && r.min_role == RouteRole::Public {
             return bad(key, "stream_keys makes no sense on a public route");
+        }
+        for (name, h) in &r.upstream_headers {
+            let hkey = format!("{key}.upstream_headers.{name}");
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return bad(hkey, "is not a valid header name");
+            }
+            if is_gate_header(name) {
+                return bad(hkey, "is a header the gate sets or removes itself");
+            }
+            match (&h.secret, &h.value_file) {
+                (Some(s), None) if crate::secrets::valid_name(s) => {}
+                (Some(_), None) => {
+                    return bad(hkey, "secret must name a secret: 1 to 64 of a-z, 0-9, '_', '-', '.'");
+                }
+                (None, Some(f)) if f.is_absolute() => {}
+                (None, Some(_)) => return bad(hkey, "value_file must be an absolute path"),
+                _ => return bad(hkey, "give exactly one of secret = \"<name>\" or value_file = \"<path>\""),
+            }
+        }
+        if r.upstream_headers
+            .keys()
+            .map(|n| n.to_ascii_lowercase().replace('_', "-"))
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+            != r.upstream_headers.len()
+        {
+            return bad(format!("{key}.upstream_headers"), "names a header twice");
+        }
+        if let Some(a) = &r.assertion_audience {
+            if a.is_empty() || a.len() > 512 || a.chars().any(|c| c.is_control() || c == ' ') {
+                return bad(
+                    format!("{key}.assertion_audience"),
+                    "must be a non-empty string without blanks or controls",
+                );
+            }
         }
     }
     Ok(())

@@ -12,6 +12,7 @@ pub mod serve;
 pub mod spec;
 pub mod tunnel;
 pub mod ui;
+pub mod upstream_headers;
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -21,6 +21,7 @@ use poem::http::{StatusCode, Uri};
 use crate::auth::Principal;
 use crate::config::{RouteConfig, RouteRole};
 use crate::http::problem::ApiError;
+use crate::http::upstream_headers::{Configured, HeaderSource, RouteSetupError};
 
 /// Headers that describe one connection, never forwarded.
 const HOP_BY_HOP: &[&str] = &[
@@ -71,6 +72,10 @@ pub struct ProxyRoute {
     authority: Arc<str>,
     /// The same, as the `Host` header sent upstream.
     host: HeaderValue,
+    /// `upstream_headers`, resolved: a file's value read at start, a secret by name.
+    extra: Vec<(HeaderName, HeaderSource)>,
+    /// The `aud` of this route's identity assertions.
+    audience: String,
 }
 
 impl ProxyRoute {
@@ -83,6 +88,13 @@ impl ProxyRoute {
 /// Every route and the pooled upstream client.
 pub struct Proxy {
     routes: Vec<Arc<ProxyRoute>>,
+    /// Signs identity assertions.
+    auth: Arc<crate::auth::AuthService>,
+    /// Values of `upstream_headers` that name a secret.
+    secrets: Arc<crate::secrets::Secrets>,
+    /// Every header name some route's `upstream_headers` sets: trust signals for some
+    /// upstream, so a client's own copy is removed on every route, not only on that one.
+    configured: Configured,
     client: Client<HttpConnector, ProxyBody>,
     /// Requests in flight through the shared pool (`http.max_upstream_requests`). Each holds
     /// an upstream socket until its answer's body ends: without this,
@@ -124,18 +136,34 @@ impl UpstreamSlot {
 type UpstreamError = Box<dyn std::error::Error + Send + Sync>;
 
 impl Proxy {
-    pub fn new(routes: &[RouteConfig], max_pooled: usize, tunnels: Arc<crate::http::tunnel::Tunnels>) -> Proxy {
-        let mut routes: Vec<Arc<ProxyRoute>> = routes
-            .iter()
-            .filter_map(|r| {
-                let upstream: Uri = r.upstream.parse().ok()?;
-                let prefix = r.prefix.trim_end_matches('/').to_string();
-                let authority = upstream.authority()?.as_str();
-                let host = HeaderValue::from_str(authority).ok()?;
-                let base = upstream.path().trim_end_matches('/').to_string();
-                Some(Arc::new(ProxyRoute { cfg: r.clone(), prefix, base, authority: authority.into(), host }))
-            })
-            .collect();
+    pub fn new(
+        routes: &[RouteConfig],
+        max_pooled: usize,
+        tunnels: Arc<crate::http::tunnel::Tunnels>,
+        auth: Arc<crate::auth::AuthService>,
+        secrets: Arc<crate::secrets::Secrets>,
+    ) -> Result<Proxy, RouteSetupError> {
+        let mut ready = Vec::new();
+        for (i, r) in routes.iter().enumerate() {
+            let Ok(upstream) = r.upstream.parse::<Uri>() else { continue };
+            let prefix = r.prefix.trim_end_matches('/').to_string();
+            let Some(authority) = upstream.authority().map(|a| a.as_str()) else { continue };
+            let Ok(host) = HeaderValue::from_str(authority) else { continue };
+            let base = upstream.path().trim_end_matches('/').to_string();
+            let extra = super::upstream_headers::resolve(i, r)?;
+            let audience = r.audience();
+            ready.push(Arc::new(ProxyRoute {
+                cfg: r.clone(),
+                prefix,
+                base,
+                authority: authority.into(),
+                host,
+                extra,
+                audience,
+            }));
+        }
+        let mut routes = ready;
+        let configured = Configured::new(routes.iter().flat_map(|r| r.extra.iter().map(|(n, _)| n)));
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -144,7 +172,15 @@ impl Proxy {
             .pool_timer(hyper_util::rt::TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
-        Proxy { routes, client, pooled_slots: Arc::new(tokio::sync::Semaphore::new(max_pooled)), tunnels }
+        Ok(Proxy {
+            routes,
+            auth,
+            secrets,
+            configured,
+            client,
+            pooled_slots: Arc::new(tokio::sync::Semaphore::new(max_pooled)),
+            tunnels,
+        })
     }
 
     /// Sends a request (origin-form URI) down the client connection's own upstream
@@ -299,7 +335,16 @@ impl Proxy {
             put(&mut headers, "x-miauflix-user", &p.user_id);
             put(&mut headers, "x-miauflix-email", &p.email);
             put(&mut headers, "x-miauflix-role", p.role.as_str());
+            if route.cfg.identity_assertion {
+                let assertion =
+                    super::upstream_headers::assertion(&self.auth, p, &route.audience, &parts.method, uri.path())?;
+                headers.insert(HeaderName::from_static("x-miauflix-assertion"), assertion);
+            }
         }
+        // Configured headers: a client's own spellings of any of them go, on every route;
+        // then this route's values.
+        self.configured.strip(&mut headers);
+        super::upstream_headers::apply(&route.extra, &self.secrets, &route.cfg.prefix, &mut headers)?;
         if let Ok(v) = HeaderValue::from_str(client_ip) {
             headers.insert(HeaderName::from_static("x-forwarded-for"), v);
         }
