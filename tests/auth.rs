@@ -233,12 +233,63 @@ async fn one_browser_holds_sessions_of_several_users() {
     let (s2, c2, _) = e.login("kid@example.com", PW).await;
     let jar = format!("{}; {}; junk=1; __miauflix_rt_bad=zzz", cookie_header(&c1), cookie_header(&c2));
     let list = body(e.cli.get("/api/auth/sessions").header("cookie", &jar).send().await).await;
-    let ids: Vec<&str> = list["sessions"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
+    // The Miauflix client's shape: a bare array of {session, user{id,email,displayName,role}}.
+    let entries = list.as_array().unwrap_or_else(|| panic!("a bare array: {list}"));
+    let ids: Vec<&str> = entries.iter().map(|s| s["session"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), 2);
     assert!(ids.contains(&s1.as_str()) && ids.contains(&s2.as_str()));
+    for entry in entries {
+        let keys: Vec<&str> = entry.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, ["session", "user"], "{entry}");
+        let user = &entry["user"];
+        for field in ["id", "email", "displayName", "role"] {
+            assert!(user[field].is_string(), "user.{field} in {entry}");
+        }
+        let expected = if entry["session"] == s1.as_str() { (ADMIN, "admin") } else { ("kid@example.com", "guest") };
+        assert_eq!((user["email"].as_str().unwrap(), user["role"].as_str().unwrap()), expected);
+    }
+    // The client calls `.some(…)` on it: no cookie is an empty array, never an object.
+    assert_eq!(body(e.cli.get("/api/auth/sessions").send().await).await, json!([]));
+
     // Each session answers only with its own access cookie.
     let as_kid = e.cli.get("/api/auth/session").header("x-session-id", &s2).header("cookie", &jar).send().await;
     assert_eq!(body(as_kid).await["user"]["role"], "guest");
+
+    // Hostile jars: the same cookie twice is one entry; a refresh token under another
+    // session's name, a rotated or a logged-out one, and an access token in a refresh cookie
+    // name nobody.
+    let rt = |set: &[String], sid: &str| {
+        set.iter()
+            .find_map(|c| {
+                c.split(';').next().unwrap().strip_prefix(&format!("__miauflix_rt_{sid}=")).map(str::to_string)
+            })
+            .unwrap()
+    };
+    let at = |set: &[String], sid: &str| {
+        set.iter()
+            .find_map(|c| {
+                c.split(';').next().unwrap().strip_prefix(&format!("__miauflix_at_{sid}=")).map(str::to_string)
+            })
+            .unwrap()
+    };
+    let (rt1, rt2) = (rt(&c1, &s1), rt(&c2, &s2));
+    let held = |jar: String| {
+        let cli = &e.cli;
+        async move {
+            let v = body(cli.get("/api/auth/sessions").header("cookie", jar).send().await).await;
+            v.as_array().unwrap().iter().map(|s| s["session"].as_str().unwrap().to_string()).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(held(format!("__miauflix_rt_{s1}={rt1}; __miauflix_rt_{s1}={rt1}")).await, [s1.clone()]);
+    assert_eq!(held(format!("__miauflix_rt_{s1}={rt2}")).await, Vec::<String>::new(), "foreign token");
+    assert_eq!(held(format!("__miauflix_rt_{s1}={}", at(&c1, &s1))).await, Vec::<String>::new());
+    let refreshed = e.cli.post(format!("/api/auth/refresh/{s2}")).header("cookie", cookie_header(&c2)).send().await;
+    assert_eq!(status(&refreshed), 200);
+    assert_eq!(held(format!("__miauflix_rt_{s2}={rt2}")).await, Vec::<String>::new(), "rotated token");
+    let rt2_new = rt(&set_cookies(&refreshed), &s2);
+    assert_eq!(held(format!("__miauflix_rt_{s2}={rt2_new}")).await, [s2.clone()]);
+    e.cli.post(format!("/api/auth/logout/{s2}")).header("cookie", format!("__miauflix_rt_{s2}={rt2_new}")).send().await;
+    assert_eq!(held(format!("__miauflix_rt_{s1}={rt1}; __miauflix_rt_{s2}={rt2_new}")).await, [s1.clone()]);
     e.state.store.close().await;
 }
 
