@@ -64,7 +64,9 @@ pub struct SessionRecord {
     pub user_id: String,
     pub kind: SessionKind,
     pub created_at: i64,
-    /// Last login or refresh.
+    /// Last use: login, refresh or an authenticated request. Requests raise it in memory
+    /// only (`Live::touch`); the next write that touches the session (the per-user cap, a
+    /// refresh) persists it, and listings read it from memory.
     pub last_used_at: i64,
     /// Absolute end (30 days after login by default).
     pub expires_at: i64,
@@ -81,6 +83,15 @@ pub struct SessionRecord {
 }
 
 impl SessionRecord {
+    /// Takes a later use `(at, seq)` known in memory; returns whether it was later.
+    pub(super) fn note_use(&mut self, at: i64, seq: u64) -> bool {
+        let later = (at, seq) > (self.last_used_at, self.used_seq);
+        if later {
+            (self.last_used_at, self.used_seq) = (at, seq);
+        }
+        later
+    }
+
     /// Whether the session may still be used at `now`.
     pub fn is_live(&self, now: i64) -> bool {
         self.revoked_at.is_none() && now < self.expires_at
