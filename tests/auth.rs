@@ -280,16 +280,16 @@ async fn one_browser_holds_sessions_of_several_users() {
             v.as_array().unwrap().iter().map(|s| s["session"].as_str().unwrap().to_string()).collect::<Vec<_>>()
         }
     };
-    assert_eq!(held(format!("__miauflix_rt_{s1}={rt1}; __miauflix_rt_{s1}={rt1}")).await, [s1.clone()]);
+    assert_eq!(held(format!("__miauflix_rt_{s1}={rt1}; __miauflix_rt_{s1}={rt1}")).await, [s1.as_str()]);
     assert_eq!(held(format!("__miauflix_rt_{s1}={rt2}")).await, Vec::<String>::new(), "foreign token");
     assert_eq!(held(format!("__miauflix_rt_{s1}={}", at(&c1, &s1))).await, Vec::<String>::new());
     let refreshed = e.cli.post(format!("/api/auth/refresh/{s2}")).header("cookie", cookie_header(&c2)).send().await;
     assert_eq!(status(&refreshed), 200);
     assert_eq!(held(format!("__miauflix_rt_{s2}={rt2}")).await, Vec::<String>::new(), "rotated token");
     let rt2_new = rt(&set_cookies(&refreshed), &s2);
-    assert_eq!(held(format!("__miauflix_rt_{s2}={rt2_new}")).await, [s2.clone()]);
+    assert_eq!(held(format!("__miauflix_rt_{s2}={rt2_new}")).await, [s2.as_str()]);
     e.cli.post(format!("/api/auth/logout/{s2}")).header("cookie", format!("__miauflix_rt_{s2}={rt2_new}")).send().await;
-    assert_eq!(held(format!("__miauflix_rt_{s1}={rt1}; __miauflix_rt_{s2}={rt2_new}")).await, [s1.clone()]);
+    assert_eq!(held(format!("__miauflix_rt_{s1}={rt1}; __miauflix_rt_{s2}={rt2_new}")).await, [s1.as_str()]);
     e.state.store.close().await;
 }
 
