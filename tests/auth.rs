@@ -233,12 +233,63 @@ async fn one_browser_holds_sessions_of_several_users() {
     let (s2, c2, _) = e.login("kid@example.com", PW).await;
     let jar = format!("{}; {}; junk=1; __miauflix_rt_bad=zzz", cookie_header(&c1), cookie_header(&c2));
     let list = body(e.cli.get("/api/auth/sessions").header("cookie", &jar).send().await).await;
-    let ids: Vec<&str> = list["sessions"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
+    // The Miauflix client's shape: a bare array of {session, user{id,email,displayName,role}}.
+    let entries = list.as_array().unwrap_or_else(|| panic!("a bare array: {list}"));
+    let ids: Vec<&str> = entries.iter().map(|s| s["session"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), 2);
     assert!(ids.contains(&s1.as_str()) && ids.contains(&s2.as_str()));
+    for entry in entries {
+        let keys: Vec<&str> = entry.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, ["session", "user"], "{entry}");
+        let user = &entry["user"];
+        for field in ["id", "email", "displayName", "role"] {
+            assert!(user[field].is_string(), "user.{field} in {entry}");
+        }
+        let expected = if entry["session"] == s1.as_str() { (ADMIN, "admin") } else { ("kid@example.com", "guest") };
+        assert_eq!((user["email"].as_str().unwrap(), user["role"].as_str().unwrap()), expected);
+    }
+    // The client calls `.some(…)` on it: no cookie is an empty array, never an object.
+    assert_eq!(body(e.cli.get("/api/auth/sessions").send().await).await, json!([]));
+
     // Each session answers only with its own access cookie.
     let as_kid = e.cli.get("/api/auth/session").header("x-session-id", &s2).header("cookie", &jar).send().await;
     assert_eq!(body(as_kid).await["user"]["role"], "guest");
+
+    // Hostile jars: the same cookie twice is one entry; a refresh token under another
+    // session's name, a rotated or a logged-out one, and an access token in a refresh cookie
+    // name nobody.
+    let rt = |set: &[String], sid: &str| {
+        set.iter()
+            .find_map(|c| {
+                c.split(';').next().unwrap().strip_prefix(&format!("__miauflix_rt_{sid}=")).map(str::to_string)
+            })
+            .unwrap()
+    };
+    let at = |set: &[String], sid: &str| {
+        set.iter()
+            .find_map(|c| {
+                c.split(';').next().unwrap().strip_prefix(&format!("__miauflix_at_{sid}=")).map(str::to_string)
+            })
+            .unwrap()
+    };
+    let (rt1, rt2) = (rt(&c1, &s1), rt(&c2, &s2));
+    let held = |jar: String| {
+        let cli = &e.cli;
+        async move {
+            let v = body(cli.get("/api/auth/sessions").header("cookie", jar).send().await).await;
+            v.as_array().unwrap().iter().map(|s| s["session"].as_str().unwrap().to_string()).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(held(format!("__miauflix_rt_{s1}={rt1}; __miauflix_rt_{s1}={rt1}")).await, [s1.as_str()]);
+    assert_eq!(held(format!("__miauflix_rt_{s1}={rt2}")).await, Vec::<String>::new(), "foreign token");
+    assert_eq!(held(format!("__miauflix_rt_{s1}={}", at(&c1, &s1))).await, Vec::<String>::new());
+    let refreshed = e.cli.post(format!("/api/auth/refresh/{s2}")).header("cookie", cookie_header(&c2)).send().await;
+    assert_eq!(status(&refreshed), 200);
+    assert_eq!(held(format!("__miauflix_rt_{s2}={rt2}")).await, Vec::<String>::new(), "rotated token");
+    let rt2_new = rt(&set_cookies(&refreshed), &s2);
+    assert_eq!(held(format!("__miauflix_rt_{s2}={rt2_new}")).await, [s2.as_str()]);
+    e.cli.post(format!("/api/auth/logout/{s2}")).header("cookie", format!("__miauflix_rt_{s2}={rt2_new}")).send().await;
+    assert_eq!(held(format!("__miauflix_rt_{s1}={rt1}; __miauflix_rt_{s2}={rt2_new}")).await, [s1.as_str()]);
     e.state.store.close().await;
 }
 
@@ -634,6 +685,245 @@ async fn the_least_recently_used_session_goes_beyond_the_limit() {
         assert_eq!(status(&e.get_bearer("/api/me", a).await), 200);
     }
     assert_eq!(body(e.get_bearer("/api/me/sessions", &others[0]).await).await.as_array().unwrap().len(), 3);
+    e.state.store.close().await;
+}
+
+impl Env {
+    /// A GET of `/api/me` as a browser session; its status.
+    async fn use_browser(&self, sid: &str, jar: &str) -> u16 {
+        status(&self.cli.get("/api/me").header("x-session-id", sid).header("cookie", jar).send().await)
+    }
+}
+
+/// The `sid` claim of an access token (read, not verified).
+fn sid_of(access: &str) -> String {
+    let claims: Value = serde_json::from_slice(&base64_decode(access.split('.').nth(1).unwrap())).unwrap();
+    claims["sid"].as_str().unwrap().to_string()
+}
+
+/// The cap's evictions in the audit log: (session, detail), oldest first.
+async fn evictions(e: &Env, admin: &str) -> Vec<(String, Value)> {
+    let page = body(e.get_bearer("/api/audit?type=session_revoked&limit=1000", admin).await).await;
+    let mut out: Vec<(String, Value)> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|ev| ev["detail"]["reason"] == "session limit")
+        .map(|ev| (ev["target"].as_str().unwrap().to_string(), ev["detail"].clone()))
+        .collect();
+    out.reverse();
+    out
+}
+
+#[tokio::test]
+async fn the_session_cap_evicts_the_least_recently_used_not_the_oldest_login() {
+    let e = env_with(&[
+        ("MIAUFLIX_AUTH__MAX_SESSIONS_PER_USER", "3"),
+        ("MIAUFLIX_RATE_LIMITS__API", "{per_minute = 100000, burst = 10000}"),
+    ])
+    .await;
+    e.setup_admin().await;
+    let started = miauflix_gate::clock::now();
+    // The busy one logged in first, so the old rule (oldest login or refresh) evicted it first.
+    let (busy, jar, _) = e.login(ADMIN, PW).await;
+    let jar = cookie_header(&jar);
+    let mut others: std::collections::VecDeque<String> = Default::default();
+    let mut gone = Vec::new();
+    for round in 0..6 {
+        assert_eq!(e.use_browser(&busy, &jar).await, 200, "round {round}: the busy session lives");
+        others.push_back(e.token(ADMIN, PW).await.0);
+        while others.len() > 2 {
+            let evicted = others.pop_front().unwrap();
+            assert_eq!(status(&e.get_bearer("/api/me", &evicted).await), 401, "round {round}: the idle one went");
+            gone.push(sid_of(&evicted));
+        }
+        // Using them, oldest first, keeps their order: the oldest is the next to go.
+        for a in &others {
+            assert_eq!(status(&e.get_bearer("/api/me", a).await), 200, "round {round}");
+        }
+    }
+    assert_eq!(e.use_browser(&busy, &jar).await, 200);
+    let listed = body(e.get_bearer("/api/me/sessions", &others[1]).await).await;
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 3);
+    // The listing reads the last use from memory: the session just used comes first.
+    assert_eq!(listed[0]["id"], sid_of(&others[1]), "{listed:?}");
+
+    // Each eviction is recorded with the evicted session's last use.
+    let recorded = evictions(&e, &others[1]).await;
+    assert_eq!(recorded.iter().map(|(s, _)| s.clone()).collect::<Vec<_>>(), gone);
+    for (sid, detail) in &recorded {
+        let last: i64 = detail["last_used_at"].as_str().unwrap().parse().unwrap();
+        assert!((started..=miauflix_gate::clock::now()).contains(&last), "{sid}: {detail}");
+        assert!(detail["user"].is_string(), "{detail}");
+    }
+    e.state.store.close().await;
+}
+
+#[tokio::test]
+async fn only_verified_credentials_keep_a_session_from_eviction() {
+    let toml = r#"
+[auth]
+max_sessions_per_user = 3
+[rate_limits.auth]
+per_minute = 100000
+burst = 10000
+[rate_limits.api]
+per_minute = 100000
+burst = 10000
+[[routes]]
+prefix = "/stream"
+upstream = "http://127.0.0.1:1"
+min_role = "guest"
+stream_keys = true
+"#;
+    let common::app::App { state, dir } = common::app::App::open(Some(toml), &[]).await;
+    let cli = common::app::client(&state).default_header("origin", "http://gate.test");
+    let e = Env { cli, state, _dir: dir };
+    e.setup_admin().await;
+
+    // A victim session, then two newer ones that are used: the victim is least recently used.
+    let (victim, vjar, vbody) = e.login(ADMIN, PW).await;
+    let vjar = cookie_header(&vjar);
+    let uid = vbody["user"]["id"].as_str().unwrap().to_string();
+    let r = e
+        .cli
+        .post("/api/stream-keys")
+        .header("x-session-id", &victim)
+        .header("cookie", &vjar)
+        .body_json(&json!({"path": "/stream/film", "ttlSeconds": 3600}))
+        .send()
+        .await;
+    assert_eq!(status(&r), 200);
+    let url = body(r).await["url"].as_str().unwrap().to_string();
+    let (a1, _) = e.token(ADMIN, PW).await;
+    let (a2, _) = e.token(ADMIN, PW).await;
+    for a in [&a1, &a2] {
+        assert_eq!(status(&e.get_bearer("/api/me", a).await), 200);
+    }
+
+    // A valid stream URL is a use: the next login evicts a1, not the victim.
+    assert_eq!(status(&e.cli.get(&url).send().await), 502, "authenticated, then the dead upstream");
+    let (a3, _) = e.token(ADMIN, PW).await;
+    assert_eq!(status(&e.get_bearer("/api/me", &a1).await), 401);
+    assert_eq!(e.use_browser(&victim, &vjar).await, 200);
+    for a in [&a2, &a3] {
+        assert_eq!(status(&e.get_bearer("/api/me", a).await), 200);
+    }
+
+    // Now the victim is least recently used again. Whoever knows its session id (it is sent
+    // as X-Session-Id, shown to admins, written in the audit log) and its user id cannot keep it
+    // alive: a token with its claims and another token's signature, an unsigned one, a stream
+    // URL with its id and a wrong tag, its id without its cookie, another session's cookie.
+    let real = a2.split('.').collect::<Vec<_>>();
+    let mut claims: Value = serde_json::from_slice(&base64_decode(real[1])).unwrap();
+    claims["sid"] = json!(victim);
+    claims["sub"] = json!(uid);
+    let claims = b64url(claims.to_string().as_bytes());
+    let none = b64url(br#"{"alg":"none","typ":"JWT"}"#);
+    let (_, key_part) = url.split_once("mf_sk=").unwrap();
+    let mut parts: Vec<String> = key_part.split('.').map(str::to_string).collect();
+    parts[3] = b64url(&[0u8; 32]);
+    let forged_key = parts.join(".");
+    for _ in 0..3 {
+        for token in [format!("{}.{claims}.{}", real[0], real[2]), format!("{none}.{claims}.")] {
+            assert_eq!(status(&e.get_bearer("/api/me", &token).await), 401);
+        }
+        assert_eq!(status(&e.cli.get(format!("/stream/film?mf_sk={forged_key}")).send().await), 401);
+        assert_eq!(status(&e.cli.get("/api/me").header("x-session-id", &victim).send().await), 401);
+        let a2_cookie = format!("__miauflix_at_{victim}={a2}");
+        assert_eq!(
+            status(&e.cli.get("/api/me").header("x-session-id", &victim).header("cookie", a2_cookie).send().await),
+            401
+        );
+    }
+    let (_a4, _) = e.token(ADMIN, PW).await;
+    assert_eq!(e.use_browser(&victim, &vjar).await, 401, "forged uses did not count");
+    assert_eq!(status(&e.get_bearer("/api/me", &a2).await), 200);
+    e.state.store.close().await;
+}
+
+#[tokio::test]
+async fn the_last_use_is_persisted_by_the_next_write_and_survives_a_restart() {
+    let vars = [
+        ("MIAUFLIX_AUTH__MAX_SESSIONS_PER_USER", "3"),
+        ("MIAUFLIX_RATE_LIMITS__AUTH", "{per_minute = 100000, burst = 10000}"),
+    ];
+    let e = env_with(&vars).await;
+    e.setup_admin().await;
+    let (a, _) = e.token(ADMIN, PW).await;
+    let (b, _) = e.token(ADMIN, PW).await;
+    // a is used (in memory only), then a login writes the cap's transaction, which persists it.
+    assert_eq!(status(&e.get_bearer("/api/me", &a).await), 200);
+    e.token(ADMIN, PW).await;
+    let Env { cli, state, _dir: dir } = e;
+    state.store.close().await;
+    drop((cli, state));
+    let state = common::app::open_in(dir.path(), None, &vars).await;
+    let cli = common::app::client(&state).default_header("origin", "http://gate.test");
+    let r = cli.post("/api/auth/token").body_json(&json!({"email": ADMIN, "password": PW})).send().await;
+    assert_eq!(status(&r), 200);
+    let bearer_status = |t: String| {
+        let cli = &cli;
+        async move { status(&cli.get("/api/me").header("authorization", format!("Bearer {t}")).send().await) }
+    };
+    assert_eq!(bearer_status(b).await, 401, "b, never used, went");
+    assert_eq!(bearer_status(a).await, 200, "a's use outlived the restart");
+    state.store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_busy_client_is_never_evicted_while_others_keep_logging_in() {
+    let e = env_with(&[
+        ("MIAUFLIX_AUTH__MAX_SESSIONS_PER_USER", "3"),
+        ("MIAUFLIX_RATE_LIMITS__API", "{per_minute = 1000000, burst = 100000}"),
+        ("MIAUFLIX_RATE_LIMITS__GLOBAL", "{per_minute = 1000000, burst = 100000}"),
+    ])
+    .await;
+    e.setup_admin().await;
+    let (busy, jar, _) = e.login(ADMIN, PW).await;
+    let jar = cookie_header(&jar);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The busy client: requests back to back on its own task until the others are done.
+    let worker = {
+        let (cli, stop) = (common::app::client(&e.state), stop.clone());
+        tokio::spawn(async move {
+            let mut answers = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = cli.get("/api/me").header("x-session-id", &busy).header("cookie", &jar).send().await;
+                assert_eq!(r.0.status().as_u16(), 200, "the busy session was refused after {answers} answers");
+                answers += 1;
+            }
+            answers
+        })
+    };
+    // Four other clients of the same user log in again and again, at once.
+    let loggers: Vec<_> = (0..4)
+        .map(|_| {
+            let cli = common::app::client(&e.state).default_header("origin", "http://gate.test");
+            tokio::spawn(async move {
+                let mut sessions = 0;
+                for _ in 0..5 {
+                    let r =
+                        cli.post("/api/auth/token").body_json(&json!({"email": ADMIN, "password": PW})).send().await;
+                    assert_eq!(r.0.status().as_u16(), 200);
+                    sessions += 1;
+                }
+                sessions
+            })
+        })
+        .collect();
+    let mut logins = 0;
+    for l in loggers {
+        logins += l.await.unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answers = worker.await.expect("the busy client never saw a 401");
+    assert_eq!(logins, 20);
+    assert!(answers > 0);
+    println!("busy client: {answers} answers while 20 logins evicted {} sessions", 20 - 2);
+    // Cap held: the busy one and the two most recent.
+    assert_eq!(e.state.auth.active_sessions(), 3);
     e.state.store.close().await;
 }
 

@@ -299,3 +299,109 @@ async fn a_known_user_is_limited_as_that_user() {
     assert_eq!(cli.get("/api/auth/setup").send().await.0.status(), 200);
     state.store.close().await;
 }
+
+/// Checks one 429 as the Miauflix client reads it: `message` starting "Too many requests"
+/// (the client matches it case-insensitively; the gate sends this exact case), `error` the
+/// same, `Retry-After` a number of seconds, and the problem type.
+async fn assert_too_many(label: &str, r: TestResponse, kind: &str) {
+    assert_eq!(r.0.status(), 429, "{label}");
+    let retry: u64 = header(&r, "retry-after").unwrap_or_else(|| panic!("{label}: Retry-After")).parse().unwrap();
+    assert!((1..=3600).contains(&retry), "{label}: {retry}");
+    let b = json_body(r).await;
+    assert!(b["message"].as_str().unwrap().starts_with("Too many requests"), "{label}: {b}");
+    assert_eq!(b["message"], b["detail"], "{label}: {b}");
+    assert_eq!(b["error"], "Too many requests", "{label}: {b}");
+    assert_eq!(b["type"], format!("urn:miauflix-gate:problem/{kind}"), "{label}: {b}");
+}
+
+/// Sends `send` until a 429 (at most `n` times) and returns it.
+async fn until_429<F: std::future::Future<Output = TestResponse>>(
+    n: usize,
+    mut send: impl FnMut() -> F,
+) -> TestResponse {
+    for _ in 0..n {
+        let r = send().await;
+        if r.0.status() == 429 {
+            return r;
+        }
+    }
+    panic!("no 429 in {n} requests");
+}
+
+#[tokio::test]
+async fn every_429_the_gate_sends_says_too_many_requests() {
+    // The lockout, on each of the three doors that check a password.
+    let toml = r#"
+[rate_limits.auth]
+per_minute = 100000
+burst = 10000
+[rate_limits.api]
+per_minute = 100000
+burst = 10000
+"#;
+    let app = common::app::App::open(Some(toml), &[]).await;
+    let cli = common::app::client(&app.state).default_header("origin", "http://gate.test");
+    setup(&cli, &app.state).await;
+    let r = cli.post("/api/auth/token").body_json(&json!({"email": ADMIN, "password": PW})).send().await;
+    let access = json_body(r).await["access_token"].as_str().unwrap().to_string();
+    for door in ["/api/auth/login", "/api/auth/token"] {
+        let r = until_429(10, || {
+            cli.post(door).body_json(&json!({"email": "locked@example.com", "password": "wrong-horse-battery"})).send()
+        })
+        .await;
+        assert_too_many(door, r, "account-locked").await;
+    }
+    let r = until_429(10, || {
+        cli.post("/api/me/password")
+            .header("authorization", format!("Bearer {access}"))
+            .body_json(&json!({"currentPassword": "wrong-horse-battery", "newPassword": "another-long-phrase"}))
+            .send()
+    })
+    .await;
+    assert_too_many("password change", r, "account-locked").await;
+    // The right password while locked: the same answer.
+    let r = cli.post("/api/auth/login").body_json(&json!({"email": ADMIN, "password": PW})).send().await;
+    assert_too_many("right password while locked", r, "account-locked").await;
+    app.state.store.close().await;
+
+    // Every rate-limit class, on the gate's own API and on a proxied route.
+    let toml = r#"
+[rate_limits.auth]
+per_minute = 60
+burst = 3
+[rate_limits.api]
+per_minute = 60
+burst = 3
+[rate_limits.stream]
+per_minute = 60
+burst = 3
+[[routes]]
+prefix = "/stream"
+upstream = "http://127.0.0.1:1"
+min_role = "public"
+rate_class = "stream"
+[[routes]]
+prefix = "/app"
+upstream = "http://127.0.0.1:1"
+min_role = "public"
+"#;
+    let app = common::app::App::open(Some(toml), &[]).await;
+    let cli = common::app::client(&app.state);
+    let r = until_429(10, || cli.post("/api/auth/token").body_json(&json!({"email": "a@b.c", "password": "x"})).send())
+        .await;
+    assert_too_many("auth class", r, "rate-limited").await;
+    let r = until_429(10, || cli.get("/api/auth/session").send()).await;
+    assert_too_many("api class", r, "rate-limited").await;
+    let r = until_429(10, || cli.get("/stream/a.mkv").send()).await;
+    assert_too_many("stream class (proxied)", r, "rate-limited").await;
+    app.state.store.close().await;
+
+    let app =
+        common::app::App::open(Some(toml.replace("[rate_limits.auth]", "[rate_limits.global]").as_str()), &[]).await;
+    let cli = common::app::client(&app.state);
+    let r = until_429(10, || cli.get("/healthz").send()).await;
+    assert_too_many("global limit", r, "rate-limited").await;
+    let r = until_429(10, || cli.get("/app/x").send()).await;
+    assert_too_many("global limit (proxied)", r, "rate-limited").await;
+    app.state.store.close().await;
+}

@@ -305,6 +305,11 @@ async fn every_operation_answers_by_its_declared_minimum_role() {
             if !ok {
                 failures.push(format!("{method} {path} as {caller:?} (declared {role:?}): {status} {answer}"));
             }
+            // The Miauflix client takes an error naming a credential field for a leak.
+            let text = answer.to_string().to_lowercase();
+            if status >= 400 && ["password", "token", "secret", "hash", "key"].iter().any(|w| text.contains(w)) {
+                failures.push(format!("{method} {path} as {caller:?}: the error names a credential field: {answer}"));
+            }
             lab.keep_alive(caller).await;
         }
     }

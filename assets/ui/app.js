@@ -500,7 +500,8 @@ async function boot() {
     const status = await api("GET", "/api/auth/setup");
     if (status.required) return go("/admin/setup", true);
     const held = await api("GET", "/api/auth/sessions");
-    if (held.sessions.length) { session.id = held.sessions[0].id; session.user = held.sessions[0].user; }
+    // A bare array, one entry per session this browser holds a refresh cookie for.
+    if (Array.isArray(held) && held.length) { session.id = held[0].session; session.user = held[0].user; }
   } catch { /* fall through to sign-in */ }
   route();
 }

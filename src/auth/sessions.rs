@@ -4,6 +4,7 @@
 
 use zeroize::Zeroizing;
 
+use super::live::LastUse;
 use super::lockout::{Attempt, FailureOutcome};
 use super::model::{
     AuthError, IssuedSession, Principal, RefreshRecord, SessionKind, SessionRecord, UserRecord, UserView,
@@ -171,7 +172,8 @@ impl AuthService {
         };
         let max = self.cfg.max_sessions_per_user;
         let (stored_user, stored_session) = (user.clone(), session.clone());
-        let evicted = self
+        let uses = self.live.clone();
+        let evicted: Vec<(String, i64)> = self
             .store
             .write(move |txn| {
                 // Keep the user record current (a rehash may have changed it).
@@ -186,12 +188,26 @@ impl AuthService {
                         }
                     }
                 }
-                live.sort_by_key(|s| (s.last_used_at, s.used_seq));
+                // Requests since the last write raised the last use in memory only; read it
+                // here, in the transaction that decides, and persist it for the survivors.
+                let mut live: Vec<(SessionRecord, bool)> = live
+                    .into_iter()
+                    .map(|mut s| {
+                        let later = uses.last_use(&s.id).is_some_and(|u| s.note_use(u.at, u.seq));
+                        (s, later)
+                    })
+                    .collect();
+                live.sort_by_key(|(s, _)| (s.last_used_at, s.used_seq));
+                // Room for the new one: at most `max - 1` stay.
+                let evict = live.len().saturating_sub(max.saturating_sub(1));
                 let mut evicted = Vec::new();
-                while live.len() >= max {
-                    let mut s = live.remove(0);
-                    forget_session(txn, &mut s, now)?;
-                    evicted.push(s.id.clone());
+                for (s, later) in live.iter_mut() {
+                    if evicted.len() < evict {
+                        forget_session(txn, s, now)?;
+                        evicted.push((s.id.clone(), s.last_used_at));
+                    } else if *later {
+                        put_json(txn, tables::SESSIONS, &s.id, s)?;
+                    }
                 }
                 put_json(txn, tables::SESSIONS, &stored_session.id, &stored_session)?;
                 txn.open_table(tables::USER_SESSIONS)?
@@ -200,13 +216,17 @@ impl AuthService {
                 Ok(evicted)
             })
             .await?;
-        self.live.open_session(&session.id, &user.id, session.expires_at, &evicted);
+        let evicted_ids: Vec<String> = evicted.iter().map(|(id, _)| id.clone()).collect();
+        let used = LastUse { at: session.last_used_at, seq: session.used_seq };
+        self.live.open_session(&session.id, &user.id, session.expires_at, used, &evicted_ids);
         self.live.put_user(&user);
-        for id in &evicted {
+        for (id, last_used_at) in &evicted {
             SecurityEvent::new(EventKind::SessionRevoked, Severity::Info, client)
                 .actor(&user.id)
                 .target(id)
                 .detail("reason", "session limit")
+                .detail("user", &user.id)
+                .detail("last_used_at", last_used_at.to_string())
                 .record(&self.audit)
                 .await;
         }
@@ -373,7 +393,11 @@ impl AuthService {
         if expected_session.is_some_and(|s| s != claims.sid) {
             return Err(AuthError::Unauthorized);
         }
-        self.live.principal(&claims.sid, Some(&claims.sub), now())
+        let now = now();
+        let principal = self.live.principal(&claims.sid, Some(&claims.sub), now)?;
+        // Only now, with the signature checked and the session live, does the use count.
+        self.live.touch(&claims.sid, now);
+        Ok(principal)
     }
 
     /// A signed stream key for `prefix`, valid `ttl` seconds, bound to the caller's session.
@@ -389,6 +413,8 @@ impl AuthService {
         let now = now();
         let principal = self.live.principal(&claims.session_id, None, now)?;
         self.stream_keys.verify(token, &principal.user_id, path, now).ok_or(AuthError::Unauthorized)?;
+        // After the tag: a forged key naming a session must not keep that session alive.
+        self.live.touch(&principal.session_id, now);
         Ok(principal)
     }
 
@@ -501,7 +527,12 @@ impl AuthService {
             }
             Ok(out)
         })?;
-        out.sort_by_key(|s| std::cmp::Reverse(s.last_used_at));
+        for s in &mut out {
+            if let Some(u) = self.live.last_use(&s.id) {
+                s.note_use(u.at, u.seq);
+            }
+        }
+        out.sort_by_key(|s| std::cmp::Reverse((s.last_used_at, s.used_seq)));
         Ok(out)
     }
 }

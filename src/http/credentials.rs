@@ -171,7 +171,7 @@ pub fn auth_error(e: AuthError) -> ApiError {
             StatusCode::UNAUTHORIZED,
             "invalid-credentials",
             "Invalid credentials",
-            "The email or password is incorrect.",
+            "Invalid credentials.",
         ),
         AuthError::Unauthorized => ApiError::new(
             StatusCode::UNAUTHORIZED,

@@ -10,6 +10,16 @@ use poem::http::header::{HeaderName, HeaderValue};
 /// Base of every problem `type` URI.
 pub const PROBLEM_TYPE_BASE: &str = "urn:miauflix-gate:problem/";
 
+/// Words no error text may contain, in any case, even inside another word: the Miauflix client
+/// (and its tests) treats an error that names a credential field as a leak.
+pub const CREDENTIAL_WORDS: [&str; 5] = ["password", "token", "secret", "hash", "key"];
+
+/// Whether `text` names a credential field (see [`CREDENTIAL_WORDS`]).
+pub fn names_credential(text: &str) -> bool {
+    let lower = text.to_lowercase();
+    CREDENTIAL_WORDS.iter().any(|w| lower.contains(w))
+}
+
 /// A problem to show the client.
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -100,16 +110,24 @@ impl ApiError {
         }
     }
 
-    /// The problem document.
+    /// The problem document. A detail that names a credential field (a parser's cause quoting
+    /// a field name, a domain message) is replaced by the status's general sentence here, the
+    /// one place every problem is rendered, so no path can send one.
     pub fn body(&self, request_id: &str) -> serde_json::Value {
+        let detail = if names_credential(&self.detail) {
+            tracing::debug!(detail = %self.detail, "an error detail naming a credential field was replaced");
+            Self::from_status(self.status, "").detail
+        } else {
+            self.detail.clone()
+        };
         serde_json::json!({
             "type": format!("{PROBLEM_TYPE_BASE}{}", self.kind),
             "title": self.title,
             "status": self.status.as_u16(),
-            "detail": self.detail,
+            "detail": detail,
             "requestId": request_id,
             "error": self.title,
-            "message": self.detail,
+            "message": detail,
         })
     }
 }
@@ -143,5 +161,50 @@ impl poem::error::ResponseError for ApiError {
             resp.headers_mut().insert(name.clone(), value.clone());
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ApiError, CREDENTIAL_WORDS, names_credential};
+    use poem::http::StatusCode;
+
+    #[test]
+    fn a_detail_naming_a_credential_field_is_never_rendered() {
+        // What poem's parser says of a body missing a field, in any case.
+        for cause in [
+            "parse request payload error: failed to parse \"LoginRequest\": missing field `password`",
+            "field `setupToken`: expected string",
+            "refresh_TOKEN is required",
+            "the WireGuard privateKey is bad",
+            "a SECRET",
+            "hash mismatch",
+        ] {
+            for status in [400u16, 401, 403, 404, 409, 413, 415, 422, 429, 500, 502, 503] {
+                let status = StatusCode::from_u16(status).unwrap();
+                let mut e = ApiError::from_status(status, cause);
+                e.detail = cause.to_string();
+                let body = e.body("00").to_string();
+                assert!(!names_credential(&body), "{status}: {body}");
+                assert_eq!(e.body("00")["message"], e.body("00")["detail"]);
+            }
+        }
+    }
+
+    #[test]
+    fn no_status_maps_to_a_title_type_or_detail_naming_a_credential_field() {
+        for status in 400..600u16 {
+            let Ok(status) = StatusCode::from_u16(status) else { continue };
+            let body = ApiError::from_status(status, "").body("00").to_string();
+            assert!(!names_credential(&body), "{status}: {body}");
+        }
+    }
+
+    #[test]
+    fn the_words_are_matched_in_any_case_and_inside_words() {
+        for w in CREDENTIAL_WORDS {
+            assert!(names_credential(&format!("x{}y", w.to_uppercase())));
+        }
+        assert!(!names_credential("Invalid credentials."));
     }
 }

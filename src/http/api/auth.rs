@@ -72,10 +72,13 @@ pub struct SessionResponse {
     pub user: UserDto,
 }
 
-/// Sessions this browser holds refresh cookies for.
+/// A session this browser holds a valid refresh cookie for (an entry of the bare array the
+/// Miauflix client reads from `GET /api/auth/sessions`).
 #[derive(Object)]
-pub struct BrowserSessions {
-    pub sessions: Vec<SessionResponse>,
+pub struct HeldSession {
+    /// Session id, as in the cookie names.
+    pub session: String,
+    pub user: UserDto,
 }
 
 /// Tokens for an API client.
@@ -275,27 +278,31 @@ impl AuthApi {
         Ok(Json(SessionResponse { id: p.session_id.clone(), user: UserDto::from(&user) }))
     }
 
-    /// The sessions whose refresh cookies this browser holds (validated, at most 10).
+    /// The sessions this browser holds, as a bare array `[{session, user}]`.
+    ///
+    /// One entry per valid `__miauflix_rt_<session>` cookie of the request (validated, each
+    /// session once, at most 10); no cookie is `[]`.
     ///
     /// Minimum role: public.
     #[oai(path = "/api/auth/sessions", method = "get")]
-    async fn sessions(&self, req: &Request) -> Json<BrowserSessions> {
-        let mut out = Vec::new();
+    async fn sessions(&self, req: &Request) -> Json<Vec<HeldSession>> {
+        let mut out: Vec<HeldSession> = Vec::new();
         for (name, value) in cookies(req.headers()) {
             let Some(sid) = name.strip_prefix(REFRESH_COOKIE) else { continue };
-            if !is_session_id(sid) {
+            // A cookie sent twice (or twice with different values) still names one session.
+            if !is_session_id(sid) || out.iter().any(|h| h.session == sid) {
                 continue;
             }
             if let Some((found, user)) = self.state.auth.refresh_token_session(&value)
                 && found == sid
             {
-                out.push(SessionResponse { id: found, user: UserDto::from(&user) });
+                out.push(HeldSession { session: found, user: UserDto::from(&user) });
             }
             if out.len() >= 10 {
                 break;
             }
         }
-        Json(BrowserSessions { sessions: out })
+        Json(out)
     }
 
     /// Log in as an API client: a bearer access token and a refresh token.

@@ -53,10 +53,9 @@ impl StreamKeysApi {
             )
             .into());
         };
-        let (route, _) =
-            self.state.proxy.route_for(&path).filter(|(r, _)| r.cfg.stream_keys).ok_or_else(|| {
-                poem::Error::from(ApiError::bad_request("No route with stream keys covers this path."))
-            })?;
+        let (route, _) = self.state.proxy.route_for(&path).filter(|(r, _)| r.cfg.stream_keys).ok_or_else(|| {
+            poem::Error::from(ApiError::bad_request("No route with signed stream URLs covers this path."))
+        })?;
         if let Some(min) = min_role(&route) {
             p.require(min).map_err(fail)?;
         }

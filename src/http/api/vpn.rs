@@ -185,7 +185,10 @@ impl VpnApi {
         let actor = auth.require(Role::Admin)?;
         let key = Zeroizing::new(body.0.private_key);
         if crate::vpn::decode_key(&key).is_none() {
-            return Err(ApiError::bad_request("privateKey must be a base64 WireGuard key (32 bytes)").into());
+            return Err(ApiError::bad_request(
+                "This is not a WireGuard private half: 32 bytes in base64 are expected.",
+            )
+            .into());
         }
         let out = self.run(VpnCommand::SetKey(key)).await?;
         SecurityEvent::new(EventKind::ConfigChanged, Severity::Info, &client_info(req))
@@ -241,6 +244,13 @@ impl VpnApi {
             };
             let server =
                 crate::config::VpnServer { name: s.name, endpoint: s.endpoint, public_key: s.public_key, allowed_ips };
+            // The config check names TOML fields (`public_key`); a client must not see that word.
+            if crate::vpn::decode_key(&server.public_key).is_none() {
+                return Err(ApiError::bad_request(format!(
+                    "servers[{i}]: the server's WireGuard public half must be 32 bytes in base64."
+                ))
+                .into());
+            }
             server.check().map_err(|m| ApiError::bad_request(format!("servers[{i}]: {m}")))?;
             list.push(server);
         }
