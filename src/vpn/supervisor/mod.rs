@@ -9,23 +9,28 @@
 //! attempts on one server the next server is tried. The rotation position starts at a
 //! random server and is kept in the store.
 
-use std::collections::VecDeque;
-use std::net::SocketAddr;
+mod commands;
+mod process;
+mod rotation;
+mod uptime;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::mpsc;
 use zeroize::Zeroizing;
 
 use super::config::{KillswitchScope, VpnConfig, VpnProvider, VpnServer};
 use super::health::{Checks, Sample, Step};
-use super::{Request, Shared, VpnCommand, VpnState, killswitch, netcfg, nordvpn, uapi};
+use super::{Request, Shared, VpnState, killswitch, netcfg, uapi};
 use crate::audit::Audit;
 use crate::audit::{ClientInfo, EventKind, SecurityEvent, Severity};
 use crate::crypto::Keyring;
 use crate::store::Store;
+use process::{has_net_admin, wait_child, which};
+use uptime::Uptime;
 
 const ROTATION_KEY: &str = "vpn_rotation";
 const OVERRIDE_KEY: &str = "vpn_servers";
@@ -59,68 +64,6 @@ fn system_client() -> ClientInfo {
     ClientInfo { ip: "local".into(), ..Default::default() }
 }
 
-/// Finds an executable on `PATH`.
-fn which(name: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
-}
-
-/// Whether this process holds CAP_NET_ADMIN (bit 12 of `CapEff`).
-fn has_net_admin() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
-        .is_some_and(|caps| caps & (1 << 12) != 0)
-}
-
-/// The pid of the `wireguard-go` serving `iface`, ours or adopted.
-fn wireguard_pid(iface: &str) -> Option<u32> {
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).filter(|a| !a.is_empty()).collect();
-        if args.first().is_some_and(|a| a.ends_with(b"wireguard-go")) && args.last() == Some(&iface.as_bytes()) {
-            return Some(pid);
-        }
-    }
-    None
-}
-
-/// Time up over time observed, per minute, for the last 24 hours.
-#[derive(Default)]
-struct Uptime {
-    minutes: VecDeque<(u64, f64, f64)>,
-    last: Option<Instant>,
-}
-
-impl Uptime {
-    fn add(&mut self, up: bool) -> f64 {
-        let now = Instant::now();
-        let elapsed = self.last.map(|l| now.duration_since(l).as_secs_f64()).unwrap_or(0.0);
-        self.last = Some(now);
-        let minute = (crate::clock::now() / 60) as u64;
-        match self.minutes.back_mut() {
-            Some((m, u, t)) if *m == minute => {
-                *t += elapsed;
-                if up {
-                    *u += elapsed;
-                }
-            }
-            _ => self.minutes.push_back((minute, if up { elapsed } else { 0.0 }, elapsed)),
-        }
-        while self.minutes.front().is_some_and(|(m, _, _)| *m + 1440 <= minute) {
-            self.minutes.pop_front();
-        }
-        let (u, t) = self.minutes.iter().fold((0.0, 0.0), |(u, t), (_, mu, mt)| (u + mu, t + mt));
-        if t > 0.0 { u / t } else { 0.0 }
-    }
-}
-
 pub(super) struct Supervisor {
     cfg: VpnConfig,
     store: Store,
@@ -143,13 +86,6 @@ pub(super) struct Supervisor {
     uptime: Uptime,
     down_at: Option<Instant>,
     provider_fetched: Option<Instant>,
-}
-
-async fn wait_child(child: &mut Option<Child>) -> std::io::Result<std::process::ExitStatus> {
-    match child.as_mut() {
-        Some(c) => c.wait().await,
-        None => std::future::pending().await,
-    }
 }
 
 /// With `vpn.enabled = false`: a kill switch left by an earlier run is removed (with its
@@ -320,116 +256,6 @@ impl Supervisor {
         self.attempt(true).await;
     }
 
-    /// The effective server list: an admin override, else the provider's, else the config's.
-    async fn load_servers(&mut self) {
-        let read = |key: &str| -> Option<Vec<VpnServer>> {
-            self.store.get_meta(key).ok().flatten().and_then(|b| serde_json::from_slice(&b).ok())
-        };
-        if let Some(list) = read(OVERRIDE_KEY).filter(|l| !l.is_empty()) {
-            self.servers = list;
-        } else if self.cfg.provider == Some(VpnProvider::Nordvpn) {
-            if let Some(list) = read(PROVIDER_KEY) {
-                self.servers = list;
-            }
-            self.refresh_provider().await;
-        } else {
-            self.servers = self.cfg.servers.clone();
-        }
-        self.publish_servers();
-    }
-
-    /// No server list yet: unavailable (routes closed), the next fetch after the reconnect
-    /// backoff for `failures` failed fetches.
-    fn await_list(&mut self, failures: u32) {
-        let wait = self.backoff_after(failures);
-        self.phase = Phase::AwaitingList { next: Instant::now() + wait, failures: failures + 1 };
-        let why = self.shared.get().last_error.unwrap_or_else(|| "no answer".into());
-        let reason = format!(
-            "no VPN servers yet: the NordVPN list could not be fetched ({why}); next try in {} s",
-            wait.as_secs()
-        );
-        tracing::warn!(reason = %reason, "vpn waiting for its server list");
-        self.set_state(VpnState::Unavailable, Some(reason));
-    }
-
-    /// A list arrived while start-up waited for one: carry on with it.
-    async fn list_arrived(&mut self) {
-        self.phase = Phase::Running;
-        tracing::info!(servers = self.servers.len(), "vpn server list in; starting the tunnel");
-        self.set_state(VpnState::Connecting, None);
-        self.bring_up().await;
-    }
-
-    fn publish_servers(&self) {
-        *self.shared.servers.write().unwrap_or_else(|e| e.into_inner()) = self.servers.clone();
-    }
-
-    /// Fetches NordVPN's recommendations; keeps the last list when that fails.
-    async fn refresh_provider(&mut self) {
-        self.provider_fetched = Some(Instant::now());
-        match nordvpn::fetch(&self.cfg.nordvpn).await {
-            Ok(list) if !list.is_empty() => {
-                tracing::info!(servers = list.len(), "NordVPN server list refreshed");
-                if let Ok(bytes) = serde_json::to_vec(&list) {
-                    let _ = self.store.put_meta(PROVIDER_KEY, Some(bytes)).await;
-                }
-                let overridden = self.store.get_meta(OVERRIDE_KEY).ok().flatten().is_some_and(|b| b.len() > 2);
-                if !overridden {
-                    let current = self.servers.get(self.pos).map(|s| s.name.clone());
-                    self.servers = list;
-                    self.pos = current.and_then(|n| self.servers.iter().position(|s| s.name == n)).unwrap_or(0);
-                    self.publish_servers();
-                }
-            }
-            Ok(_) => {
-                tracing::warn!("NordVPN returned no WireGuard servers; keeping the last list");
-                self.shared.update(|s| s.last_error = Some("NordVPN returned no WireGuard servers".into()));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "NordVPN server list not refreshed; keeping the last list");
-                self.shared.update(|s| s.last_error = Some(format!("NordVPN: {e}")));
-            }
-        }
-    }
-
-    async fn rotation_position(&mut self) -> usize {
-        let n = self.servers.len();
-        let stored = self
-            .store
-            .get_meta(ROTATION_KEY)
-            .ok()
-            .flatten()
-            .and_then(|b| String::from_utf8(b).ok())
-            .and_then(|s| s.parse::<usize>().ok());
-        match stored {
-            Some(p) => p % n,
-            None => {
-                let p = crate::crypto::random_index(n);
-                self.save_position(p).await;
-                p
-            }
-        }
-    }
-
-    async fn save_position(&self, pos: usize) {
-        if let Err(e) = self.store.put_meta(ROTATION_KEY, Some(pos.to_string().into_bytes())).await {
-            tracing::error!(error = %e, "could not save the VPN rotation position");
-        }
-    }
-
-    /// Resolves every server's endpoint (the kill switch lets the tunnel's UDP reach all of
-    /// them, so rotation needs no rule change).
-    async fn endpoints(&self) -> Vec<SocketAddr> {
-        let mut out = Vec::new();
-        for s in &self.servers {
-            match resolve(&s.endpoint).await {
-                Ok(a) => out.push(a),
-                Err(e) => tracing::warn!(server = %s.name, error = %e, "endpoint does not resolve"),
-            }
-        }
-        out
-    }
-
     /// Installs (or atomically rebuilds) the kill switch and the policy rules.
     async fn engage(&mut self) -> Result<(), String> {
         if self.cfg.killswitch.enabled {
@@ -499,95 +325,6 @@ impl Supervisor {
         }
     }
 
-    async fn apply(&mut self, adopt: bool) -> Result<(), String> {
-        let server = self.servers[self.pos].clone();
-        let key = self.key.clone().ok_or("no private key")?;
-        self.ensure_wireguard().await?;
-        let endpoint = resolve(&server.endpoint).await?;
-        let peer_key = super::decode_key(&server.public_key).ok_or("bad server public key")?;
-        let dev = uapi::get(&self.sock).await.map_err(|e| format!("UAPI: {e}"))?;
-        let in_place = dev.has_private_key
-            && dev.fwmark == netcfg::FWMARK
-            && dev.peers.len() == 1
-            && dev.peers[0].public_key == peer_key
-            && dev.peers[0].endpoint.as_deref() == Some(endpoint.to_string().as_str());
-        if adopt && in_place {
-            tracing::info!(server = %server.name, "wireguard-go already runs this server's peer; adopted");
-        } else {
-            let settings = uapi::Settings {
-                private_key: &key,
-                fwmark: netcfg::FWMARK,
-                peer_public_key: peer_key,
-                replace_peers: true,
-                endpoint,
-                allowed_ips: &server.allowed_ips,
-                keepalive_secs: KEEPALIVE_SECS,
-            };
-            uapi::set(&self.sock, &settings).await.map_err(|e| format!("UAPI: {e}"))?;
-        }
-        netcfg::configure_link(&self.cfg, &server.allowed_ips).await?;
-        let pid = wireguard_pid(&self.cfg.interface);
-        self.shared.update(|s| {
-            s.server = Some(server.name.clone());
-            s.endpoint = Some(endpoint.to_string());
-            s.wireguard_pid = pid;
-        });
-        Ok(())
-    }
-
-    /// Makes sure a `wireguard-go` answers on the UAPI socket: the one running (ours or left
-    /// by an earlier run of the gate), else a new child.
-    async fn ensure_wireguard(&mut self) -> Result<(), String> {
-        if uapi::get(&self.sock).await.is_ok() {
-            return Ok(());
-        }
-        if let Some(mut old) = self.child.take() {
-            let _ = old.kill().await;
-        }
-        // A socket or interface left by a killed process would stop the new one.
-        let _ = std::fs::remove_file(&self.sock);
-        netcfg::delete_link(&self.cfg.interface).await;
-        let program = self.wireguard_go.clone().ok_or("wireguard-go is not installed")?;
-        let mut child = Command::new(program)
-            .arg("-f")
-            .arg(&self.cfg.interface)
-            .env("LOG_LEVEL", "error")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(false)
-            .spawn()
-            .map_err(|e| format!("cannot start wireguard-go: {e}"))?;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if uapi::get(&self.sock).await.is_ok() {
-                tracing::info!(pid = child.id(), interface = %self.cfg.interface, "wireguard-go started");
-                self.child = Some(child);
-                return Ok(());
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!("wireguard-go exited at start ({status})"));
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill().await;
-                return Err("wireguard-go did not open its UAPI socket within 5 s".into());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// The tunnel process vanished: down now, restart after the backoff.
-    async fn lost(&mut self, what: &str) {
-        if self.phase.halted() {
-            return;
-        }
-        tracing::warn!(reason = what, "wireguard-go is gone; restarting it");
-        self.shared.update(|s| {
-            s.last_error = Some(what.to_string());
-            s.wireguard_pid = None;
-        });
-        self.failed(what).await;
-    }
-
     /// A check sequence or an attempt failed: down, maybe rotate, schedule the next attempt.
     async fn failed(&mut self, reason: &str) {
         let was = self.state;
@@ -603,18 +340,6 @@ impl Supervisor {
             self.rotate("failures").await;
         }
         self.next_attempt = Some(Instant::now() + self.backoff());
-    }
-
-    async fn rotate(&mut self, why: &str) {
-        let from = self.servers[self.pos].name.clone();
-        self.pos = (self.pos + 1) % self.servers.len();
-        self.server_failures = 0;
-        self.save_position(self.pos).await;
-        let to = self.servers[self.pos].name.clone();
-        tracing::warn!(from = %from, to = %to, why, "vpn server rotated");
-        self.audit.record_background(
-            self.event(EventKind::VpnServerRotated, Severity::Info).detail("from", from).detail("reason", why),
-        );
     }
 
     async fn probe(&self) -> Result<(), String> {
@@ -727,104 +452,4 @@ impl Supervisor {
         }
         self.audit.record_background(ev);
     }
-
-    async fn handle(&mut self, cmd: VpnCommand) -> Result<String, String> {
-        if self.state == VpnState::Disabled && !matches!(cmd, VpnCommand::SetKey(_)) {
-            return Err("the VPN was disabled by `vpn disable`; restart the gate to enable it".into());
-        }
-        match cmd {
-            VpnCommand::Reconnect => {
-                self.ready()?;
-                self.attempt(false).await;
-                Ok(format!("reconnecting to {}", self.servers[self.pos].name))
-            }
-            VpnCommand::Rotate => {
-                self.ready()?;
-                if self.servers.len() < 2 {
-                    return Err("only one server is configured; nothing to rotate to".into());
-                }
-                self.rotate("admin").await;
-                self.attempt(false).await;
-                Ok(format!("rotated to {}", self.servers[self.pos].name))
-            }
-            VpnCommand::SetKey(b64) => {
-                let public = super::store_key(&self.store, &self.keyring, &b64).await?;
-                // store_key accepted it, so it decodes.
-                self.key = super::decode_key(&b64).map(Zeroizing::new);
-                drop(b64);
-                self.shared.update(|s| s.public_key = Some(public.clone()));
-                tracing::info!(public_key = %public, "VPN private key stored");
-                if self.phase == Phase::NoKey {
-                    self.phase = Phase::Running;
-                    self.set_state(VpnState::Connecting, None);
-                    self.attempt(true).await;
-                } else if self.phase == Phase::Running {
-                    self.attempt(false).await;
-                }
-                Ok(format!("private key stored; public key {public}"))
-            }
-            VpnCommand::SetServers(list) => {
-                let mut names = std::collections::HashSet::new();
-                for (i, s) in list.iter().enumerate() {
-                    s.check().map_err(|m| format!("servers[{i}]: {m}"))?;
-                    if !names.insert(s.name.clone()) {
-                        return Err(format!("servers[{i}]: name `{}` is used twice", s.name));
-                    }
-                }
-                let bytes = serde_json::to_vec(&list).map_err(|e| e.to_string())?;
-                self.store.put_meta(OVERRIDE_KEY, Some(bytes)).await.map_err(|e| e.to_string())?;
-                let current = self.servers.get(self.pos).map(|s| s.name.clone());
-                self.load_servers().await;
-                if self.servers.is_empty() {
-                    return Err("no servers left: configure [[vpn.servers]] or give a list".into());
-                }
-                if matches!(self.phase, Phase::AwaitingList { .. }) {
-                    self.list_arrived().await;
-                    return Ok(format!("{} servers in effect", self.servers.len()));
-                }
-                self.pos = current.and_then(|n| self.servers.iter().position(|s| s.name == n)).unwrap_or(0);
-                self.save_position(self.pos).await;
-                if !self.phase.halted() {
-                    self.engage().await?;
-                    self.attempt(false).await;
-                }
-                Ok(format!("{} servers in effect", self.servers.len()))
-            }
-            VpnCommand::Disable => {
-                if let Some(mut c) = self.child.take() {
-                    let _ = c.kill().await;
-                }
-                let removed = super::tear_down(&self.cfg).await?;
-                self.phase = Phase::Halted;
-                self.next_attempt = None;
-                self.set_state(VpnState::Disabled, Some("disabled by an admin until the next start".into()));
-                self.refresh_killswitch_view().await;
-                if removed {
-                    self.audit.record_background(
-                        self.event(EventKind::KillswitchReleased, Severity::Warning).detail("reason", "vpn disable"),
-                    );
-                }
-                Ok("tunnel stopped and kill switch removed until the next start".into())
-            }
-        }
-    }
-
-    fn ready(&self) -> Result<(), String> {
-        if self.state == VpnState::Unavailable {
-            return Err(format!("the VPN is unavailable: {}", self.shared.get().reason.unwrap_or_default()));
-        }
-        Ok(())
-    }
-}
-
-/// `host:port` → a socket address (first answer).
-async fn resolve(endpoint: &str) -> Result<SocketAddr, String> {
-    if let Ok(a) = endpoint.parse() {
-        return Ok(a);
-    }
-    tokio::net::lookup_host(endpoint)
-        .await
-        .map_err(|e| format!("cannot resolve {endpoint}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{endpoint} has no address"))
 }
