@@ -119,11 +119,6 @@ pub struct VpnSnapshot {
 }
 
 impl VpnSnapshot {
-    /// The snapshot of a gate built without a supervisor.
-    pub fn not_configured(cfg: &VpnConfig) -> VpnSnapshot {
-        VpnSnapshot::new(VpnState::Disabled, Some("no VPN supervisor".into()), cfg)
-    }
-
     fn new(state: VpnState, reason: Option<String>, cfg: &VpnConfig) -> VpnSnapshot {
         VpnSnapshot {
             state,
@@ -170,31 +165,11 @@ pub trait VpnStatus: Send + Sync {
     /// A short state name for status pages (`up`, `down`, `disabled`, …).
     fn state(&self) -> &'static str;
     /// The full picture.
-    fn snapshot(&self) -> VpnSnapshot {
-        VpnSnapshot::not_configured(&VpnConfig::default())
-    }
+    fn snapshot(&self) -> VpnSnapshot;
     /// The servers in effect.
-    fn servers(&self) -> Vec<VpnServer> {
-        Vec::new()
-    }
+    fn servers(&self) -> Vec<VpnServer>;
     /// Runs an admin command; `Ok` carries a one-line summary.
-    async fn command(&self, _cmd: VpnCommand) -> Result<String, String> {
-        Err("the VPN supervisor is not configured".into())
-    }
-}
-
-/// No VPN at all (tests that build the app by hand): the tunnel is never up.
-#[derive(Debug, Default)]
-pub struct NotConfigured;
-
-impl VpnStatus for NotConfigured {
-    fn tunnel_up(&self) -> bool {
-        false
-    }
-
-    fn state(&self) -> &'static str {
-        "not-configured"
-    }
+    async fn command(&self, cmd: VpnCommand) -> Result<String, String>;
 }
 
 /// State shared between the supervisor task and readers.

@@ -296,10 +296,9 @@ impl Supervisor {
         self.backoff_after(self.total_failures.saturating_sub(1))
     }
 
-    /// The reconnect backoff after `n` doublings: base × 2ⁿ, at most the maximum.
+    /// The reconnect backoff after `n` doublings ([`super::health::backoff`]).
     fn backoff_after(&self, n: u32) -> Duration {
-        let r = &self.cfg.reconnect;
-        Duration::from_secs(r.backoff_base_secs.saturating_mul(1 << n.min(20)).min(r.backoff_max_secs))
+        super::health::backoff(&self.cfg.reconnect, n)
     }
 
     /// Brings the tunnel up on the current server. `initial`: the first attempt of this
