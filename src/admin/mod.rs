@@ -12,7 +12,7 @@ pub mod socket;
 
 use std::path::PathBuf;
 
-pub use protocol::{AdminCommand, GateStopped, Reply, Response, Secret, SessionData, UserData};
+pub use protocol::{AdminCommand, GateStopped, Reply, Response, Secret, SessionData};
 
 use crate::audit::ClientInfo;
 use crate::auth::UserPatch;
@@ -80,18 +80,16 @@ impl AdminCommand {
         let patch = async |email: &str, p: UserPatch| -> Result<Reply, String> {
             let user = by_email(email)?;
             let u = auth.update_user(&actor, &user.id, p, &client).await.map_err(auth_err)?;
-            Ok(Reply::User(UserData::from(&u)))
+            Ok(Reply::User(u))
         };
         let reply = match self {
             AdminCommand::UserAdd { email, role, display_name, password } => {
                 let pw = password.require("the password")?;
                 let email = required(&email, "email")?;
                 let u = auth.create_user(&actor, email, pw, display_name, role, &client).await.map_err(auth_err)?;
-                Reply::User(UserData::from(&u))
+                Reply::User(u)
             }
-            AdminCommand::UserList {} => {
-                Reply::Users(auth.list_users().map_err(auth_err)?.iter().map(UserData::from).collect())
-            }
+            AdminCommand::UserList {} => Reply::Users(auth.list_users().map_err(auth_err)?),
             AdminCommand::UserSetRole { email, role } => {
                 patch(&email, UserPatch { role: Some(role), ..Default::default() }).await?
             }
@@ -135,11 +133,7 @@ impl AdminCommand {
                         .await
                         .map_err(|e| format!("{e:#}"))?;
                 auth.keys().reload(&core.store, &core.keyring).map_err(|e| e.to_string())?;
-                Reply::Rotated {
-                    data_key: r.data_key_id,
-                    signing_kid: r.signing_kid,
-                    reencrypted: r.reencrypted_fields,
-                }
+                Reply::Rotated(r)
             }
             AdminCommand::KeysRetire { key_id } => {
                 crate::maintenance::retire(&core.store, &core.keyring, key_id, auth.audit(), &client)
@@ -147,17 +141,7 @@ impl AdminCommand {
                     .map_err(|e| format!("{e:#}"))?;
                 Reply::Retired { retired: key_id, data_keys: core.keyring.key_ids() }
             }
-            AdminCommand::AuditVerify {} => {
-                let r = auth.audit().verify().map_err(|e| e.to_string())?;
-                Reply::AuditVerified {
-                    ok: r.ok,
-                    first: r.first,
-                    last: r.last,
-                    checked: r.checked,
-                    first_bad: r.first_bad,
-                    reason: r.reason,
-                }
-            }
+            AdminCommand::AuditVerify {} => Reply::AuditVerified(auth.audit().verify().map_err(|e| e.to_string())?),
             AdminCommand::AuditExport { since_ms, until_ms } => {
                 // Streamed from a temporary file like a backup: a long log never sits in memory.
                 let tmp = temp_path(core, "export", "jsonl");

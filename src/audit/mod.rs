@@ -194,8 +194,9 @@ pub struct AuditPage {
     pub next_cursor: Option<u64>,
 }
 
-/// The outcome of checking the chain.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The outcome of checking the chain (also `audit verify`'s admin reply, camelCase JSON).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct VerifyReport {
     pub ok: bool,
     /// First and last sequence numbers checked (`first > last` when the log is empty).

@@ -177,8 +177,9 @@ impl From<crate::crypto::CryptoError> for AuthError {
     }
 }
 
-/// A user as shown to clients (no hash).
-#[derive(Debug, Clone)]
+/// A user as shown to clients (no hash); also the admin protocol's user (camelCase JSON).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct UserView {
     pub id: String,
     pub email: String,
