@@ -182,24 +182,27 @@ impl AdminCommand {
             AdminCommand::VpnSetKey { private_key } => {
                 let key = private_key.require("the private key")?;
                 let message = match &core.vpn {
-                    Some(v) => v.command(crate::vpn::VpnCommand::SetKey(key)).await?,
+                    Some(v) => v.command(crate::vpn::VpnCommand::SetKey(key)).await.map_err(|e| e.to_string())?,
                     None => {
-                        let public = crate::vpn::store_key(&core.store, &core.keyring, &key).await?;
+                        let public =
+                            crate::vpn::store_key(&core.store, &core.keyring, &key).await.map_err(|e| e.to_string())?;
                         format!("private key stored; public key {public}")
                     }
                 };
                 Reply::Message { message }
             }
             AdminCommand::VpnReconnect {} => match &core.vpn {
-                Some(v) => Reply::Message { message: v.command(crate::vpn::VpnCommand::Reconnect).await? },
+                Some(v) => Reply::Message {
+                    message: v.command(crate::vpn::VpnCommand::Reconnect).await.map_err(|e| e.to_string())?,
+                },
                 None => return Err("the gate is not running; it connects when it starts".into()),
             },
             AdminCommand::VpnDisable {} => {
                 let message = match &core.vpn {
-                    Some(v) => v.command(crate::vpn::VpnCommand::Disable).await?,
+                    Some(v) => v.command(crate::vpn::VpnCommand::Disable).await.map_err(|e| e.to_string())?,
                     None => {
                         // The gate is stopped (or will not start): remove what a crashed gate left.
-                        let removed = crate::vpn::tear_down(&core.config.vpn).await?;
+                        let removed = crate::vpn::tear_down(&core.config.vpn).await.map_err(|e| e.to_string())?;
                         if removed {
                             crate::audit::SecurityEvent::new(
                                 crate::audit::EventKind::KillswitchReleased,

@@ -4,12 +4,12 @@ use zeroize::Zeroizing;
 
 use super::{OVERRIDE_KEY, Phase, Supervisor};
 use crate::audit::{EventKind, Severity};
-use crate::vpn::{VpnCommand, VpnState};
+use crate::vpn::{VpnCommand, VpnError, VpnState};
 
 impl Supervisor {
-    pub(super) async fn handle(&mut self, cmd: VpnCommand) -> Result<String, String> {
+    pub(super) async fn handle(&mut self, cmd: VpnCommand) -> Result<String, VpnError> {
         if self.state == VpnState::Disabled && !matches!(cmd, VpnCommand::SetKey(_)) {
-            return Err("the VPN was disabled by `vpn disable`; restart the gate to enable it".into());
+            return Err(VpnError::DisabledByAdmin);
         }
         match cmd {
             VpnCommand::Reconnect => {
@@ -20,7 +20,7 @@ impl Supervisor {
             VpnCommand::Rotate => {
                 self.ready()?;
                 if self.servers.len() < 2 {
-                    return Err("only one server is configured; nothing to rotate to".into());
+                    return Err(VpnError::NothingToRotate);
                 }
                 self.rotate("admin").await;
                 self.attempt(false).await;
@@ -45,17 +45,17 @@ impl Supervisor {
             VpnCommand::SetServers(list) => {
                 let mut names = std::collections::HashSet::new();
                 for (i, s) in list.iter().enumerate() {
-                    s.check().map_err(|m| format!("servers[{i}]: {m}"))?;
+                    s.check().map_err(|msg| VpnError::BadServer { index: i, msg })?;
                     if !names.insert(s.name.clone()) {
-                        return Err(format!("servers[{i}]: name `{}` is used twice", s.name));
+                        return Err(VpnError::DuplicateServer { index: i, name: s.name.clone() });
                     }
                 }
-                let bytes = serde_json::to_vec(&list).map_err(|e| e.to_string())?;
-                self.store.put_meta(OVERRIDE_KEY, Some(bytes)).await.map_err(|e| e.to_string())?;
+                let bytes = serde_json::to_vec(&list)?;
+                self.store.put_meta(OVERRIDE_KEY, Some(bytes)).await?;
                 let current = self.servers.get(self.pos).map(|s| s.name.clone());
                 self.load_servers().await;
                 if self.servers.is_empty() {
-                    return Err("no servers left: configure [[vpn.servers]] or give a list".into());
+                    return Err(VpnError::NoServers);
                 }
                 if matches!(self.phase, Phase::AwaitingList { .. }) {
                     self.list_arrived().await;
@@ -88,9 +88,9 @@ impl Supervisor {
         }
     }
 
-    pub(super) fn ready(&self) -> Result<(), String> {
+    pub(super) fn ready(&self) -> Result<(), VpnError> {
         if self.state == VpnState::Unavailable {
-            return Err(format!("the VPN is unavailable: {}", self.shared.get().reason.unwrap_or_default()));
+            return Err(VpnError::Unavailable(self.shared.get().reason.unwrap_or_default()));
         }
         Ok(())
     }

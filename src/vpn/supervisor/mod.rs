@@ -23,8 +23,9 @@ use tokio::sync::mpsc;
 use zeroize::Zeroizing;
 
 use super::config::{KillswitchScope, VpnConfig, VpnProvider, VpnServer};
+use super::error::ProbeError;
 use super::health::{Checks, Sample, Step};
-use super::{Request, Shared, VpnState, killswitch, netcfg, uapi};
+use super::{Request, Shared, VpnError, VpnState, killswitch, netcfg, uapi};
 use crate::audit::Audit;
 use crate::audit::{ClientInfo, EventKind, SecurityEvent, Severity};
 use crate::crypto::Keyring;
@@ -231,7 +232,7 @@ impl Supervisor {
                 && self.cfg.killswitch.scope == KillswitchScope::Uid
                 && let Err(e) = self.engage().await
             {
-                return self.unavailable(e);
+                return self.unavailable(e.to_string());
             }
             return self.await_list(0);
         }
@@ -242,7 +243,7 @@ impl Supervisor {
     async fn bring_up(&mut self) {
         self.pos = self.rotation_position().await;
         if let Err(e) = self.engage().await {
-            return self.unavailable(e);
+            return self.unavailable(e.to_string());
         }
         match super::load_key(&self.store, &self.keyring) {
             Ok(Some(k)) => self.key = Some(k),
@@ -257,7 +258,7 @@ impl Supervisor {
     }
 
     /// Installs (or atomically rebuilds) the kill switch and the policy rules.
-    async fn engage(&mut self) -> Result<(), String> {
+    async fn engage(&mut self) -> Result<(), VpnError> {
         if self.cfg.killswitch.enabled {
             let before = killswitch::status().await;
             let endpoints = self.endpoints().await;
@@ -319,8 +320,9 @@ impl Supervisor {
         self.checks.reset();
         if let Err(e) = self.apply(initial).await {
             tracing::warn!(error = %e, "vpn connect attempt failed");
-            self.shared.update(|s| s.last_error = Some(e.clone()));
-            self.failed(&e).await;
+            let reason = e.to_string();
+            self.shared.update(|s| s.last_error = Some(reason.clone()));
+            self.failed(&reason).await;
         }
     }
 
@@ -341,18 +343,18 @@ impl Supervisor {
         self.next_attempt = Some(Instant::now() + self.backoff());
     }
 
-    async fn probe(&self) -> Result<(), String> {
+    async fn probe(&self) -> Result<(), ProbeError> {
         let Some(addr) = self.cfg.health.probe_addr() else { return Ok(()) };
         let sock = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }
-            .map_err(|e| format!("probe socket: {e}"))?;
-        sock.bind_device(Some(self.cfg.interface.as_bytes())).map_err(|e| format!("probe socket: {e}"))?;
+            .map_err(ProbeError::Socket)?;
+        sock.bind_device(Some(self.cfg.interface.as_bytes())).map_err(ProbeError::Socket)?;
         let limit = Duration::from_secs(self.cfg.health.interval_secs.clamp(1, 5));
         match tokio::time::timeout(limit, sock.connect(addr)).await {
             Ok(Ok(_)) => Ok(()),
             // A refusal came back through the tunnel: the tunnel works.
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(()),
-            Ok(Err(e)) => Err(format!("probe {addr}: {e}")),
-            Err(_) => Err(format!("probe {addr}: no answer within {} s", limit.as_secs())),
+            Ok(Err(source)) => Err(ProbeError::Connect { addr, source }),
+            Err(_) => Err(ProbeError::Timeout { addr, secs: limit.as_secs() }),
         }
     }
 
@@ -389,7 +391,8 @@ impl Supervisor {
             }
             return;
         }
-        let probe = self.probe().await;
+        // The verdict is the status page's reason text.
+        let probe = self.probe().await.map_err(|e| e.to_string());
         let dev = match uapi::get(&self.sock).await {
             Ok(d) => d,
             Err(e) => return self.lost(&format!("wireguard-go is not answering ({e})")).await,

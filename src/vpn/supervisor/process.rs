@@ -8,7 +8,7 @@ use tokio::process::{Child, Command};
 
 use super::rotation::resolve;
 use super::{KEEPALIVE_SECS, Supervisor};
-use crate::vpn::{netcfg, uapi};
+use crate::vpn::{VpnError, netcfg, uapi};
 
 /// Finds an executable on `PATH`.
 pub(super) fn which(name: &str) -> Option<PathBuf> {
@@ -50,13 +50,13 @@ pub(super) async fn wait_child(child: &mut Option<Child>) -> std::io::Result<std
 }
 
 impl Supervisor {
-    pub(super) async fn apply(&mut self, adopt: bool) -> Result<(), String> {
+    pub(super) async fn apply(&mut self, adopt: bool) -> Result<(), VpnError> {
         let server = self.servers[self.pos].clone();
-        let key = self.key.clone().ok_or("no private key")?;
+        let key = self.key.clone().ok_or(VpnError::NoKey)?;
         self.ensure_wireguard().await?;
         let endpoint = resolve(&server.endpoint).await?;
-        let peer_key = crate::vpn::decode_key(&server.public_key).ok_or("bad server public key")?;
-        let dev = uapi::get(&self.sock).await.map_err(|e| format!("UAPI: {e}"))?;
+        let peer_key = crate::vpn::decode_key(&server.public_key).ok_or(VpnError::BadServerKey)?;
+        let dev = uapi::get(&self.sock).await.map_err(VpnError::Uapi)?;
         let in_place = dev.has_private_key
             && dev.fwmark == netcfg::FWMARK
             && dev.peers.len() == 1
@@ -74,7 +74,7 @@ impl Supervisor {
                 allowed_ips: &server.allowed_ips,
                 keepalive_secs: KEEPALIVE_SECS,
             };
-            uapi::set(&self.sock, &settings).await.map_err(|e| format!("UAPI: {e}"))?;
+            uapi::set(&self.sock, &settings).await.map_err(VpnError::Uapi)?;
         }
         netcfg::configure_link(&self.cfg, &server.allowed_ips).await?;
         let pid = wireguard_pid(&self.cfg.interface);
@@ -88,7 +88,7 @@ impl Supervisor {
 
     /// Makes sure a `wireguard-go` answers on the UAPI socket: the one running (ours or left
     /// by an earlier run of the gate), else a new child.
-    pub(super) async fn ensure_wireguard(&mut self) -> Result<(), String> {
+    pub(super) async fn ensure_wireguard(&mut self) -> Result<(), VpnError> {
         if uapi::get(&self.sock).await.is_ok() {
             return Ok(());
         }
@@ -98,7 +98,7 @@ impl Supervisor {
         // A socket or interface left by a killed process would stop the new one.
         let _ = std::fs::remove_file(&self.sock);
         netcfg::delete_link(&self.cfg.interface).await;
-        let program = self.wireguard_go.clone().ok_or("wireguard-go is not installed")?;
+        let program = self.wireguard_go.clone().ok_or(VpnError::NoWireguard)?;
         let mut child = Command::new(program)
             .arg("-f")
             .arg(&self.cfg.interface)
@@ -107,7 +107,7 @@ impl Supervisor {
             .stdout(std::process::Stdio::null())
             .kill_on_drop(false)
             .spawn()
-            .map_err(|e| format!("cannot start wireguard-go: {e}"))?;
+            .map_err(VpnError::Spawn)?;
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             if uapi::get(&self.sock).await.is_ok() {
@@ -116,11 +116,11 @@ impl Supervisor {
                 return Ok(());
             }
             if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!("wireguard-go exited at start ({status})"));
+                return Err(VpnError::ExitedAtStart(status));
             }
             if Instant::now() > deadline {
                 let _ = child.kill().await;
-                return Err("wireguard-go did not open its UAPI socket within 5 s".into());
+                return Err(VpnError::NoUapiSocket);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -7,7 +7,7 @@ use std::time::Instant;
 use super::{OVERRIDE_KEY, PROVIDER_KEY, Phase, ROTATION_KEY, Supervisor};
 use crate::audit::{EventKind, Severity};
 use crate::vpn::config::{VpnProvider, VpnServer};
-use crate::vpn::{VpnState, nordvpn};
+use crate::vpn::{VpnError, VpnState, nordvpn};
 
 impl Supervisor {
     /// The effective server list: an admin override, else the provider's, else the config's.
@@ -134,13 +134,13 @@ impl Supervisor {
 }
 
 /// `host:port` → a socket address (first answer).
-pub(super) async fn resolve(endpoint: &str) -> Result<SocketAddr, String> {
+pub(super) async fn resolve(endpoint: &str) -> Result<SocketAddr, VpnError> {
     if let Ok(a) = endpoint.parse() {
         return Ok(a);
     }
     tokio::net::lookup_host(endpoint)
         .await
-        .map_err(|e| format!("cannot resolve {endpoint}: {e}"))?
+        .map_err(|source| VpnError::Resolve { endpoint: endpoint.to_string(), source })?
         .next()
-        .ok_or_else(|| format!("{endpoint} has no address"))
+        .ok_or_else(|| VpnError::NoAddress(endpoint.to_string()))
 }
