@@ -480,6 +480,7 @@ async fn run_admin(config: &Config, cmd: AdminCommand, out: Option<&PathBuf>) ->
     let core = crate::core::Core::open(config.clone(), crate::core::Opening::Offline).await?;
     let result = cmd.apply(&core, crate::admin::socket::own_uid()).await;
     let outcome = match result {
+        // Display only: it already holds the cause, so the `{:#}` chain would repeat it.
         Err(e) => Err(anyhow::anyhow!("{e}")),
         Ok((reply, payload)) => {
             let written = match payload {

@@ -25,8 +25,8 @@ impl Secret {
     }
 
     /// The value, or "`what` must be given on standard input" when it is empty.
-    pub fn require(self, what: &str) -> Result<Zeroizing<String>, String> {
-        if self.0.is_empty() { Err(format!("{what} must be given on standard input")) } else { Ok(self.0) }
+    pub fn require(self, what: &'static str) -> Result<Zeroizing<String>, super::AdminError> {
+        if self.0.is_empty() { Err(super::AdminError::NoSecret(what)) } else { Ok(self.0) }
     }
 }
 
