@@ -35,7 +35,7 @@ pub enum AdminError {
     #[error("{0}")]
     Keys(#[from] KeyError),
     #[error("{0}")]
-    Export(#[source] anyhow::Error),
+    Export(#[source] crate::audit::ExportError),
     #[error("{0}")]
     Store(#[from] StoreError),
     #[error("{0}")]

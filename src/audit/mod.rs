@@ -594,7 +594,7 @@ impl Audit {
         since_ms: Option<i64>,
         until_ms: Option<i64>,
         out: &mut impl std::io::Write,
-    ) -> anyhow::Result<u64> {
+    ) -> Result<u64, ExportError> {
         let (mut after, mut total) = (0, 0);
         while let Some((bytes, n, last)) = self.export_chunk(since_ms, until_ms, after)? {
             out.write_all(&bytes)?;
@@ -604,6 +604,15 @@ impl Audit {
         out.flush()?;
         Ok(total)
     }
+}
+
+/// Why an export stopped: reading the log or writing the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
 }
 
 /// Severity names accepted by filters.
