@@ -480,6 +480,7 @@ async fn run_admin(config: &Config, cmd: AdminCommand, out: Option<&PathBuf>) ->
     let core = crate::core::Core::open(config.clone(), crate::core::Opening::Offline).await?;
     let result = cmd.apply(&core, crate::admin::socket::own_uid()).await;
     let outcome = match result {
+        // Display only: it already holds the cause, so the `{:#}` chain would repeat it.
         Err(e) => Err(anyhow::anyhow!("{e}")),
         Ok((reply, payload)) => {
             let written = match payload {
@@ -521,7 +522,7 @@ fn admin_command(config: &Config, cmd: Command, json: bool) -> ExitCode {
     } else {
         print_human(&reply, out.as_ref(), config, online);
     }
-    if matches!(reply, Reply::AuditVerified { ok: false, .. }) {
+    if matches!(&reply, Reply::AuditVerified(r) if !r.ok) {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
@@ -533,7 +534,7 @@ fn or_null(n: Option<u64>) -> String {
 }
 
 fn print_human(reply: &Reply, out: Option<&PathBuf>, config: &Config, online: bool) {
-    let user_line = |u: &crate::admin::UserData| {
+    let user_line = |u: &crate::auth::UserView| {
         let state = if u.disabled { "disabled" } else { "enabled" };
         format!("{:<32} {:<6} {:<9} {}", u.email, u.role.as_str(), state, u.id)
     };
@@ -557,22 +558,26 @@ fn print_human(reply: &Reply, out: Option<&PathBuf>, config: &Config, online: bo
             }
         }
         Reply::Revoked { email, revoked } => println!("{revoked} session(s) of {email} ended"),
-        Reply::Rotated { data_key, signing_kid, reencrypted } => println!(
-            "rotated: data key {data_key} is active, signing key {signing_kid} signs, {reencrypted} encrypted field(s) re-encrypted{}",
+        Reply::Rotated(r) => println!(
+            "rotated: data key {} is active, signing key {} signs, {} encrypted field(s) re-encrypted{}",
+            r.data_key_id,
+            r.signing_kid,
+            r.reencrypted_fields,
             if online { " (live in the running gate)" } else { "" }
         ),
         Reply::Retired { retired, data_keys } => {
             let left: Vec<String> = data_keys.iter().map(u32::to_string).collect();
             println!("data key {retired} retired; data keys left: [{}]", left.join(","))
         }
-        Reply::AuditVerified { ok: true, first, last, checked, .. } => {
-            println!("audit chain verifies: records {first}..{last} ({checked} checked)")
+        Reply::AuditVerified(r) if r.ok => {
+            println!("audit chain verifies: records {}..{} ({} checked)", r.first, r.last, r.checked)
         }
-        Reply::AuditVerified { ok: false, first, first_bad, reason, .. } => eprintln!(
-            "miauflix-gate: audit chain broken at record {} ({}); records {first}..{} before it verify",
-            or_null(*first_bad),
-            reason.as_deref().unwrap_or(""),
-            first_bad.unwrap_or(1).saturating_sub(1)
+        Reply::AuditVerified(r) => eprintln!(
+            "miauflix-gate: audit chain broken at record {} ({}); records {}..{} before it verify",
+            or_null(r.first_bad),
+            r.reason.as_deref().unwrap_or(""),
+            r.first,
+            r.first_bad.unwrap_or(1).saturating_sub(1)
         ),
         Reply::AuditExported { records } => eprintln!("exported {records} record(s)"),
         Reply::Backup { bytes, .. } => println!(

@@ -10,11 +10,14 @@ use crate::crypto::sealed;
 use crate::crypto::{Keyring, MasterKey};
 use crate::store::{Store, StoreError};
 
-/// What `keys rotate` did.
-#[derive(Debug)]
+/// What `keys rotate` did (also its admin reply: `dataKey`, `signingKid`, `reencrypted`).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RotationReport {
+    #[serde(rename = "dataKey")]
     pub data_key_id: u32,
     pub signing_kid: String,
+    #[serde(rename = "reencrypted")]
     pub reencrypted_fields: usize,
 }
 

@@ -175,7 +175,7 @@ async fn served_serial(addr: SocketAddr, root: &Path) -> Result<String, String> 
         .await
         .map_err(|e| e.to_string())?;
     let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).ok_or("no certificate")?.clone();
-    let facts = miauflix_gate::tls::status::CertFacts::from_der(&leaf)?;
+    let facts = miauflix_gate::tls::status::CertFacts::from_der(&leaf).map_err(|e| e.to_string())?;
     assert!(facts.names.iter().any(|n| n == DOMAIN), "{:?}", facts.names);
     Ok(facts.serial)
 }

@@ -7,16 +7,18 @@
 //! [`Response`] line back, then `payload_bytes` raw bytes (a backup file, an audit export)
 //! when the command has any.
 
+mod error;
 pub mod protocol;
 pub mod socket;
 
 use std::path::PathBuf;
 
-pub use protocol::{AdminCommand, GateStopped, Reply, Response, Secret, SessionData, UserData};
+pub use error::AdminError;
+pub use protocol::{AdminCommand, GateStopped, Reply, Response, Secret, SessionData};
 
 use crate::audit::ClientInfo;
 use crate::auth::UserPatch;
-use crate::auth::{AuthError, Principal, Role, UserView};
+use crate::auth::{Principal, Role, UserView};
 use crate::core::Core;
 use crate::crypto::MasterKey;
 
@@ -39,24 +41,9 @@ fn cli_principal() -> Principal {
     }
 }
 
-/// A one-line message for an auth failure (`Display`, or the message an `Invalid`/`Conflict`
-/// carries); internal causes go to the gate's log, not to the caller.
-fn auth_err(e: AuthError) -> String {
-    match e {
-        AuthError::NotFound => "no such user".into(),
-        AuthError::Invalid(m) | AuthError::Conflict(m) => m,
-        AuthError::Forbidden => "not allowed".into(),
-        AuthError::Internal(cause) => {
-            tracing::error!(error = %cause, "admin command failed");
-            "internal error; see the gate's log".into()
-        }
-        other => other.to_string(),
-    }
-}
-
-/// `value` unless it is blank: "--`name` is required".
-fn required<'a>(value: &'a str, name: &str) -> Result<&'a str, String> {
-    if value.trim().is_empty() { Err(format!("--{name} is required")) } else { Ok(value) }
+/// `value` unless it is blank.
+fn required<'a>(value: &'a str, name: &'static str) -> Result<&'a str, AdminError> {
+    if value.trim().is_empty() { Err(AdminError::Missing(name)) } else { Ok(value) }
 }
 
 /// A fresh file name in the data directory for a payload that is streamed, then deleted.
@@ -66,7 +53,7 @@ fn temp_path(core: &Core, what: &str, ext: &str) -> PathBuf {
 
 impl AdminCommand {
     /// Runs the command on `core`. `uid` is the caller's (for the audit trail).
-    pub async fn apply(self, core: &Core, uid: u32) -> Result<(Reply, Option<Payload>), String> {
+    pub async fn apply(self, core: &Core, uid: u32) -> Result<(Reply, Option<Payload>), AdminError> {
         let client = ClientInfo {
             ip: "local".into(),
             user_agent: format!("miauflix-gate cli (uid {uid})"),
@@ -74,24 +61,21 @@ impl AdminCommand {
         };
         let actor = cli_principal();
         let auth = &core.auth;
-        let by_email = |email: &str| -> Result<UserView, String> {
-            auth.user_by_email(required(email, "email")?).map_err(auth_err)
-        };
-        let patch = async |email: &str, p: UserPatch| -> Result<Reply, String> {
+        let by_email =
+            |email: &str| -> Result<UserView, AdminError> { Ok(auth.user_by_email(required(email, "email")?)?) };
+        let patch = async |email: &str, p: UserPatch| -> Result<Reply, AdminError> {
             let user = by_email(email)?;
-            let u = auth.update_user(&actor, &user.id, p, &client).await.map_err(auth_err)?;
-            Ok(Reply::User(UserData::from(&u)))
+            let u = auth.update_user(&actor, &user.id, p, &client).await?;
+            Ok(Reply::User(u))
         };
         let reply = match self {
             AdminCommand::UserAdd { email, role, display_name, password } => {
                 let pw = password.require("the password")?;
                 let email = required(&email, "email")?;
-                let u = auth.create_user(&actor, email, pw, display_name, role, &client).await.map_err(auth_err)?;
-                Reply::User(UserData::from(&u))
+                let u = auth.create_user(&actor, email, pw, display_name, role, &client).await?;
+                Reply::User(u)
             }
-            AdminCommand::UserList {} => {
-                Reply::Users(auth.list_users().map_err(auth_err)?.iter().map(UserData::from).collect())
-            }
+            AdminCommand::UserList {} => Reply::Users(auth.list_users()?),
             AdminCommand::UserSetRole { email, role } => {
                 patch(&email, UserPatch { role: Some(role), ..Default::default() }).await?
             }
@@ -104,60 +88,44 @@ impl AdminCommand {
             AdminCommand::UserResetPassword { email, password } => {
                 let pw = password.require("the new password")?;
                 let user = by_email(&email)?;
-                let ended = auth.reset_password(&actor, &user.id, pw, &client).await.map_err(auth_err)?;
+                let ended = auth.reset_password(&actor, &user.id, pw, &client).await?;
                 Reply::PasswordReset { email: user.email, sessions_revoked: ended }
             }
             AdminCommand::UserUnlock { email } => {
                 let user = by_email(&email)?;
-                let was = auth.unlock_user(&actor, &user.id, &client).await.map_err(auth_err)?;
+                let was = auth.unlock_user(&actor, &user.id, &client).await?;
                 Reply::Unlocked { email: user.email, was_locked: was }
             }
             AdminCommand::SessionsList { email } => {
                 let user = by_email(&email)?;
-                let sessions = auth.list_sessions(&user.id).map_err(auth_err)?;
+                let sessions = auth.list_sessions(&user.id)?;
                 Reply::Sessions(sessions.iter().map(SessionData::from).collect())
             }
             AdminCommand::SessionsRevoke { email, session } => {
                 let user = by_email(&email)?;
                 let n = match session {
-                    Some(sid) => {
-                        usize::from(auth.revoke_session(&sid, Some(&user.id), "cli", &client).await.map_err(auth_err)?)
-                    }
-                    None => auth.revoke_user_sessions(&user.id, None, "cli", &client).await.map_err(auth_err)?,
+                    Some(sid) => usize::from(auth.revoke_session(&sid, Some(&user.id), "cli", &client).await?),
+                    None => auth.revoke_user_sessions(&user.id, None, "cli", &client).await?,
                 };
                 Reply::Revoked { email: user.email, revoked: n }
             }
             AdminCommand::KeysRotate {} => {
-                let master = MasterKey::load(&core.config.master_key_path()).map_err(|e| e.to_string())?;
+                let master = MasterKey::load(&core.config.master_key_path()).map_err(AdminError::MasterKey)?;
                 let ttl = core.config.auth.access_ttl_secs;
                 let r =
                     crate::maintenance::rotate_with(&core.store, &core.keyring, &master, ttl, auth.audit(), &client)
                         .await
-                        .map_err(|e| format!("{e:#}"))?;
-                auth.keys().reload(&core.store, &core.keyring).map_err(|e| e.to_string())?;
-                Reply::Rotated {
-                    data_key: r.data_key_id,
-                    signing_kid: r.signing_kid,
-                    reencrypted: r.reencrypted_fields,
-                }
+                        .map_err(AdminError::Maintenance)?;
+                auth.keys().reload(&core.store, &core.keyring)?;
+                Reply::Rotated(r)
             }
             AdminCommand::KeysRetire { key_id } => {
                 crate::maintenance::retire(&core.store, &core.keyring, key_id, auth.audit(), &client)
                     .await
-                    .map_err(|e| format!("{e:#}"))?;
+                    .map_err(AdminError::Maintenance)?;
                 Reply::Retired { retired: key_id, data_keys: core.keyring.key_ids() }
             }
-            AdminCommand::AuditVerify {} => {
-                let r = auth.audit().verify().map_err(|e| e.to_string())?;
-                Reply::AuditVerified {
-                    ok: r.ok,
-                    first: r.first,
-                    last: r.last,
-                    checked: r.checked,
-                    first_bad: r.first_bad,
-                    reason: r.reason,
-                }
-            }
+            AdminCommand::AuditVerify {} => Reply::AuditVerified(auth.audit().verify()?),
             AdminCommand::AuditExport { since_ms, until_ms } => {
                 // Streamed from a temporary file like a backup: a long log never sits in memory.
                 let tmp = temp_path(core, "export", "jsonl");
@@ -169,11 +137,10 @@ impl AdminCommand {
                     let mut file = std::io::BufWriter::new(file);
                     audit.export_to(since_ms, until_ms, &mut file)
                 })
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
                 let n = written.map_err(|e| {
                     let _ = std::fs::remove_file(&tmp);
-                    e.to_string()
+                    AdminError::Export(e)
                 })?;
                 return Ok((Reply::AuditExported { records: n }, Some(Payload::TempFile(tmp))));
             }
@@ -181,13 +148,10 @@ impl AdminCommand {
                 let tmp = temp_path(core, "backup", "redb");
                 let store = core.store.clone();
                 let path = tmp.clone();
-                let rows = tokio::task::spawn_blocking(move || store.backup_to(&path))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| {
-                        let _ = std::fs::remove_file(&tmp);
-                        e.to_string()
-                    })?;
+                let rows = tokio::task::spawn_blocking(move || store.backup_to(&path)).await?.map_err(|e| {
+                    let _ = std::fs::remove_file(&tmp);
+                    AdminError::Store(e)
+                })?;
                 let bytes = std::fs::metadata(&tmp).map(|m| m.len()).unwrap_or(0);
                 return Ok((Reply::Backup { rows, bytes }, Some(Payload::TempFile(tmp))));
             }
@@ -208,7 +172,7 @@ impl AdminCommand {
             }
             AdminCommand::VpnReconnect {} => match &core.vpn {
                 Some(v) => Reply::Message { message: v.command(crate::vpn::VpnCommand::Reconnect).await? },
-                None => return Err("the gate is not running; it connects when it starts".into()),
+                None => return Err(AdminError::NotRunning),
             },
             AdminCommand::VpnDisable {} => {
                 let message = match &core.vpn {

@@ -9,7 +9,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 use zeroize::Zeroizing;
 
+use crate::audit::VerifyReport;
 use crate::auth::{Role, SessionRecord, UserView};
+use crate::maintenance::RotationReport;
 use crate::vpn::VpnSnapshot;
 
 /// A password or private key read from the CLI's standard input: a field of its own, never
@@ -23,8 +25,8 @@ impl Secret {
     }
 
     /// The value, or "`what` must be given on standard input" when it is empty.
-    pub fn require(self, what: &str) -> Result<Zeroizing<String>, String> {
-        if self.0.is_empty() { Err(format!("{what} must be given on standard input")) } else { Ok(self.0) }
+    pub fn require(self, what: &'static str) -> Result<Zeroizing<String>, super::AdminError> {
+        if self.0.is_empty() { Err(super::AdminError::NoSecret(what)) } else { Ok(self.0) }
     }
 }
 
@@ -165,31 +167,6 @@ impl AdminCommand {
     }
 }
 
-/// A user as the commands show it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct UserData {
-    pub id: String,
-    pub email: String,
-    pub display_name: String,
-    pub role: Role,
-    pub disabled: bool,
-    pub created_at: i64,
-}
-
-impl From<&UserView> for UserData {
-    fn from(u: &UserView) -> UserData {
-        UserData {
-            id: u.id.clone(),
-            email: u.email.clone(),
-            display_name: u.display_name.clone(),
-            role: u.role,
-            disabled: u.disabled,
-            created_at: u.created_at,
-        }
-    }
-}
-
 /// A live session as `sessions list` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -225,9 +202,9 @@ pub enum GateStopped {
 #[serde(tag = "kind", content = "data", rename_all = "kebab-case", rename_all_fields = "camelCase")]
 pub enum Reply {
     /// `user list`.
-    Users(Vec<UserData>),
+    Users(Vec<UserView>),
     /// `user add`, `set-role`, `disable`, `enable`: the user as it is now.
-    User(UserData),
+    User(UserView),
     PasswordReset {
         email: String,
         sessions_revoked: usize,
@@ -241,23 +218,12 @@ pub enum Reply {
         email: String,
         revoked: usize,
     },
-    Rotated {
-        data_key: u32,
-        signing_kid: String,
-        reencrypted: usize,
-    },
+    Rotated(RotationReport),
     Retired {
         retired: u32,
         data_keys: Vec<u32>,
     },
-    AuditVerified {
-        ok: bool,
-        first: u64,
-        last: u64,
-        checked: u64,
-        first_bad: Option<u64>,
-        reason: Option<String>,
-    },
+    AuditVerified(VerifyReport),
     AuditExported {
         records: u64,
     },
@@ -360,6 +326,39 @@ mod tests {
     fn a_secret_is_not_in_debug_output() {
         let cmd = AdminCommand::VpnSetKey { private_key: Secret::new("hunter2-key".into()) };
         assert!(!format!("{cmd:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn replies_built_from_the_domain_types_keep_their_wire_json() {
+        let line = |r: Reply| serde_json::to_string(&Response::Ok { reply: r, payload_bytes: 0 }).unwrap();
+        let user = UserView {
+            id: "u1".into(),
+            email: "a@b.c".into(),
+            display_name: "a".into(),
+            role: Role::Admin,
+            disabled: false,
+            created_at: 7,
+        };
+        assert_eq!(
+            line(Reply::Users(vec![user])),
+            r#"{"ok":{"reply":{"kind":"users","data":[{"id":"u1","email":"a@b.c","displayName":"a","role":"admin","disabled":false,"createdAt":7}]},"payload_bytes":0}}"#
+        );
+        let rotated = RotationReport { data_key_id: 2, signing_kid: "k".into(), reencrypted_fields: 3 };
+        assert_eq!(
+            line(Reply::Rotated(rotated)),
+            r#"{"ok":{"reply":{"kind":"rotated","data":{"dataKey":2,"signingKid":"k","reencrypted":3}},"payload_bytes":0}}"#
+        );
+        let report =
+            VerifyReport { ok: false, first: 1, last: 9, checked: 4, first_bad: Some(5), reason: Some("x".into()) };
+        let text = line(Reply::AuditVerified(report.clone()));
+        assert_eq!(
+            text,
+            r#"{"ok":{"reply":{"kind":"audit-verified","data":{"ok":false,"first":1,"last":9,"checked":4,"firstBad":5,"reason":"x"}},"payload_bytes":0}}"#
+        );
+        let Response::Ok { reply: Reply::AuditVerified(back), .. } = serde_json::from_str(&text).unwrap() else {
+            panic!("{text}")
+        };
+        assert_eq!(back, report);
     }
 
     #[test]

@@ -82,7 +82,7 @@ async fn handle(core: Core, mut stream: UnixStream, gate_uid: u32) -> std::io::R
         Err(error) => return respond(&mut stream, &Response::Error(error)).await,
     };
     match cmd.apply(&core, uid).await {
-        Err(error) => respond(&mut stream, &Response::Error(error)).await,
+        Err(error) => respond(&mut stream, &Response::Error(error.to_string())).await,
         Ok((reply, None)) => respond(&mut stream, &Response::Ok { reply, payload_bytes: 0 }).await,
         Ok((reply, Some(Payload::TempFile(path)))) => {
             let result = async {

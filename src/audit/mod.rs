@@ -194,8 +194,9 @@ pub struct AuditPage {
     pub next_cursor: Option<u64>,
 }
 
-/// The outcome of checking the chain.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The outcome of checking the chain (also `audit verify`'s admin reply, camelCase JSON).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct VerifyReport {
     pub ok: bool,
     /// First and last sequence numbers checked (`first > last` when the log is empty).
@@ -593,7 +594,7 @@ impl Audit {
         since_ms: Option<i64>,
         until_ms: Option<i64>,
         out: &mut impl std::io::Write,
-    ) -> anyhow::Result<u64> {
+    ) -> Result<u64, ExportError> {
         let (mut after, mut total) = (0, 0);
         while let Some((bytes, n, last)) = self.export_chunk(since_ms, until_ms, after)? {
             out.write_all(&bytes)?;
@@ -603,6 +604,15 @@ impl Audit {
         out.flush()?;
         Ok(total)
     }
+}
+
+/// Why an export stopped: reading the log or writing the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
 }
 
 /// Severity names accepted by filters.

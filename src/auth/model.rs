@@ -173,24 +173,33 @@ pub enum AuthError {
     Invalid(String),
     #[error("account locked for {0} s")]
     Locked(i64),
+    /// A failure that is not the client's (the store, a primitive, signing): logged, never
+    /// shown.
     #[error("internal: {0}")]
-    Internal(String),
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl From<StoreError> for AuthError {
     fn from(e: StoreError) -> Self {
-        AuthError::Internal(e.to_string())
+        AuthError::Internal(Box::new(e))
     }
 }
 
 impl From<crate::crypto::CryptoError> for AuthError {
     fn from(e: crate::crypto::CryptoError) -> Self {
-        AuthError::Internal(e.to_string())
+        AuthError::Internal(Box::new(e))
     }
 }
 
-/// A user as shown to clients (no hash).
-#[derive(Debug, Clone)]
+impl From<super::tokens::TokenError> for AuthError {
+    fn from(e: super::tokens::TokenError) -> Self {
+        AuthError::Internal(Box::new(e))
+    }
+}
+
+/// A user as shown to clients (no hash); also the admin protocol's user (camelCase JSON).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct UserView {
     pub id: String,
     pub email: String,

@@ -241,7 +241,7 @@ impl AuthService {
         now: i64,
     ) -> Result<IssuedSession, AuthError> {
         let claims = self.keys.claims(&user.id, &session.id, user.role.as_str(), now);
-        let access = self.keys.sign(&claims).map_err(|e| AuthError::Internal(e.to_string()))?;
+        let access = self.keys.sign(&claims)?;
         Ok(IssuedSession {
             session_id: session.id.clone(),
             user: UserView::from(user),

@@ -17,15 +17,19 @@ pub enum SetupState {
 /// Errors handling the token file.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    #[error("cannot write setup token {path}: {reason}")]
-    Io { path: String, reason: String },
+    #[error("cannot write setup token {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Makes sure a setup token exists while there is no admin, and that none lingers after.
 /// An existing well-formed token with mode 0600 is kept, so a restart does not
 /// invalidate what the user already copied.
 pub fn ensure_setup_token(admin_exists: bool, path: &Path) -> Result<SetupState, SetupError> {
-    let io = |e: std::io::Error| SetupError::Io { path: path.display().to_string(), reason: e.to_string() };
+    let io = |source: std::io::Error| SetupError::Io { path: path.display().to_string(), source };
     if admin_exists {
         if path.exists() {
             std::fs::remove_file(path).map_err(io)?;

@@ -54,7 +54,9 @@ pub enum TokenError {
     #[error("unknown key id")]
     UnknownKey,
     #[error("invalid token: {0}")]
-    Invalid(String),
+    Invalid(&'static str),
+    #[error("invalid token: {0}")]
+    Jwt(#[from] jsonwebtoken::errors::Error),
 }
 
 /// Errors while loading or rotating keys.
@@ -213,7 +215,7 @@ impl SigningKeys {
         let key = keys.first().ok_or(TokenError::UnknownKey)?;
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(key.kid.clone());
-        jsonwebtoken::encode(&header, claims, &key.encoding).map_err(|e| TokenError::Invalid(e.to_string()))
+        Ok(jsonwebtoken::encode(&header, claims, &key.encoding)?)
     }
 
     /// Builds the claims for a new access token.
@@ -242,11 +244,11 @@ impl SigningKeys {
             if claims.exp + self.leeway as i64 > now {
                 return Ok(claims);
             }
-            return Err(TokenError::Invalid("expired".into()));
+            return Err(TokenError::Invalid("expired"));
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
         if header.alg != Algorithm::EdDSA {
-            return Err(TokenError::Invalid("algorithm".into()));
+            return Err(TokenError::Invalid("algorithm"));
         }
         let kid = header.kid.ok_or(TokenError::UnknownKey)?;
         let keys = self.keys.read().map_err(|_| TokenError::Malformed)?;
@@ -257,8 +259,7 @@ impl SigningKeys {
         v.set_issuer(&[&self.issuer]);
         v.set_audience(&[&self.audience]);
         v.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
-        let data =
-            jsonwebtoken::decode::<Claims>(token, &key.decoding, &v).map_err(|e| TokenError::Invalid(e.to_string()))?;
+        let data = jsonwebtoken::decode::<Claims>(token, &key.decoding, &v)?;
         if let Ok(mut cache) = self.verified.write() {
             if cache.len() >= VERIFIED_CACHE_MAX {
                 cache.retain(|_, c| c.exp + 30 > now);

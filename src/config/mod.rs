@@ -138,7 +138,7 @@ impl Config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| ConfigError::whole(format!("cannot read config file {}: {e}", path.display())))?;
-                parse_toml(&text).map_err(|msg| ConfigError::whole(format!("config file {}: {msg}", path.display())))?
+                parse_toml(&text).map_err(|e| ConfigError::whole(format!("config file {}: {e}", path.display())))?
             }
             None => toml::Table::new(),
         };
@@ -155,17 +155,19 @@ impl Config {
                 .map(|(_, key)| (*key).to_string())
                 .unwrap_or_else(|| rest.to_ascii_lowercase().replace("__", "."));
             set_path(&mut table, &key, env_value(&value))
-                .map_err(|msg| ConfigError::whole(format!("env {name}: {msg}")))?;
+                .map_err(|e| ConfigError::whole(format!("env {name}: {e}")))?;
         }
         if let Some(dir) = &flags.data_dir {
             set_path(&mut table, "data_dir", toml::Value::String(dir.display().to_string()))
-                .map_err(ConfigError::whole)?;
+                .map_err(|e| ConfigError::whole(e.to_string()))?;
         }
         if let Some(listen) = &flags.listen {
-            set_path(&mut table, "listen", toml::Value::String(listen.clone())).map_err(ConfigError::whole)?;
+            set_path(&mut table, "listen", toml::Value::String(listen.clone()))
+                .map_err(|e| ConfigError::whole(e.to_string()))?;
         }
         if let Some(tls) = &flags.tls {
-            set_path(&mut table, "tls.mode", toml::Value::String(tls.clone())).map_err(ConfigError::whole)?;
+            set_path(&mut table, "tls.mode", toml::Value::String(tls.clone()))
+                .map_err(|e| ConfigError::whole(e.to_string()))?;
         }
         let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let path = e.path().to_string();

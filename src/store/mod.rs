@@ -22,7 +22,11 @@ const MAX_BATCH: usize = 512;
 /// Writes waiting for the writer before callers wait to enqueue (backpressure).
 const QUEUE_DEPTH: usize = 4096;
 
-/// Store errors. Clone, so one failed commit can be reported to every caller in the batch.
+/// A cause shared by every caller of a failed batch.
+pub type Cause = Arc<dyn std::error::Error + Send + Sync>;
+
+/// Store errors. Clone, so one failed commit can be reported to every caller in the batch;
+/// causes are kept behind an `Arc` for that.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error(
@@ -33,12 +37,27 @@ pub enum StoreError {
     Locked(PathBuf),
     #[error("data file {path} is corrupt or not a miauflix-gate data file ({reason}); restore it from a backup")]
     Corrupt { path: PathBuf, reason: String },
-    #[error("cannot open data file {path}: {reason}")]
-    Open { path: PathBuf, reason: String },
+    #[error("cannot open data file {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: Cause,
+    },
+    #[error("cannot open data file {path}: cannot start writer: {source}")]
+    Writer {
+        path: PathBuf,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
     #[error("storage error: {0}")]
-    Db(String),
+    Db(#[source] Cause),
+    #[error("storage error: write finished without a value")]
+    NoValue,
+    /// A record that does not read back; the message says what is wrong with it.
     #[error("record encoding error: {0}")]
     Codec(String),
+    #[error("record encoding error: {0}")]
+    Json(#[source] Arc<serde_json::Error>),
     #[error("the store is closed")]
     Closed,
 }
@@ -46,7 +65,7 @@ pub enum StoreError {
 macro_rules! db_error {
     ($($t:ty),*) => {$(
         impl From<$t> for StoreError {
-            fn from(e: $t) -> Self { StoreError::Db(e.to_string()) }
+            fn from(e: $t) -> Self { StoreError::Db(Arc::new(e)) }
         }
     )*};
 }
@@ -54,7 +73,7 @@ db_error!(redb::Error, redb::TableError, redb::StorageError, redb::TransactionEr
 
 impl From<serde_json::Error> for StoreError {
     fn from(e: serde_json::Error) -> Self {
-        StoreError::Codec(e.to_string())
+        StoreError::Json(Arc::new(e))
     }
 }
 
@@ -86,7 +105,7 @@ where
     fn finish(self: Box<Self>, result: Result<(), StoreError>) {
         let out = match (result, self.value) {
             (Ok(()), Some(v)) => Ok(v),
-            (Ok(()), None) => Err(StoreError::Db("write finished without a value".into())),
+            (Ok(()), None) => Err(StoreError::NoValue),
             (Err(e), _) => Err(e),
         };
         let _ = self.ack.send(out);
@@ -133,7 +152,7 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         // Created 0600 before redb sees it (redb initialises an empty file); an existing entry
         // is opened without following a symlink, and redb gets that descriptor.
-        let open_err = |e: std::io::Error| StoreError::Open { path: path.to_path_buf(), reason: e.to_string() };
+        let open_err = |e: std::io::Error| StoreError::Open { path: path.to_path_buf(), source: Arc::new(e) };
         let file = match files::open_existing(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => files::create_new(path, 0o600).map_err(open_err)?,
@@ -152,9 +171,10 @@ impl Store {
         let writer = {
             let db = db.clone();
             let stats = stats.clone();
-            std::thread::Builder::new().name("store-writer".into()).spawn(move || writer_loop(db, rx, stats)).map_err(
-                |e| StoreError::Open { path: path.to_path_buf(), reason: format!("cannot start writer: {e}") },
-            )?
+            std::thread::Builder::new()
+                .name("store-writer".into())
+                .spawn(move || writer_loop(db, rx, stats))
+                .map_err(|e| StoreError::Writer { path: path.to_path_buf(), source: Arc::new(e) })?
         };
         Ok(Store {
             inner: Arc::new(Inner {
@@ -235,7 +255,7 @@ impl Store {
     /// Writes a consistent snapshot of every table to a new redb file at `dest` (created
     /// 0600): one read transaction copied out, so concurrent writes neither block nor tear it.
     pub fn backup_to(&self, dest: &Path) -> Result<u64, StoreError> {
-        let open_err = |e: std::io::Error| StoreError::Open { path: dest.to_path_buf(), reason: e.to_string() };
+        let open_err = |e: std::io::Error| StoreError::Open { path: dest.to_path_buf(), source: Arc::new(e) };
         // redb writes through this descriptor: the name is never reopened (it may be swapped).
         let file = files::create_new(dest, 0o600).map_err(open_err)?;
         let backend = redb::backends::FileBackend::new(file).map_err(|e| classify_open_error(dest, e))?;
@@ -311,7 +331,7 @@ fn classify_open_error(path: &Path, e: redb::DatabaseError) -> StoreError {
             StoreError::Locked(path.to_path_buf())
         }
         redb::DatabaseError::Storage(redb::StorageError::Io(io)) => {
-            StoreError::Open { path: path.to_path_buf(), reason: io.to_string() }
+            StoreError::Open { path: path.to_path_buf(), source: Arc::new(io) }
         }
         redb::DatabaseError::Storage(other) => {
             StoreError::Corrupt { path: path.to_path_buf(), reason: other.to_string() }
@@ -319,7 +339,7 @@ fn classify_open_error(path: &Path, e: redb::DatabaseError) -> StoreError {
         redb::DatabaseError::UpgradeRequired(v) => {
             StoreError::Corrupt { path: path.to_path_buf(), reason: format!("redb file format {v} needs an upgrade") }
         }
-        other => StoreError::Open { path: path.to_path_buf(), reason: other.to_string() },
+        other => StoreError::Open { path: path.to_path_buf(), source: Arc::new(other) },
     }
 }
 

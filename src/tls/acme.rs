@@ -41,7 +41,7 @@ fn record_name(kind: &str, parts: &[String], directory: &str) -> String {
 }
 
 /// Parses rustls-acme's PEM (private key first, then the chain) into a served certificate.
-pub fn parse_bundle(pem: &[u8]) -> Result<(Arc<CertifiedKey>, CertFacts), String> {
+pub fn parse_bundle(pem: &[u8]) -> Result<(Arc<CertifiedKey>, CertFacts), super::CertError> {
     super::certified_from_pem(pem, pem, "the bundle", "the bundle")
 }
 
@@ -63,7 +63,9 @@ pub enum CacheError {
     #[error("the ACME certificate bundle is not PEM text")]
     NotText(#[from] std::str::Utf8Error),
     #[error("the ACME certificate bundle: {0}")]
-    Bundle(String),
+    Bundle(#[from] super::CertError),
+    #[error("the ACME certificate bundle: no certificate in it")]
+    NoCertificate,
 }
 
 /// Caches rustls-acme's certificate bundle (private key PEM first, then the chain) with the
@@ -77,8 +79,7 @@ pub async fn store_cert_bundle(
 ) -> Result<(), CacheError> {
     let name = record_name("cert", domains, directory_url);
     let text = std::str::from_utf8(cert)?;
-    let chain_start =
-        text.find("-----BEGIN CERTIFICATE-----").ok_or_else(|| CacheError::Bundle("no certificate in it".into()))?;
+    let chain_start = text.find("-----BEGIN CERTIFICATE-----").ok_or(CacheError::NoCertificate)?;
     let (key_pem, chain_pem) = text.split_at(chain_start);
     let key_sealed = sealed::seal(keyring, &secret(&name), key_pem.as_bytes())?;
     let rec = StoredCert { chain_pem: chain_pem.to_string(), key_sealed };
@@ -160,7 +161,7 @@ struct StoreCache {
 impl StoreCache {
     /// Serves `pem` from now on and records its facts.
     fn install(&self, pem: &[u8]) -> Result<CertFacts, CacheError> {
-        let (certified, facts) = parse_bundle(pem).map_err(CacheError::Bundle)?;
+        let (certified, facts) = parse_bundle(pem)?;
         self.slot.replace(certified);
         let renew_at = facts.not_after - (facts.not_after - facts.not_before) / 3;
         let f = facts.clone();

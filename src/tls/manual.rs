@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use rustls::sign::CertifiedKey;
 
+use super::CertError;
 use super::self_signed::CertSlot;
 use super::status::{CertFacts, TlsStatus};
 use crate::audit::Audit;
@@ -21,11 +22,12 @@ use crate::audit::{ClientInfo, EventKind, SecurityEvent, Severity};
 pub const POLL: Duration = Duration::from_secs(2);
 
 /// Loads and checks a certificate chain and its key.
-pub fn load_pair(cert_file: &Path, key_file: &Path) -> Result<(Arc<CertifiedKey>, CertFacts), String> {
-    let cert_pem = std::fs::read(cert_file).map_err(|e| format!("cannot read {}: {e}", cert_file.display()))?;
-    let key_pem = zeroize::Zeroizing::new(
-        std::fs::read(key_file).map_err(|e| format!("cannot read {}: {e}", key_file.display()))?,
-    );
+pub fn load_pair(cert_file: &Path, key_file: &Path) -> Result<(Arc<CertifiedKey>, CertFacts), CertError> {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|source| CertError::Read { path: path.display().to_string(), source })
+    };
+    let cert_pem = read(cert_file)?;
+    let key_pem = zeroize::Zeroizing::new(read(key_file)?);
     let (certified, facts) = super::certified_from_pem(
         &cert_pem,
         &key_pem,
@@ -33,7 +35,7 @@ pub fn load_pair(cert_file: &Path, key_file: &Path) -> Result<(Arc<CertifiedKey>
         &key_file.display().to_string(),
     )?;
     if facts.not_after < crate::clock::now() {
-        return Err(format!("the certificate in {} has expired", cert_file.display()));
+        return Err(CertError::Expired(cert_file.display().to_string()));
     }
     Ok((certified, facts))
 }
@@ -87,6 +89,8 @@ pub fn watch(
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "refused the changed certificate files; still serving the previous certificate");
+                    // The status page and the event show the line.
+                    let e = e.to_string();
                     status.update(|s| {
                         s.last_attempt = Some(crate::clock::now());
                         s.last_error = Some(e.clone());

@@ -212,6 +212,56 @@ impl AsyncWrite for LazyTls {
 }
 
 /// A served certificate from PEM: the chain (leaf first) and its private key (PKCS#8,
+/// Why a certificate or its key cannot be served. `Display` is the line the log, the status
+/// page and the start-up error show; the parser's error stays attached as the source.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{name} is not a PEM certificate chain: {source}")]
+    Chain {
+        name: String,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{0} holds no certificate")]
+    NoCertificate(String),
+    #[error("not an X.509 certificate: {0}")]
+    NotX509(#[source] x509_parser::nom::Err<x509_parser::error::X509Error>),
+    /// The leaf of `name` does not parse.
+    #[error("{name}: {source}")]
+    Leaf {
+        name: String,
+        #[source]
+        source: Box<CertError>,
+    },
+    #[error("{name} holds no usable private key: {source}")]
+    Key {
+        name: String,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{name}: unsupported key: {source}")]
+    UnsupportedKey {
+        name: String,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("the key in {key} does not belong to the certificate in {chain}")]
+    Mismatch {
+        key: String,
+        chain: String,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("the certificate in {0} has expired")]
+    Expired(String),
+}
+
 /// PKCS#1 or SEC1), checked to belong together. `chain_name`/`key_name` name the sources in
 /// errors (file names, or "the bundle").
 pub fn certified_from_pem(
@@ -219,22 +269,25 @@ pub fn certified_from_pem(
     key_pem: &[u8],
     chain_name: &str,
     key_name: &str,
-) -> Result<(Arc<rustls::sign::CertifiedKey>, status::CertFacts), String> {
+) -> Result<(Arc<rustls::sign::CertifiedKey>, status::CertFacts), CertError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem)
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{chain_name} is not a PEM certificate chain: {e}"))?;
-    let leaf = chain.first().ok_or_else(|| format!("{chain_name} holds no certificate"))?;
-    let facts = status::CertFacts::from_der(leaf).map_err(|e| format!("{chain_name}: {e}"))?;
-    let key =
-        PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("{key_name} holds no usable private key: {e}"))?;
-    let signing =
-        crate::crypto::sign::tls_signing_key(&key).map_err(|e| format!("{key_name}: unsupported key: {e}"))?;
+        .map_err(|source| CertError::Chain { name: chain_name.to_string(), source })?;
+    let leaf = chain.first().ok_or_else(|| CertError::NoCertificate(chain_name.to_string()))?;
+    let facts = status::CertFacts::from_der(leaf)
+        .map_err(|e| CertError::Leaf { name: chain_name.to_string(), source: Box::new(e) })?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|source| CertError::Key { name: key_name.to_string(), source })?;
+    let signing = crate::crypto::sign::tls_signing_key(&key)
+        .map_err(|source| CertError::UnsupportedKey { name: key_name.to_string(), source })?;
     let certified = rustls::sign::CertifiedKey::new(chain, signing);
-    certified
-        .keys_match()
-        .map_err(|_| format!("the key in {key_name} does not belong to the certificate in {chain_name}"))?;
+    certified.keys_match().map_err(|source| CertError::Mismatch {
+        key: key_name.to_string(),
+        chain: chain_name.to_string(),
+        source,
+    })?;
     Ok((Arc::new(certified), facts))
 }
 

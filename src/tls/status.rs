@@ -21,8 +21,8 @@ pub struct CertFacts {
 
 impl CertFacts {
     /// Reads the facts of a DER certificate.
-    pub fn from_der(der: &[u8]) -> Result<CertFacts, String> {
-        let (_, cert) = X509Certificate::from_der(der).map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    pub fn from_der(der: &[u8]) -> Result<CertFacts, super::CertError> {
+        let (_, cert) = X509Certificate::from_der(der).map_err(super::CertError::NotX509)?;
         let mut names = Vec::new();
         if let Ok(Some(san)) = cert.subject_alternative_name() {
             for n in &san.value.general_names {

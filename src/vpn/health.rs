@@ -2,10 +2,20 @@
 //! counters, its latest handshake and the probe, and what the state becomes after it —
 //! `connecting`/`reconnecting` → `up` after `successes_to_up` good checks in a row;
 //! `up` → `degraded` on a failed check → `down` after `failures_to_down` in a row. The
-//! supervisor does the I/O (UAPI, the probe, events); this decides.
+//! supervisor does the I/O (UAPI, the probe, events); this decides, and also how long the
+//! supervisor waits before the next attempt ([`backoff`]).
+
+use std::time::Duration;
 
 use super::VpnState;
-use super::config::VpnHealthConfig;
+use super::config::{VpnHealthConfig, VpnReconnectConfig};
+
+/// The wait before a reconnect after `doublings` doublings: `backoff_base_secs × 2ⁿ`, at most
+/// `backoff_max_secs` (the exponent stops at 20 and the product saturates, so it never wraps).
+/// No jitter: one gate reconnects to one server.
+pub(super) fn backoff(r: &VpnReconnectConfig, doublings: u32) -> Duration {
+    Duration::from_secs(r.backoff_base_secs.saturating_mul(1 << doublings.min(20)).min(r.backoff_max_secs))
+}
 
 /// Checks in a row that saw bytes sent but none received before the link counts as stalled.
 pub(super) const STALL_CHECKS: u32 = 3;
@@ -115,6 +125,24 @@ mod tests {
 
     fn good(rx: u64, tx: u64) -> Option<Sample> {
         Some(Sample { rx_bytes: rx, tx_bytes: tx, handshake_age: Some(10) })
+    }
+
+    #[test]
+    fn the_backoff_starts_at_the_base_doubles_and_stops_at_the_maximum() {
+        let r = VpnReconnectConfig { backoff_base_secs: 2, backoff_max_secs: 300, ..Default::default() };
+        let secs: Vec<u64> = (0..10).map(|n| backoff(&r, n).as_secs()).collect();
+        assert_eq!(secs, [2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        // A long outage neither overflows nor wraps to a short wait.
+        for n in [20, 21, 63, 64, u32::MAX] {
+            assert_eq!(backoff(&r, n), Duration::from_secs(300), "after {n} doublings");
+        }
+        // The largest base the config admits still saturates at the maximum.
+        let big = VpnReconnectConfig { backoff_base_secs: 86_400, backoff_max_secs: 86_400, ..Default::default() };
+        assert_eq!(backoff(&big, 0), Duration::from_secs(86_400));
+        assert_eq!(backoff(&big, u32::MAX), Duration::from_secs(86_400));
+        let huge =
+            VpnReconnectConfig { backoff_base_secs: u64::MAX / 2, backoff_max_secs: u64::MAX, ..Default::default() };
+        assert_eq!(backoff(&huge, 30), Duration::from_secs(u64::MAX), "saturates instead of wrapping");
     }
 
     #[test]

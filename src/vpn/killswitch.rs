@@ -166,41 +166,59 @@ fn rules(cfg: &VpnConfig, endpoints: &[SocketAddr]) -> Vec<Vec<Statement<'static
     out
 }
 
+/// Why an `nft` call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    #[error("cannot run nft: {0}")]
+    Spawn(#[source] std::io::Error),
+    /// `nft` ran and refused: the first line it printed.
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Output(#[from] std::string::FromUtf8Error),
+    #[error("nft is not usable: {0}")]
+    Unusable(#[source] Box<NftError>),
+    #[error("nft refused the kill switch: {0}")]
+    Install(#[source] nftables::helper::NftablesError),
+    #[error("{0}")]
+    Remove(#[source] nftables::helper::NftablesError),
+}
+
 /// `nft -j <args>` → its JSON output.
-async fn nft_json(args: &[&str]) -> Result<String, String> {
+async fn nft_json(args: &[&str]) -> Result<String, NftError> {
     let out = tokio::process::Command::new("nft")
         .arg("-j")
         .args(args)
         .kill_on_drop(true)
         .output()
         .await
-        .map_err(|e| format!("cannot run nft: {e}"))?;
+        .map_err(NftError::Spawn)?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        return Err(err.lines().next().unwrap_or("nft failed").to_string());
+        return Err(NftError::Refused(err.lines().next().unwrap_or("nft failed").to_string()));
     }
-    String::from_utf8(out.stdout).map_err(|e| e.to_string())
+    Ok(String::from_utf8(out.stdout)?)
 }
 
 /// Whether `nft` runs and may read the ruleset (so also whether we hold CAP_NET_ADMIN).
-pub async fn available() -> Result<(), String> {
-    nft_json(&["list", "tables"]).await.map(|_| ()).map_err(|e| format!("nft is not usable: {e}"))
+pub async fn available() -> Result<(), NftError> {
+    nft_json(&["list", "tables"]).await.map(|_| ()).map_err(|e| NftError::Unusable(Box::new(e)))
 }
 
 /// Applies [`ruleset`].
-pub async fn install(cfg: &VpnConfig, endpoints: &[SocketAddr]) -> Result<(), String> {
+pub async fn install(cfg: &VpnConfig, endpoints: &[SocketAddr]) -> Result<(), NftError> {
     let doc = ruleset(cfg, endpoints);
-    nftables::helper::apply_ruleset_async(&doc).await.map_err(|e| format!("nft refused the kill switch: {e}"))
+    nftables::helper::apply_ruleset_async(&doc).await.map_err(NftError::Install)
 }
 
 /// Removes the table; `Ok(false)` when it was not there.
-pub async fn remove() -> Result<bool, String> {
+pub async fn remove() -> Result<bool, NftError> {
     if !status().await.present {
         return Ok(false);
     }
     let mut batch = Batch::new();
     batch.delete(NfListObject::Table(Table { family: NfFamily::INet, name: Cow::Borrowed(TABLE), handle: None }));
-    nftables::helper::apply_ruleset_async(&batch.to_nftables()).await.map_err(|e| e.to_string())?;
+    nftables::helper::apply_ruleset_async(&batch.to_nftables()).await.map_err(NftError::Remove)?;
     Ok(true)
 }
 

@@ -7,6 +7,7 @@
 //! addresses, routes and policy rules ([`netcfg`]) and the server list ([`nordvpn`]).
 
 pub mod config;
+mod error;
 mod health;
 pub mod killswitch;
 pub mod netcfg;
@@ -22,6 +23,10 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroizing;
+
+pub use self::error::VpnError;
+pub use self::killswitch::NftError;
+pub use self::netcfg::IpError;
 
 use self::config::{VpnConfig, VpnServer};
 use crate::crypto::Keyring;
@@ -119,11 +124,6 @@ pub struct VpnSnapshot {
 }
 
 impl VpnSnapshot {
-    /// The snapshot of a gate built without a supervisor.
-    pub fn not_configured(cfg: &VpnConfig) -> VpnSnapshot {
-        VpnSnapshot::new(VpnState::Disabled, Some("no VPN supervisor".into()), cfg)
-    }
-
     fn new(state: VpnState, reason: Option<String>, cfg: &VpnConfig) -> VpnSnapshot {
         VpnSnapshot {
             state,
@@ -170,31 +170,11 @@ pub trait VpnStatus: Send + Sync {
     /// A short state name for status pages (`up`, `down`, `disabled`, …).
     fn state(&self) -> &'static str;
     /// The full picture.
-    fn snapshot(&self) -> VpnSnapshot {
-        VpnSnapshot::not_configured(&VpnConfig::default())
-    }
+    fn snapshot(&self) -> VpnSnapshot;
     /// The servers in effect.
-    fn servers(&self) -> Vec<VpnServer> {
-        Vec::new()
-    }
+    fn servers(&self) -> Vec<VpnServer>;
     /// Runs an admin command; `Ok` carries a one-line summary.
-    async fn command(&self, _cmd: VpnCommand) -> Result<String, String> {
-        Err("the VPN supervisor is not configured".into())
-    }
-}
-
-/// No VPN at all (tests that build the app by hand): the tunnel is never up.
-#[derive(Debug, Default)]
-pub struct NotConfigured;
-
-impl VpnStatus for NotConfigured {
-    fn tunnel_up(&self) -> bool {
-        false
-    }
-
-    fn state(&self) -> &'static str {
-        "not-configured"
-    }
+    async fn command(&self, cmd: VpnCommand) -> Result<String, VpnError>;
 }
 
 /// State shared between the supervisor task and readers.
@@ -216,7 +196,7 @@ impl Shared {
     }
 }
 
-type Request = (VpnCommand, oneshot::Sender<Result<String, String>>);
+type Request = (VpnCommand, oneshot::Sender<Result<String, VpnError>>);
 
 /// The supervisor's handle.
 pub struct Vpn {
@@ -275,7 +255,7 @@ impl VpnStatus for Vpn {
         self.shared.servers.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    async fn command(&self, cmd: VpnCommand) -> Result<String, String> {
+    async fn command(&self, cmd: VpnCommand) -> Result<String, VpnError> {
         let Some(tx) = &self.tx else {
             // Without a supervisor the key can still be stored for later.
             return match cmd {
@@ -284,12 +264,12 @@ impl VpnStatus for Vpn {
                     self.shared.update(|s| s.public_key = Some(public.clone()));
                     Ok(format!("private key stored; public key {public}"))
                 }
-                _ => Err("the VPN is disabled (vpn.enabled = false, or `vpn disable` ran)".into()),
+                _ => Err(VpnError::Disabled),
             };
         };
         let (ack, rx) = oneshot::channel();
-        tx.send((cmd, ack)).await.map_err(|_| "the VPN supervisor has stopped".to_string())?;
-        rx.await.map_err(|_| "the VPN supervisor has stopped".to_string())?
+        tx.send((cmd, ack)).await.map_err(|_| VpnError::Stopped)?;
+        rx.await.map_err(|_| VpnError::Stopped)?
     }
 }
 
@@ -306,10 +286,10 @@ pub fn load_key(store: &Store, keyring: &Keyring) -> Result<Option<Zeroizing<[u8
 }
 
 /// Checks and seals a base64 private key; returns its public key.
-pub async fn store_key(store: &Store, keyring: &Keyring, b64: &str) -> Result<String, String> {
-    let key = Zeroizing::new(decode_key(b64).ok_or("the private key must be a base64 WireGuard key (32 bytes)")?);
-    let public = public_key_of(&key).ok_or("not a usable X25519 private key")?;
-    sealed::put(store, keyring, &SECRET, key.as_slice()).await.map_err(|e| e.to_string())?;
+pub async fn store_key(store: &Store, keyring: &Keyring, b64: &str) -> Result<String, VpnError> {
+    let key = Zeroizing::new(decode_key(b64).ok_or(VpnError::BadKey)?);
+    let public = public_key_of(&key).ok_or(VpnError::UnusableKey)?;
+    sealed::put(store, keyring, &SECRET, key.as_slice()).await?;
     Ok(public)
 }
 
@@ -319,7 +299,7 @@ pub async fn reencrypt(store: &Store, keyring: &Keyring) -> Result<bool, StoreEr
 }
 
 /// Removes the kill switch, the policy rules and the interface (offline `vpn disable`).
-pub async fn tear_down(cfg: &VpnConfig) -> Result<bool, String> {
+pub async fn tear_down(cfg: &VpnConfig) -> Result<bool, NftError> {
     netcfg::delete_link(&cfg.interface).await;
     netcfg::remove_rules().await;
     netcfg::flush_table().await;

@@ -20,14 +20,23 @@ const PREF_LAN: u32 = 10090;
 const PREF_SUPPRESS: u32 = 10091;
 const PREF_TUNNEL: u32 = 10100;
 
-async fn ip(args: &[&str]) -> Result<(), String> {
-    let out =
-        Command::new("ip").args(args).kill_on_drop(true).output().await.map_err(|e| format!("cannot run ip: {e}"))?;
+/// Why an `ip` command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IpError {
+    #[error("cannot run ip: {0}")]
+    Spawn(#[source] std::io::Error),
+    /// `ip` ran and refused: its arguments and the first line it printed.
+    #[error("ip {args}: {msg}")]
+    Refused { args: String, msg: String },
+}
+
+async fn ip(args: &[&str]) -> Result<(), IpError> {
+    let out = Command::new("ip").args(args).kill_on_drop(true).output().await.map_err(IpError::Spawn)?;
     if out.status.success() {
         Ok(())
     } else {
         let msg = String::from_utf8_lossy(&out.stderr);
-        Err(format!("ip {}: {}", args.join(" "), msg.lines().next().unwrap_or("failed")))
+        Err(IpError::Refused { args: args.join(" "), msg: msg.lines().next().unwrap_or("failed").to_string() })
     }
 }
 
@@ -37,7 +46,7 @@ pub fn link_exists(iface: &str) -> bool {
 }
 
 /// Brings the interface up with its addresses and the routes of `allowed_ips` into [`TABLE`].
-pub async fn configure_link(cfg: &VpnConfig, allowed_ips: &[ipnet::IpNet]) -> Result<(), String> {
+pub async fn configure_link(cfg: &VpnConfig, allowed_ips: &[ipnet::IpNet]) -> Result<(), IpError> {
     let i = cfg.interface.as_str();
     for addr in &cfg.address {
         ip(&["address", "replace", &addr.to_string(), "dev", i]).await?;
@@ -52,7 +61,7 @@ pub async fn configure_link(cfg: &VpnConfig, allowed_ips: &[ipnet::IpNet]) -> Re
 }
 
 /// The `unreachable` fallbacks and the policy rules; kept when the gate exits, like the kill switch.
-pub async fn install_rules(cfg: &VpnConfig) -> Result<(), String> {
+pub async fn install_rules(cfg: &VpnConfig) -> Result<(), IpError> {
     remove_rules().await;
     let table = TABLE.to_string();
     ip(&["-4", "route", "replace", "unreachable", "default", "metric", "4096", "table", &table]).await?;

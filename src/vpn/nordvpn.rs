@@ -77,7 +77,7 @@ pub enum FetchError {
     #[error("HTTP {0}")]
     Status(hyper::StatusCode),
     #[error("answer body: {0}")]
-    Body(String),
+    Body(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("unexpected answer: {0}")]
     Answer(#[from] serde_json::Error),
 }
@@ -161,6 +161,6 @@ where
     if !resp.status().is_success() {
         return Err(FetchError::Status(resp.status()));
     }
-    let body = Limited::new(resp.into_body(), MAX_BODY).collect().await.map_err(|e| FetchError::Body(e.to_string()))?;
+    let body = Limited::new(resp.into_body(), MAX_BODY).collect().await.map_err(FetchError::Body)?;
     Ok(body.to_bytes().to_vec())
 }

@@ -269,7 +269,7 @@ pub fn export_stream(
             match audit.export_chunk(since, until, after?) {
                 Ok(Some((bytes, _, last))) => Some((Ok(bytes::Bytes::from(bytes)), Some(last))),
                 Ok(None) => None,
-                Err(e) => Some((Err(std::io::Error::other(e.to_string())), None)),
+                Err(e) => Some((Err(std::io::Error::other(e)), None)),
             }
         }
     })

@@ -138,8 +138,8 @@ pub struct VpnActionDto {
     pub state: String,
 }
 
-fn refused(msg: String) -> ApiError {
-    ApiError::new(poem::http::StatusCode::CONFLICT, "vpn-refused", "VPN command refused", msg)
+fn refused(e: crate::vpn::VpnError) -> ApiError {
+    ApiError::new(poem::http::StatusCode::CONFLICT, "vpn-refused", "VPN command refused", e.to_string())
 }
 
 #[OpenApi(tag = "ApiTags::Vpn")]
