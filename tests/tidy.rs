@@ -160,7 +160,7 @@ fn no_new_import_cycle_between_top_level_modules() {
 }
 
 /// Files over the limit today, with the length they may not exceed (issue 18).
-const LONG_FILES: &[(&str, usize)] = &[("vpn/supervisor.rs", 830), ("http/proxy.rs", 825)];
+const LONG_FILES: &[(&str, usize)] = &[("vpn/supervisor.rs", 830)];
 
 /// **Architecture Invariant:** no file under `src/` is over 700 lines.
 #[test]
