@@ -402,7 +402,9 @@ async fn signed_stream_urls() {
 
 #[test]
 fn routes_cannot_shadow_the_gates_own_paths() {
-    for prefix in ["/api/auth", "/api/auth/x", "/admin", "/healthz", "/", "/.well-known/x", "relative"] {
+    for prefix in
+        ["/api/auth", "/api/auth/x", "/admin", "/ADMIN", "/Api/Auth", "/healthz", "/.well-known/x", "relative"]
+    {
         let toml = format!("[[routes]]\nprefix = \"{prefix}\"\nupstream = \"http://127.0.0.1:9\"\n");
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("g.toml");
@@ -410,6 +412,10 @@ fn routes_cannot_shadow_the_gates_own_paths() {
         let e = Config::load(Some(&f), Vec::new(), &Overrides::default()).unwrap_err();
         assert!(e.to_string().contains("routes[0]"), "{prefix}: {e}");
     }
+    // The catch-all is allowed: the gate's own paths still win over it.
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), "[[routes]]\nprefix = \"/\"\nupstream = \"http://127.0.0.1:9\"\n").unwrap();
+    assert_eq!(Config::load(Some(f.path()), Vec::new(), &Overrides::default()).unwrap().routes[0].prefix, "/");
     let f = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(f.path(), "[[routes]]\nprefix = \"/x\"\nupstream = \"ftp://h\"\n").unwrap();
     assert!(

@@ -86,7 +86,8 @@ pub fn validate(routes: &[RouteConfig]) -> Result<(), ConfigError> {
                 ),
             );
         }
-        if r.prefix == "/" || is_reserved_path(&r.prefix) || is_reserved_path(r.prefix.trim_end_matches('/')) {
+        // `/` is the catch-all: the gate's own paths still win over it (`Proxy::route_for`).
+        if is_reserved_path(&r.prefix) || is_reserved_path(r.prefix.trim_end_matches('/')) {
             return bad(key, format!("prefix `{}` would shadow the gate's own paths", r.prefix));
         }
         if !prefixes.insert(r.prefix.trim_end_matches('/').to_string()) {

@@ -194,8 +194,8 @@ impl Proxy {
 
     /// The route for a request path and the path's canonical form
     /// ([`canonical_path`](crate::paths::canonical_path)), if any. The gate's own
-    /// paths never reach here, nor do refused paths (they get the gate's 404, forward auth
-    /// 403), nor a path whose case-folded form falls under another route than its exact form
+    /// paths never reach here, in any case (so a catch-all route `/` cannot shadow them), nor
+    /// do refused paths (they get the gate's 404, forward auth 403), nor a path whose case-folded form falls under another route than its exact form
     /// (`/media/PRIVATE` with `/media` and `/media/private`: case-insensitive upstreams would
     /// serve the stricter route's path under the looser policy).
     pub fn route_for<'a>(&self, path: &'a str) -> Option<(Arc<ProxyRoute>, Cow<'a, str>)> {
