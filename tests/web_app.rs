@@ -147,3 +147,180 @@ async fn without_a_catch_all_the_root_redirects_to_the_admin_ui() {
     assert_eq!(get(&gate, "/movies", &[]).await.status, 404);
     assert!(gate.terminate().success());
 }
+
+/// A built single-page app as Vite writes it, a directory outside it with a secret, and
+/// symlinks from the one into the other.
+fn built_app(dir: &Path) -> (std::path::PathBuf, Vec<u8>) {
+    let web = dir.join("web");
+    let outside = dir.join("outside");
+    std::fs::create_dir_all(web.join("assets")).unwrap();
+    std::fs::create_dir_all(web.join("media")).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(web.join("index.html"), "<!doctype html><title>Miauflix</title><div id=app></div>").unwrap();
+    std::fs::write(web.join("assets/index-3f2a9c1b.js"), "console.log('app')").unwrap();
+    std::fs::write(web.join("assets/index-3f2a9c1b.js.br"), "BROTLI-BYTES").unwrap();
+    std::fs::write(web.join("assets/index-3f2a9c1b.js.gz"), "GZIP-BYTES").unwrap();
+    std::fs::write(web.join("robots.txt"), "User-agent: *").unwrap();
+    std::fs::write(web.join(".env"), "TOP-SECRET").unwrap();
+    std::fs::write(web.join("swap.txt"), "before").unwrap();
+    let video: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(web.join("media/trailer.mp4"), &video).unwrap();
+    std::fs::write(outside.join("secret.txt"), "TOP-SECRET").unwrap();
+    std::os::unix::fs::symlink(outside.join("secret.txt"), web.join("leak.txt")).unwrap();
+    std::os::unix::fs::symlink(&outside, web.join("leakdir")).unwrap();
+    std::os::unix::fs::symlink(outside.join("secret.txt"), web.join("assets/index-3f2a9c1b.css.br")).unwrap();
+    std::fs::write(web.join("assets/index-3f2a9c1b.css"), "body{}").unwrap();
+    (web, video)
+}
+
+const HTML: (&str, &str) = ("accept", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_built_web_app_is_served_from_its_directory() {
+    let up = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (web, video) = built_app(dir.path());
+    let gate = start(
+        dir.path(),
+        &format!(
+            "[[routes]]\nprefix = \"/\"\nstatic_dir = \"{}\"\nspa_fallback = true\nmin_role = \"public\"\nrate_class = \"stream\"\n\
+             [[routes]]\nprefix = \"/api\"\nupstream = \"http://{up}\"\nmin_role = \"public\"\n\
+             [[routes]]\nprefix = \"/vault\"\nstatic_dir = \"{}\"\nmin_role = \"user\"\n",
+            web.display(),
+            web.display()
+        ),
+    );
+    let index = std::fs::read(web.join("index.html")).unwrap();
+
+    // The app shell: `/` and every deep link a browser navigates to, never cached stale.
+    for target in ["/", "/index.html", "/movies/42", "/tv/7/season/2", "/settings"] {
+        let r = get(&gate, target, &[HTML]).await;
+        assert_eq!(r.status, 200, "{target}: {r:?}");
+        assert_eq!(r.body, index, "{target}");
+        assert_eq!(header(&r, "content-type"), "text/html; charset=utf-8", "{target}");
+        assert_eq!(header(&r, "cache-control"), "no-cache", "{target}");
+    }
+    // Not HTML, or with an extension: a missing file is a 404, not the shell.
+    for (target, accept) in [
+        ("/movies/42", "application/json"),
+        ("/movies/42", "*/*"),
+        ("/assets/index-00000000.js", HTML.1),
+        ("/assets/missing.css", HTML.1),
+        ("/favicon.ico", HTML.1),
+    ] {
+        let r = get(&gate, target, &[("accept", accept)]).await;
+        assert_eq!(r.status, 404, "{target} ({accept}): {r:?}");
+        assert_eq!(header(&r, "content-type"), "application/problem+json");
+    }
+
+    // A hashed asset: cached for a year, validated by its ETag.
+    let r = get(&gate, "/assets/index-3f2a9c1b.js", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"console.log('app')");
+    assert!(header(&r, "content-type").contains("javascript"), "{r:?}");
+    assert_eq!(header(&r, "cache-control"), "public, max-age=31536000, immutable");
+    assert_eq!(header(&r, "vary"), "Accept-Encoding");
+    assert!(r.headers.get("content-encoding").is_none());
+    let etag = header(&r, "etag").to_string();
+    assert!(etag.starts_with('"'), "{etag}");
+    let r = get(&gate, "/assets/index-3f2a9c1b.js", &[("if-none-match", &etag)]).await;
+    assert_eq!(r.status, 304);
+    assert!(r.body.is_empty());
+    assert_eq!(get(&gate, "/assets/index-3f2a9c1b.js", &[("if-none-match", "\"other\"")]).await.status, 200);
+    assert_eq!(get(&gate, "/robots.txt", &[]).await.headers["cache-control"], "no-cache");
+
+    // Precompressed siblings, only when accepted; each its own representation (ETag).
+    let r = get(&gate, "/assets/index-3f2a9c1b.js", &[("accept-encoding", "gzip, deflate, br")]).await;
+    assert_eq!((r.body.as_slice(), header(&r, "content-encoding")), (&b"BROTLI-BYTES"[..], "br"));
+    assert!(header(&r, "content-type").contains("javascript"));
+    assert_ne!(header(&r, "etag"), etag);
+    let r = get(&gate, "/assets/index-3f2a9c1b.js", &[("accept-encoding", "gzip")]).await;
+    assert_eq!((r.body.as_slice(), header(&r, "content-encoding")), (&b"GZIP-BYTES"[..], "gzip"));
+    let r = get(&gate, "/assets/index-3f2a9c1b.js", &[("accept-encoding", "br;q=0, gzip;q=0")]).await;
+    assert_eq!(r.body, b"console.log('app')");
+    assert!(r.headers.get("content-encoding").is_none());
+    // A sibling that is a symlink out of the directory is not served; the file itself is.
+    let r = get(&gate, "/assets/index-3f2a9c1b.css", &[("accept-encoding", "br")]).await;
+    assert_eq!(r.body, b"body{}");
+    assert!(r.headers.get("content-encoding").is_none());
+
+    // Ranges on a video: the right bytes, and a 416 for a range outside the file.
+    for (range, from, to) in [("bytes=100-199", 100, 199), ("bytes=9990-", 9990, 9999), ("bytes=-10", 9990, 9999)] {
+        let r = get(&gate, "/media/trailer.mp4", &[("range", range)]).await;
+        assert_eq!(r.status, 206, "{range}");
+        assert_eq!(header(&r, "content-range"), format!("bytes {from}-{to}/10000"));
+        assert_eq!(header(&r, "content-type"), "video/mp4");
+        assert_eq!(r.body, video[from..=to], "{range}");
+    }
+    let r = get(&gate, "/media/trailer.mp4", &[("range", "bytes=10000-20000")]).await;
+    assert_eq!(r.status, 416);
+    assert_eq!(header(&r, "content-range"), "bytes */10000");
+    let r = get(&gate, "/media/trailer.mp4", &[]).await;
+    assert_eq!((r.status, r.body.len(), header(&r, "accept-ranges")), (200, 10_000, "bytes"));
+    let r = http_request(gate.addr, "HEAD", "/media/trailer.mp4", None, &[]).await.unwrap();
+    assert_eq!((r.status, header(&r, "content-length"), r.body.len()), (200, "10000", 0));
+
+    // Nothing outside the directory, however spelt, and no dot files or listings.
+    for target in [
+        "/../outside/secret.txt",
+        "/assets/../../outside/secret.txt",
+        "/%2e%2e/outside/secret.txt",
+        "/assets/%2e%2e/%2e%2e/outside/secret.txt",
+        "/assets/..%2f..%2foutside%2fsecret.txt",
+        "/assets%2f..%2f..%2foutside%2fsecret.txt",
+        "/..%5c..%5coutside%5csecret.txt",
+        "/leak.txt",
+        "/leakdir/secret.txt",
+        "/leakdir/",
+        "/.env",
+        "/%2eenv",
+        "/assets/",
+        "/media",
+    ] {
+        let r = get(&gate, target, &[("accept", "*/*")]).await;
+        assert!(matches!(r.status, 400 | 404), "{target}: {r:?}");
+        let text = String::from_utf8_lossy(&r.body);
+        assert!(!text.contains("TOP-SECRET") && !text.contains("trailer"), "{target}: {text}");
+    }
+    // A file swapped for a symlink out of the directory after startup.
+    assert_eq!(get(&gate, "/swap.txt", &[]).await.body, b"before");
+    std::fs::remove_file(web.join("swap.txt")).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("outside/secret.txt"), web.join("swap.txt")).unwrap();
+    let r = get(&gate, "/swap.txt", &[]).await;
+    assert_eq!(r.status, 404);
+    assert!(!String::from_utf8_lossy(&r.body).contains("TOP-SECRET"));
+
+    // Only GET and HEAD; the role of a route holds for files too; other routes still proxy.
+    let r = http_request(gate.addr, "POST", "/movies", Some(b"{}"), &[]).await.unwrap();
+    assert_eq!(r.status, 405);
+    assert_eq!(header(&r, "allow"), "GET, HEAD");
+    assert_eq!(get(&gate, "/vault/index.html", &[]).await.status, 401);
+    assert!(reached_upstream(&get(&gate, "/api/lists", &[]).await));
+    assert_eq!(get(&gate, "/api/auth/session", &[]).await.status, 401);
+    assert!(gate.terminate().success());
+}
+
+#[test]
+fn static_routes_are_checked_at_load() {
+    use miauflix_gate::config::{Config, Overrides};
+    let dir = tempfile::tempdir().unwrap();
+    let web = dir.path().display().to_string();
+    let load = |route: &str| {
+        let f = dir.path().join("g.toml");
+        std::fs::write(&f, format!("[[routes]]\nprefix = \"/\"\n{route}\n")).unwrap();
+        Config::load(Some(&f), Vec::new(), &Overrides::default()).map_err(|e| e.to_string())
+    };
+    assert!(load(&format!("static_dir = \"{web}\"\nspa_fallback = true\nmin_role = \"public\"")).is_ok());
+    for (route, says) in [
+        (format!("static_dir = \"{web}\"\nupstream = \"http://127.0.0.1:9\""), "not both"),
+        ("static_dir = \"relative/web\"".to_string(), "existing directory"),
+        (format!("static_dir = \"{web}/missing\""), "existing directory"),
+        (format!("static_dir = \"{web}/g.toml\""), "existing directory"),
+        ("upstream = \"http://127.0.0.1:9\"\nspa_fallback = true".to_string(), "spa_fallback needs static_dir"),
+        (format!("static_dir = \"{web}\"\nstrip_prefix = true"), "do not apply"),
+        ("min_role = \"public\"".to_string(), "upstream"),
+    ] {
+        let e = load(&route).unwrap_err();
+        assert!(e.contains("routes[0]") && e.contains(says), "{route}: {e}");
+    }
+}

@@ -23,6 +23,7 @@ use crate::config::{RouteConfig, RouteRole};
 use crate::http::problem::ApiError;
 
 mod body;
+mod files;
 mod headers;
 mod stream_key;
 mod upgrade;
@@ -69,6 +70,8 @@ pub struct ProxyRoute {
     authority: Arc<str>,
     /// The same, as the `Host` header sent upstream.
     host: HeaderValue,
+    /// A static route's directory (then there is no upstream: `base` and `authority` are empty).
+    files: Option<files::StaticDir>,
 }
 
 impl ProxyRoute {
@@ -126,12 +129,30 @@ impl Proxy {
         let mut routes: Vec<Arc<ProxyRoute>> = routes
             .iter()
             .filter_map(|r| {
+                if let Some(dir) = &r.static_dir {
+                    let private = r.min_role != RouteRole::Public;
+                    return Some(Arc::new(ProxyRoute {
+                        cfg: r.clone(),
+                        prefix: r.prefix.trim_end_matches('/').to_string(),
+                        base: String::new(),
+                        authority: "".into(),
+                        host: HeaderValue::from_static(""),
+                        files: Some(files::StaticDir::new(dir.clone(), r.spa_fallback, private)),
+                    }));
+                }
                 let upstream: Uri = r.upstream.parse().ok()?;
                 let prefix = r.prefix.trim_end_matches('/').to_string();
                 let authority = upstream.authority()?.as_str();
                 let host = HeaderValue::from_str(authority).ok()?;
                 let base = upstream.path().trim_end_matches('/').to_string();
-                Some(Arc::new(ProxyRoute { cfg: r.clone(), prefix, base, authority: authority.into(), host }))
+                Some(Arc::new(ProxyRoute {
+                    cfg: r.clone(),
+                    prefix,
+                    base,
+                    authority: authority.into(),
+                    host,
+                    files: None,
+                }))
             })
             .collect();
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
@@ -228,6 +249,22 @@ impl Proxy {
             *uri = Uri::from_parts(parts).ok()?;
         }
         Some(route)
+    }
+
+    /// Answers a request for a static route from its directory, or `None` for a proxied route.
+    pub async fn serve_file(
+        &self,
+        route: &ProxyRoute,
+        parts: &poem::http::request::Parts,
+    ) -> Option<Result<hyper::Response<ProxiedBody>, ApiError>> {
+        let files = route.files.as_ref()?;
+        let path = parts.uri.path();
+        let rest = path.strip_prefix(&route.prefix).unwrap_or(path);
+        let mut resp = files.serve(&parts.method, &parts.headers, rest).await;
+        if let Ok(resp) = &mut resp {
+            route_csp(route, resp.headers_mut());
+        }
+        Some(resp)
     }
 
     /// Forwards the request to the route's upstream and streams the answer back.
@@ -402,11 +439,7 @@ impl Proxy {
         }
         let (mut parts, body) = resp.into_parts();
         strip_upstream_headers(&mut parts.headers);
-        if let Some(csp) = &route.cfg.csp
-            && let Ok(v) = HeaderValue::from_str(csp)
-        {
-            parts.headers.insert(header::CONTENT_SECURITY_POLICY, v);
-        }
+        route_csp(route, &mut parts.headers);
         let body = match pooled {
             None => ProxiedBody::Left(body),
             // The place is given back when the body ends or is dropped (client gone).
@@ -420,6 +453,15 @@ impl Proxy {
             ),
         };
         Ok(hyper::Response::from_parts(parts, body))
+    }
+}
+
+/// The Content-Security-Policy of a route's answer: the route's `csp`, else the upstream's own.
+fn route_csp(route: &ProxyRoute, headers: &mut HeaderMap) {
+    if let Some(csp) = &route.cfg.csp
+        && let Ok(v) = HeaderValue::from_str(csp)
+    {
+        headers.insert(header::CONTENT_SECURITY_POLICY, v);
     }
 }
 
