@@ -15,12 +15,33 @@ use serde_json::{Value, json};
 
 /// An upstream that says what it received: `{"upstream": true, "path", "headers", "names"}`
 /// (`names`: every header line's name, in order, duplicates included).
+/// `?csp=1`: with a Content-Security-Policy of its own.
 #[handler]
-fn echo(req: &Request) -> Json<Value> {
+fn echo(req: &Request) -> poem::Response {
     let names: Vec<&str> = req.headers().iter().map(|(k, _)| k.as_str()).collect();
     let headers: serde_json::Map<String, Value> =
         req.headers().iter().map(|(k, v)| (k.as_str().to_string(), json!(v.to_str().unwrap_or("")))).collect();
-    Json(json!({"upstream": true, "path": req.uri().path(), "headers": headers, "names": names}))
+    let body = Json(json!({"upstream": true, "path": req.uri().path(), "headers": headers, "names": names}));
+    let mut resp = poem::IntoResponse::into_response(body);
+    if req.uri().query() == Some("csp=1") {
+        resp.headers_mut().insert("content-security-policy", UPSTREAM_CSP.parse().unwrap());
+    }
+    resp
+}
+
+const UPSTREAM_CSP: &str = "default-src 'none'; img-src https://cdn.example";
+const ROUTE_CSP: &str = "script-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'";
+
+/// Asserts that `csp` is the routes' default: the four directives, and nothing that would
+/// keep a cross-origin `<img>` or `<video>` (a TMDB poster, a trailer) from loading.
+fn assert_default_route_csp(csp: &str) {
+    let directives: Vec<&str> = csp.split(';').map(str::trim).collect();
+    for d in ["script-src 'self'", "object-src 'none'", "base-uri 'none'", "frame-ancestors 'none'"] {
+        assert!(directives.contains(&d), "{d} missing from {csp}");
+    }
+    for name in ["default-src", "img-src", "media-src"] {
+        assert!(!directives.iter().any(|d| d.starts_with(name)), "{name} in {csp}");
+    }
 }
 
 async fn upstream() -> SocketAddr {
@@ -290,6 +311,16 @@ async fn the_built_web_app_is_served_from_its_directory() {
     assert_eq!(r.status, 404);
     assert!(!String::from_utf8_lossy(&r.body).contains("TOP-SECRET"));
 
+    // The routes' default CSP on the app (posters from image.tmdb.org load); the gate's own
+    // pages and problems keep the strict one.
+    for target in ["/", "/movies/42", "/assets/index-3f2a9c1b.js"] {
+        assert_default_route_csp(header(&get(&gate, target, &[HTML]).await, "content-security-policy"));
+    }
+    let strict = header(&get(&gate, "/admin/", &[]).await, "content-security-policy").to_string();
+    assert!(strict.starts_with("default-src 'self'"), "{strict}");
+    let missing = get(&gate, "/favicon.ico", &[]).await;
+    assert!(header(&missing, "content-security-policy").starts_with("default-src 'self'"));
+
     // Only GET and HEAD; the role of a route holds for files too; other routes still proxy.
     let r = http_request(gate.addr, "POST", "/movies", Some(b"{}"), &[]).await.unwrap();
     assert_eq!(r.status, 405);
@@ -323,4 +354,58 @@ fn static_routes_are_checked_at_load() {
         let e = load(&route).unwrap_err();
         assert!(e.contains("routes[0]") && e.contains(says), "{route}: {e}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_get_the_default_csp_unless_the_upstream_or_the_route_sets_one() {
+    let up = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gate = start(
+        dir.path(),
+        &format!(
+            "[[routes]]\nprefix = \"/api\"\nupstream = \"http://{up}\"\nmin_role = \"public\"\n\
+             [[routes]]\nprefix = \"/own\"\nupstream = \"http://{up}\"\nmin_role = \"public\"\ncsp = \"default-src 'self'; img-src *\"\n\
+             [[routes]]\nprefix = \"/private\"\nupstream = \"http://{up}\"\nmin_role = \"user\"\n"
+        ),
+    );
+    assert_default_route_csp(header(&get(&gate, "/api/lists", &[]).await, "content-security-policy"));
+    // The upstream's own policy is kept; the route's replaces either.
+    assert_eq!(header(&get(&gate, "/api/lists?csp=1", &[]).await, "content-security-policy"), UPSTREAM_CSP);
+    assert_eq!(header(&get(&gate, "/own/x", &[]).await, "content-security-policy"), "default-src 'self'; img-src *");
+    assert_eq!(
+        header(&get(&gate, "/own/x?csp=1", &[]).await, "content-security-policy"),
+        "default-src 'self'; img-src *"
+    );
+    // The gate's own answers on a route (a 401 problem) and its pages keep the strict policy.
+    let r = get(&gate, "/private/x", &[]).await;
+    assert_eq!(r.status, 401);
+    assert!(header(&r, "content-security-policy").starts_with("default-src 'self'"));
+    assert!(header(&get(&gate, "/admin/", &[]).await, "content-security-policy").starts_with("default-src 'self'"));
+    assert!(gate.terminate().success());
+}
+
+#[test]
+fn a_routes_csp_is_one_printable_line() {
+    use miauflix_gate::config::{Config, Overrides};
+    let dir = tempfile::tempdir().unwrap();
+    let load = |csp: &str| {
+        let f = dir.path().join("g.toml");
+        let route =
+            format!("[[routes]]\nprefix = \"/x\"\nupstream = \"http://127.0.0.1:9\"\ncsp = {}\n", toml_str(csp));
+        std::fs::write(&f, route).unwrap();
+        Config::load(Some(&f), Vec::new(), &Overrides::default()).map_err(|e| e.to_string())
+    };
+    assert!(load(ROUTE_CSP).is_ok());
+    for bad in
+        ["", "  ", "script-src 'self'\r\nSet-Cookie: x=1", "a\nb", "a\tb", "a\u{7f}", "img-src caf\u{e9}.example"]
+    {
+        let e = load(bad).unwrap_err();
+        assert!(e.contains("routes[0]") && e.contains("csp"), "{bad:?}: {e}");
+    }
+    assert!(load(&"a".repeat(5000)).is_err());
+}
+
+/// A TOML basic string for any text.
+fn toml_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap().replace('\u{7f}', "\\u007F")
 }

@@ -43,7 +43,8 @@ pub struct RouteConfig {
     pub strip_prefix: bool,
     #[serde(default = "default_route_timeout")]
     pub timeout_secs: u64,
-    /// Content-Security-Policy for this route's responses (default: the upstream's, else the gate's).
+    /// Content-Security-Policy for this route's responses (default: the upstream's, else
+    /// `script-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'`).
     #[serde(default)]
     pub csp: Option<String>,
     /// Accept a signed stream URL instead of a session.
@@ -122,6 +123,11 @@ pub fn validate(routes: &[RouteConfig]) -> Result<(), ConfigError> {
                 Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() && u.query().is_none() => {}
                 _ => return bad(key, format!("upstream `{}` must be an http://host:port URL", r.upstream)),
             },
+        }
+        if let Some(csp) = &r.csp
+            && (csp.trim().is_empty() || csp.len() > 4096 || !csp.bytes().all(|b| (b' '..=b'~').contains(&b)))
+        {
+            return bad(key, "csp must be one line of printable ASCII, at most 4096 characters");
         }
         if r.spa_fallback && r.static_dir.is_none() {
             return bad(key, "spa_fallback needs static_dir");

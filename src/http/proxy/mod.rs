@@ -456,12 +456,21 @@ impl Proxy {
     }
 }
 
-/// The Content-Security-Policy of a route's answer: the route's `csp`, else the upstream's own.
+/// The Content-Security-Policy a route's answers get unless the route sets `csp` or the
+/// upstream sends its own: Miauflix's own policy — scripts only from the site, no plugins, no
+/// `<base>`, no framing — and no `default-src`, so posters and trailers from CDNs load. The
+/// gate's own pages keep the strict `GATE_CSP`.
+pub const ROUTE_CSP: &str = "script-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'";
+
+/// The Content-Security-Policy of a route's answer: the route's `csp`, else the upstream's own,
+/// else [`ROUTE_CSP`].
 fn route_csp(route: &ProxyRoute, headers: &mut HeaderMap) {
     if let Some(csp) = &route.cfg.csp
         && let Ok(v) = HeaderValue::from_str(csp)
     {
         headers.insert(header::CONTENT_SECURITY_POLICY, v);
+    } else if !headers.contains_key(header::CONTENT_SECURITY_POLICY) {
+        headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(ROUTE_CSP));
     }
 }
 
