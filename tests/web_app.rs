@@ -409,3 +409,28 @@ fn a_routes_csp_is_one_printable_line() {
 fn toml_str(s: &str) -> String {
     serde_json::to_string(s).unwrap().replace('\u{7f}', "\\u007F")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_gets_the_gates_x_real_ip_and_never_the_clients() {
+    let up = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gate = start(
+        dir.path(),
+        &format!("[[routes]]\nprefix = \"/api\"\nupstream = \"http://{up}\"\nmin_role = \"public\"\n"),
+    );
+    for spoof in [
+        &[("x-real-ip", "6.6.6.6")][..],
+        &[("x-real-ip", "6.6.6.6"), ("X-Real-IP", "7.7.7.7")],
+        &[("X-REAL-IP", "6.6.6.6"), ("x_real_ip", "7.7.7.7"), ("x-real_ip", "8.8.8.8")],
+        &[],
+    ] {
+        let r = get(&gate, "/api/x", spoof).await;
+        let seen = r.json();
+        let names = seen["names"].as_array().unwrap();
+        let real: Vec<&Value> = names.iter().filter(|n| n.as_str().unwrap().replace('_', "-") == "x-real-ip").collect();
+        assert_eq!(real.len(), 1, "exactly the gate's one X-Real-IP ({spoof:?}): {names:?}");
+        assert_eq!(seen["headers"]["x-real-ip"], "127.0.0.1", "{spoof:?}");
+        assert_eq!(seen["headers"]["x-forwarded-for"], "127.0.0.1");
+    }
+    assert!(gate.terminate().success());
+}

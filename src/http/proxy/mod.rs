@@ -336,6 +336,11 @@ impl Proxy {
             put(&mut headers, "x-miauflix-role", p.role.as_str());
         }
         if let Ok(v) = HeaderValue::from_str(client_ip) {
+            // nginx's `X-Real-IP $remote_addr`, which Miauflix's backend reads; the client's own
+            // (any spelling) went with the identity headers above. Only for an address.
+            if client_ip.parse::<std::net::IpAddr>().is_ok() {
+                headers.insert(HeaderName::from_static("x-real-ip"), v.clone());
+            }
             headers.insert(HeaderName::from_static("x-forwarded-for"), v);
         }
         headers.insert(
