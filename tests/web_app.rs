@@ -434,3 +434,24 @@ async fn the_upstream_gets_the_gates_x_real_ip_and_never_the_clients() {
     }
     assert!(gate.terminate().success());
 }
+
+/// The README's "Replacing Miauflix's nginx" configuration, as written, loads (with the web
+/// directory and data dir put in a temporary directory).
+#[test]
+fn the_readmes_nginx_replacement_config_loads() {
+    use miauflix_gate::config::{Config, Overrides};
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme.split("### Replacing Miauflix's nginx").nth(1).expect("the README has the section");
+    let toml = section.split("```toml\n").nth(1).and_then(|b| b.split("```").next()).expect("a toml block");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("web")).unwrap();
+    let toml = toml
+        .replace("/srv/miauflix/web", &dir.path().join("web").display().to_string())
+        .replace("/var/lib/miauflix-gate", &dir.path().join("data").display().to_string());
+    let f = dir.path().join("gate.toml");
+    std::fs::write(&f, toml).unwrap();
+    let c = Config::load(Some(&f), Vec::new(), &Overrides::default()).unwrap();
+    let web = c.routes.iter().find(|r| r.prefix == "/").unwrap();
+    assert!(web.static_dir.is_some() && web.spa_fallback);
+    assert!(c.routes.iter().any(|r| r.prefix == "/api" && r.upstream.starts_with("http://")));
+}
