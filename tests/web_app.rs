@@ -454,4 +454,5 @@ fn the_readmes_nginx_replacement_config_loads() {
     let web = c.routes.iter().find(|r| r.prefix == "/").unwrap();
     assert!(web.static_dir.is_some() && web.spa_fallback);
     assert!(c.routes.iter().any(|r| r.prefix == "/api" && r.upstream.starts_with("http://")));
+    assert_eq!(c.warnings(), Vec::<String>::new(), "`config check` has nothing to say about it");
 }

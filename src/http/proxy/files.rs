@@ -94,7 +94,7 @@ impl StaticDir {
             Ok((Found::File(f), shell)) => (f, shell),
             Ok((Found::Missing, _)) => return Err(ApiError::not_found()),
             Ok((Found::Refused, _)) => {
-                tracing::warn!(path = rest, "static file refused (outside the directory or not a regular file)");
+                tracing::debug!(path = rest, "static file refused (outside the directory or not a regular file)");
                 return Err(ApiError::not_found());
             }
             Err(e) => {
