@@ -456,3 +456,21 @@ fn the_readmes_nginx_replacement_config_loads() {
     assert!(c.routes.iter().any(|r| r.prefix == "/api" && r.upstream.starts_with("http://")));
     assert_eq!(c.warnings(), Vec::<String>::new(), "`config check` has nothing to say about it");
 }
+
+/// Every path the gate's API documents is reserved, so a catch-all route can never take one
+/// (an endpoint added outside the reserved prefixes fails here, not in production).
+#[test]
+fn every_documented_path_is_the_gates_own() {
+    let doc: Value =
+        serde_json::from_str(include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/openapi.json"))).unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() > 30);
+    for path in paths.keys() {
+        let concrete = path.replace('{', "").replace('}', "");
+        assert!(miauflix_gate::paths::is_reserved_path(&concrete), "{path} is not under a reserved prefix");
+        assert!(miauflix_gate::paths::is_reserved_path(&concrete.to_ascii_uppercase()), "{path} in upper case");
+    }
+    for page in ["/admin", "/admin/users", "/api/docs", "/api/openapi.json"] {
+        assert!(miauflix_gate::paths::is_reserved_path(page), "{page}");
+    }
+}
