@@ -316,6 +316,20 @@ async fn the_built_web_app_is_served_from_its_directory() {
     for target in ["/", "/movies/42", "/assets/index-3f2a9c1b.js"] {
         assert_default_route_csp(header(&get(&gate, target, &[HTML]).await, "content-security-policy"));
     }
+    // The edge's other steps hold for files as for proxied answers: request id, the route's
+    // rate class, the security headers.
+    let r = get(&gate, "/assets/index-3f2a9c1b.js", &[]).await;
+    for name in [
+        "x-request-id",
+        "ratelimit",
+        "ratelimit-policy",
+        "x-content-type-options",
+        "x-frame-options",
+        "referrer-policy",
+    ] {
+        assert!(r.headers.contains_key(name), "{name} missing on a static answer: {r:?}");
+    }
+    assert!(header(&r, "ratelimit-policy").starts_with("1200;"), "the route's stream class: {r:?}");
     let strict = header(&get(&gate, "/admin/", &[]).await, "content-security-policy").to_string();
     assert!(strict.starts_with("default-src 'self'"), "{strict}");
     let missing = get(&gate, "/favicon.ico", &[]).await;
