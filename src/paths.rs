@@ -127,6 +127,7 @@ pub const RESERVED_PREFIXES: &[&str] = &[
     "/api/system",
     "/api/tls",
     "/api/vpn",
+    "/api/secrets",
     "/healthz",
     "/readyz",
     "/metrics",
@@ -134,9 +135,12 @@ pub const RESERVED_PREFIXES: &[&str] = &[
     "/.well-known",
 ];
 
-/// Whether `path` belongs to the gate itself.
+/// Whether `path` belongs to the gate itself, in any case: `/ADMIN/` or `/Api/Auth/login` is
+/// not the gate's (its router is case-sensitive), but a case-insensitive upstream behind a
+/// catch-all route would read it as the gate's own path, so no route may take it either. `/`
+/// is not reserved: a catch-all route may serve it (else the gate redirects it to `/admin/`).
 pub fn is_reserved_path(path: &str) -> bool {
-    path == "/" || RESERVED_PREFIXES.iter().any(|p| is_under(path, p))
+    RESERVED_PREFIXES.iter().any(|p| is_under_ignore_case(path, p))
 }
 
 /// Whether `path` has a `.` or `..` segment, also when its dots, slashes or backslashes are
@@ -268,6 +272,19 @@ mod tests {
             "/media#",
         ] {
             assert!(canonical_path(p).is_none(), "{p:?} must be refused, got {:?}", canonical_path(p));
+        }
+    }
+
+    #[test]
+    fn reserved_paths_in_any_case_but_not_the_root() {
+        use super::is_reserved_path;
+        for p in
+            ["/admin", "/admin/", "/ADMIN/x", "/Api/Auth/login", "/.well-known/jwks.json", "/METRICS", "/api/docs/x"]
+        {
+            assert!(is_reserved_path(p), "{p}");
+        }
+        for p in ["/", "/administrator", "/api", "/api/lists", "/metricsx", "/assets/admin", "/well-known"] {
+            assert!(!is_reserved_path(p), "{p}");
         }
     }
 

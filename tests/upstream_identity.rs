@@ -246,6 +246,21 @@ fn upstream_header_configuration_is_checked() {
         (r#"upstream_headers = { "X-A" = { secret = "a" }, "x_a" = { secret = "b" } }"#, "twice"),
         (r#"assertion_audience = "has space""#, "assertion_audience"),
     ];
+    // On a static route there is no upstream to tell anything.
+    let web = tempfile::tempdir().unwrap();
+    for line in [r#"identity_assertion = true"#, r#"upstream_headers = { "X-A" = { secret = "a" } }"#] {
+        let toml = format!("[[routes]]\nprefix = \"/\"\nstatic_dir = \"{}\"\n{line}\n", web.path().display());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gate.toml");
+        std::fs::write(&file, &toml).unwrap();
+        let flags = miauflix_gate::config::Overrides {
+            data_dir: Some(dir.path().join("data")),
+            listen: Some("127.0.0.1:0".into()),
+            tls: Some("off".into()),
+        };
+        let err = miauflix_gate::config::Config::load(Some(&file), Vec::new(), &flags).unwrap_err().to_string();
+        assert!(err.contains("do not apply to a static route"), "{line}: {err}");
+    }
     for (line, want) in cases {
         let toml = format!("[[routes]]\nprefix = \"/app\"\nupstream = \"http://127.0.0.1:9\"\n{line}\n");
         let dir = tempfile::tempdir().unwrap();

@@ -221,7 +221,7 @@ impl Config {
     /// What is valid but probably not meant, one line each (`config check` prints them): a
     /// route nested under a looser one, whose paths the looser upstream also serves whenever
     /// the stricter prefix is spelt differently there (another case, an encoding the gate does
-    /// not decode).
+    /// not decode). A static route is no upstream: its directory reads the one canonical path.
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
         for (i, inner) in self.routes.iter().enumerate() {
@@ -229,6 +229,7 @@ impl Config {
             for (j, outer) in self.routes.iter().enumerate() {
                 let outer_prefix = outer.prefix.trim_end_matches('/');
                 if i != j
+                    && outer.static_dir.is_none()
                     && outer_prefix.len() < inner_prefix.len()
                     && is_under(inner_prefix, outer_prefix)
                     && (inner.min_role > outer.min_role || (inner.requires_vpn && !outer.requires_vpn))

@@ -22,8 +22,17 @@ pub enum RouteRole {
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     pub prefix: String,
-    /// `http://host:port[/base]`
+    /// `http://host:port[/base]`; empty for a static route.
+    #[serde(default)]
     pub upstream: String,
+    /// Serve the files of this directory instead of proxying (an absolute path; the path below
+    /// the prefix names a file in it).
+    #[serde(default)]
+    pub static_dir: Option<std::path::PathBuf>,
+    /// For a static route: a missing path without a file extension, asked for as HTML, answers
+    /// the directory's `index.html` (a single-page app's deep links).
+    #[serde(default)]
+    pub spa_fallback: bool,
     #[serde(default = "default_min_role")]
     pub min_role: RouteRole,
     #[serde(default = "default_rate_class")]
@@ -34,7 +43,8 @@ pub struct RouteConfig {
     pub strip_prefix: bool,
     #[serde(default = "default_route_timeout")]
     pub timeout_secs: u64,
-    /// Content-Security-Policy for this route's responses (default: the upstream's, else the gate's).
+    /// Content-Security-Policy for this route's responses (default: the upstream's, else
+    /// `script-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'`).
     #[serde(default)]
     pub csp: Option<String>,
     /// Accept a signed stream URL instead of a session.
@@ -150,15 +160,47 @@ pub fn validate(routes: &[RouteConfig]) -> Result<(), ConfigError> {
                 ),
             );
         }
-        if r.prefix == "/" || is_reserved_path(&r.prefix) || is_reserved_path(r.prefix.trim_end_matches('/')) {
+        // `/` is the catch-all: the gate's own paths still win over it (`Proxy::route_for`).
+        if is_reserved_path(&r.prefix) || is_reserved_path(r.prefix.trim_end_matches('/')) {
             return bad(key, format!("prefix `{}` would shadow the gate's own paths", r.prefix));
         }
         if !prefixes.insert(r.prefix.trim_end_matches('/').to_string()) {
             return bad(key, format!("prefix `{}` is configured twice", r.prefix));
         }
-        match r.upstream.parse::<http::Uri>() {
-            Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() && u.query().is_none() => {}
-            _ => return bad(key, format!("upstream `{}` must be an http://host:port URL", r.upstream)),
+        match (&r.static_dir, r.upstream.is_empty()) {
+            (Some(_), false) => return bad(key, "a route has either upstream or static_dir, not both"),
+            (Some(dir), true) => {
+                if !dir.is_absolute() || !dir.is_dir() {
+                    return bad(
+                        key,
+                        format!("static_dir `{}` must be an existing directory (absolute path)", dir.display()),
+                    );
+                }
+                if r.strip_prefix
+                    || r.forward_credentials
+                    || r.stream_keys
+                    || r.identity_assertion
+                    || !r.upstream_headers.is_empty()
+                    || r.assertion_audience.is_some()
+                {
+                    return bad(
+                        key,
+                        "strip_prefix, forward_credentials, stream_keys, upstream_headers and identity_assertion do not apply to a static route",
+                    );
+                }
+            }
+            (None, _) => match r.upstream.parse::<http::Uri>() {
+                Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() && u.query().is_none() => {}
+                _ => return bad(key, format!("upstream `{}` must be an http://host:port URL", r.upstream)),
+            },
+        }
+        if let Some(csp) = &r.csp
+            && (csp.trim().is_empty() || csp.len() > 4096 || !csp.bytes().all(|b| (b' '..=b'~').contains(&b)))
+        {
+            return bad(key, "csp must be one line of printable ASCII, at most 4096 characters");
+        }
+        if r.spa_fallback && r.static_dir.is_none() {
+            return bad(key, "spa_fallback needs static_dir");
         }
         if !(1..=3600).contains(&r.timeout_secs) {
             return bad(key, "timeout_secs must be between 1 and 3600");

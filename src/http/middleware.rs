@@ -354,6 +354,9 @@ impl EdgePolicy {
                 "The VPN tunnel is not up, so this service is paused.",
             ));
         }
+        if let Some(answer) = self.state.proxy.serve_file(route, &parts).await {
+            return answer;
+        }
         self.state.proxy.forward(route, parts, body, conn, principal.as_ref(), &client.ip, self.tls).await
     }
 }

@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use poem::endpoint::make_sync;
 use poem::web::{Html, Redirect};
-use poem::{Endpoint, EndpointExt, Route, get, handler};
+use poem::{Endpoint, EndpointExt, Route, get};
 use poem_openapi::OpenApiService;
 
 use crate::core::Core;
@@ -66,11 +66,6 @@ fn documented(api: &OpenApiService<api::Apis, ()>) -> String {
     serde_json::to_string_pretty(&doc).expect("a JSON value serialises")
 }
 
-#[handler]
-fn root() -> Redirect {
-    Redirect::see_other("/admin/")
-}
-
 /// The full application with its middleware stack.
 pub fn build_app(state: Arc<AppState>) -> impl Endpoint<Output = poem::Response> {
     let policy = Arc::new(middleware::EdgePolicy::new(state.clone()));
@@ -81,12 +76,19 @@ pub fn build_app(state: Arc<AppState>) -> impl Endpoint<Output = poem::Response>
     let spec = make_sync(move |_| poem::Response::builder().content_type("application/json").body(document.clone()));
     let docs = Route::new().at("/", get(make_sync(move |_| Html(docs_html.clone()))));
     Route::new()
-        .at("/", get(root))
         .at("/admin", get(ui::admin))
         .at("/admin/*path", get(ui::admin))
         .at("/api/openapi.json", get(spec))
         .nest("/api/docs", docs)
         .nest("/", api)
         .data(state)
+        // `/` (when no catch-all route took it): here, since the API nested at `/` shadows a
+        // route for `/` in poem's router.
+        .around(|ep, req| async move {
+            if req.uri().path() == "/" && matches!(*req.method(), poem::http::Method::GET | poem::http::Method::HEAD) {
+                return Ok(poem::IntoResponse::into_response(Redirect::see_other("/admin/")));
+            }
+            ep.call(req).await
+        })
         .with(middleware::RequestContext::new(policy))
 }

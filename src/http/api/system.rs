@@ -81,6 +81,7 @@ pub struct MinutePoint {
 #[oai(rename_all = "camelCase")]
 pub struct RouteView {
     pub prefix: String,
+    /// The upstream URL, or `file://` and the directory of a static route.
     pub upstream: String,
     pub min_role: String,
     pub rate_class: String,
@@ -298,7 +299,10 @@ impl SystemApi {
                 .iter()
                 .map(|r| RouteView {
                     prefix: r.prefix.clone(),
-                    upstream: r.upstream.clone(),
+                    upstream: match &r.static_dir {
+                        Some(dir) => format!("file://{}", dir.display()),
+                        None => r.upstream.clone(),
+                    },
                     min_role: role(r.min_role),
                     rate_class: r.rate_class.as_str().into(),
                     requires_vpn: r.requires_vpn,

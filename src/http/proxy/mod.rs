@@ -23,20 +23,19 @@ use crate::config::{RouteConfig, RouteRole};
 use crate::http::problem::ApiError;
 use crate::http::upstream_headers::{Configured, HeaderSource, RouteSetupError};
 
-/// Headers that describe one connection, never forwarded.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
+mod body;
+mod files;
+mod headers;
+mod stream_key;
+mod upgrade;
 
-/// The gate's session header, a credential like the cookies it names.
-const SESSION_ID: HeaderName = HeaderName::from_static("x-session-id");
+pub use body::{ClientBodyError, client_body};
+pub use stream_key::{STREAM_KEY_PARAM, stream_key_of, strip_stream_key};
+pub use upgrade::upgrade_protocol;
+
+use body::is_client_body_error;
+use headers::{SESSION_ID, has_body, strip_gate_cookies, strip_hop_by_hop, strip_upstream_headers};
+use upgrade::{bad_upgrade, websocket_accepted, websocket_key};
 
 /// Request bodies as the proxy streams them upstream.
 pub type ProxyBody = BoxBody<Bytes, io::Error>;
@@ -76,6 +75,8 @@ pub struct ProxyRoute {
     extra: Vec<(HeaderName, HeaderSource)>,
     /// The `aud` of this route's identity assertions.
     audience: String,
+    /// A static route's directory (then there is no upstream: `base` and `authority` are empty).
+    files: Option<files::StaticDir>,
 }
 
 impl ProxyRoute {
@@ -145,6 +146,20 @@ impl Proxy {
     ) -> Result<Proxy, RouteSetupError> {
         let mut ready = Vec::new();
         for (i, r) in routes.iter().enumerate() {
+            if let Some(dir) = &r.static_dir {
+                let private = r.min_role != RouteRole::Public;
+                ready.push(Arc::new(ProxyRoute {
+                    cfg: r.clone(),
+                    prefix: r.prefix.trim_end_matches('/').to_string(),
+                    base: String::new(),
+                    authority: "".into(),
+                    host: HeaderValue::from_static(""),
+                    extra: Vec::new(),
+                    audience: String::new(),
+                    files: Some(files::StaticDir::new(dir.clone(), r.spa_fallback, private)),
+                }));
+                continue;
+            }
             let Ok(upstream) = r.upstream.parse::<Uri>() else { continue };
             let prefix = r.prefix.trim_end_matches('/').to_string();
             let Some(authority) = upstream.authority().map(|a| a.as_str()) else { continue };
@@ -160,6 +175,7 @@ impl Proxy {
                 host,
                 extra,
                 audience,
+                files: None,
             }));
         }
         let mut routes = ready;
@@ -232,8 +248,8 @@ impl Proxy {
 
     /// The route for a request path and the path's canonical form
     /// ([`canonical_path`](crate::paths::canonical_path)), if any. The gate's own
-    /// paths never reach here, nor do refused paths (they get the gate's 404, forward auth
-    /// 403), nor a path whose case-folded form falls under another route than its exact form
+    /// paths never reach here, in any case (so a catch-all route `/` cannot shadow them), nor
+    /// do refused paths (they get the gate's 404, forward auth 403), nor a path whose case-folded form falls under another route than its exact form
     /// (`/media/PRIVATE` with `/media` and `/media/private`: case-insensitive upstreams would
     /// serve the stricter route's path under the looser policy).
     pub fn route_for<'a>(&self, path: &'a str) -> Option<(Arc<ProxyRoute>, Cow<'a, str>)> {
@@ -266,6 +282,22 @@ impl Proxy {
             *uri = Uri::from_parts(parts).ok()?;
         }
         Some(route)
+    }
+
+    /// Answers a request for a static route from its directory, or `None` for a proxied route.
+    pub async fn serve_file(
+        &self,
+        route: &ProxyRoute,
+        parts: &poem::http::request::Parts,
+    ) -> Option<Result<hyper::Response<ProxiedBody>, ApiError>> {
+        let files = route.files.as_ref()?;
+        let path = parts.uri.path();
+        let rest = path.strip_prefix(&route.prefix).unwrap_or(path);
+        let mut resp = files.serve(&parts.method, &parts.headers, rest).await;
+        if let Ok(resp) = &mut resp {
+            route_csp(route, resp.headers_mut());
+        }
+        Some(resp)
     }
 
     /// Forwards the request to the route's upstream and streams the answer back.
@@ -346,6 +378,11 @@ impl Proxy {
         self.configured.strip(&mut headers);
         super::upstream_headers::apply(&route.extra, &self.secrets, &route.cfg.prefix, &mut headers)?;
         if let Ok(v) = HeaderValue::from_str(client_ip) {
+            // nginx's `X-Real-IP $remote_addr`, which Miauflix's backend reads; the client's own
+            // (any spelling) went with the identity headers above. Only for an address.
+            if client_ip.parse::<std::net::IpAddr>().is_ok() {
+                headers.insert(HeaderName::from_static("x-real-ip"), v.clone());
+            }
             headers.insert(HeaderName::from_static("x-forwarded-for"), v);
         }
         headers.insert(
@@ -449,11 +486,7 @@ impl Proxy {
         }
         let (mut parts, body) = resp.into_parts();
         strip_upstream_headers(&mut parts.headers);
-        if let Some(csp) = &route.cfg.csp
-            && let Ok(v) = HeaderValue::from_str(csp)
-        {
-            parts.headers.insert(header::CONTENT_SECURITY_POLICY, v);
-        }
+        route_csp(route, &mut parts.headers);
         let body = match pooled {
             None => ProxiedBody::Left(body),
             // The place is given back when the body ends or is dropped (client gone).
@@ -467,6 +500,24 @@ impl Proxy {
             ),
         };
         Ok(hyper::Response::from_parts(parts, body))
+    }
+}
+
+/// The Content-Security-Policy a route's answers get unless the route sets `csp` or the
+/// upstream sends its own: Miauflix's own policy — scripts only from the site, no plugins, no
+/// `<base>`, no framing — and no `default-src`, so posters and trailers from CDNs load. The
+/// gate's own pages keep the strict `GATE_CSP`.
+pub const ROUTE_CSP: &str = "script-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'";
+
+/// The Content-Security-Policy of a route's answer: the route's `csp`, else the upstream's own,
+/// else [`ROUTE_CSP`].
+fn route_csp(route: &ProxyRoute, headers: &mut HeaderMap) {
+    if let Some(csp) = &route.cfg.csp
+        && let Ok(v) = HeaderValue::from_str(csp)
+    {
+        headers.insert(header::CONTENT_SECURITY_POLICY, v);
+    } else if !headers.contains_key(header::CONTENT_SECURITY_POLICY) {
+        headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(ROUTE_CSP));
     }
 }
 
@@ -492,377 +543,5 @@ pub fn min_role(route: &ProxyRoute) -> Option<crate::auth::Role> {
         RouteRole::Guest => Some(crate::auth::Role::Guest),
         RouteRole::User => Some(crate::auth::Role::User),
         RouteRole::Admin => Some(crate::auth::Role::Admin),
-    }
-}
-
-/// Removes, in place, the hop-by-hop headers (and those named in `Connection`) and any
-/// identity headers (`X-Miauflix-*`, `Remote-*`) that did not come from the gate. One pass
-/// over the names; nothing is allocated when there is nothing to remove.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let mut out: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| {
-            let n = n.as_str();
-            HOP_BY_HOP.contains(&n) || is_identity_header(n)
-        })
-        .cloned()
-        .collect();
-    if out.is_empty() {
-        return;
-    }
-    for value in headers.get_all(header::CONNECTION) {
-        let named = value.to_str().unwrap_or("").split(',');
-        out.extend(named.filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok()));
-    }
-    for name in out {
-        headers.remove(name);
-    }
-}
-
-/// What an upstream's answer may not pass on: hop-by-hop headers, its own CORS headers and
-/// `Set-Cookie` for the gate's cookies.
-fn strip_upstream_headers(headers: &mut HeaderMap) {
-    strip_hop_by_hop(headers);
-    strip_cors(headers);
-    strip_gate_set_cookies(headers);
-}
-
-/// Removes an upstream's own CORS headers: the gate answers CORS for every route from its
-/// allow-list (in `EdgePolicy::finish`), so an upstream's `*` or reflected origin cannot open
-/// a route to other sites.
-fn strip_cors(headers: &mut HeaderMap) {
-    let cors: Vec<HeaderName> = headers.keys().filter(|n| n.as_str().starts_with("access-control-")).cloned().collect();
-    for name in cors {
-        headers.remove(name);
-    }
-}
-
-/// Whether a client could pass `n` off as a header that only the gate may state: identity
-/// (`X-Miauflix-*`, `Remote-*` and the names other auth proxies use), the client's address or
-/// the request's original host, scheme, port or URL (`Forwarded`, `X-Forwarded-*`, `X-Real-IP`,
-/// …; the gate sets `X-Forwarded-Host/Proto/For` itself), also spelt with `_` for `-`, which
-/// CGI/WSGI-style servers map to the same variable. No allocation: `_` and `-` compare equal.
-fn is_identity_header(n: &str) -> bool {
-    const PREFIXES: &[&str] = &[
-        "x-miauflix-",
-        "remote-",
-        "x-forwarded-",
-        "x-auth-request-",
-        "x-webauth-",
-        "x-authentik-",
-        "oidc-claim-",
-        "x-ms-client-principal",
-    ];
-    const NAMES: &[&str] = &[
-        "forwarded",
-        "x-real-ip",
-        "x-remote-user",
-        "x-remote-group",
-        "x-remote-groups",
-        "x-remote-email",
-        "x-auth-user",
-        "x-proxy-user",
-        "x-authenticated-user",
-        "x-authenticated-userid",
-        "x-oidc-user",
-        "x-token-subject",
-        "x-ms-client-principal",
-        "x-user",
-        "x-email",
-        "x-original-url",
-        "x-rewrite-url",
-        "x-client-ip",
-        "true-client-ip",
-        "cf-connecting-ip",
-    ];
-    let n = n.as_bytes();
-    let same = |a: &[u8], b: &[u8]| a.iter().zip(b).all(|(x, y)| x == y || (*x == b'_' && *y == b'-'));
-    PREFIXES.iter().any(|p| n.len() > p.len() && same(&n[..p.len()], p.as_bytes()))
-        || NAMES.iter().any(|m| n.len() == m.len() && same(n, m.as_bytes()))
-}
-
-/// Whether an HTTP/1.1 request asks to upgrade to WebSocket with a well-formed handshake
-/// (`Connection: upgrade`, `Upgrade: websocket`, a valid `Sec-WebSocket-Key`, version 13),
-/// so the listener should hold on to its connection. The method and version are checked by
-/// the proxy.
-pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
-    websocket_key(headers).map(|_| HeaderValue::from_static("websocket"))
-}
-
-/// The `Sec-WebSocket-Key` of a well-formed WebSocket upgrade request (RFC 6455 §4.2.1).
-fn websocket_key(headers: &HeaderMap) -> Option<HeaderValue> {
-    let asks = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")));
-    if !asks
-        || !only(headers, &header::UPGRADE)
-            .is_some_and(|u| u.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket"))
-        || only(headers, &header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v.as_bytes().trim_ascii() != b"13")
-    {
-        return None;
-    }
-    let key = only(headers, &header::SEC_WEBSOCKET_KEY)?;
-    let mut nonce = [0u8; 18];
-    use base64::Engine;
-    let decoded = base64::engine::general_purpose::STANDARD.decode_slice(key.as_bytes().trim_ascii(), &mut nonce);
-    (decoded == Ok(16)).then(|| key.clone())
-}
-
-/// The one value of `name`, or `None` when it is absent or repeated.
-fn only<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderValue> {
-    let mut all = headers.get_all(name).iter();
-    let first = all.next()?;
-    all.next().is_none().then_some(first)
-}
-
-/// Whether an upstream's 101 is the WebSocket answer to `key`: `Upgrade: websocket` and
-/// `Sec-WebSocket-Accept` = base64(SHA-1(key + GUID)) (RFC 6455 §4.2.2).
-fn websocket_accepted(headers: &HeaderMap, key: &HeaderValue) -> bool {
-    use base64::Engine;
-    const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
-    if !only(headers, &header::UPGRADE).is_some_and(|u| u.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket")) {
-        return false;
-    }
-    let digest = crate::crypto::sign::sha1_legacy(&[key.as_bytes().trim_ascii(), GUID]);
-    let mut want = [0u8; 28];
-    let n = base64::engine::general_purpose::STANDARD.encode_slice(digest, &mut want).unwrap_or(0);
-    only(headers, &header::SEC_WEBSOCKET_ACCEPT).is_some_and(|a| a.as_bytes().trim_ascii() == &want[..n])
-}
-
-/// The gate's answer to an upgrade it will not tunnel.
-fn bad_upgrade(route: &ProxyRoute) -> ApiError {
-    tracing::warn!(route = %route.cfg.prefix, "upstream switched protocols without a valid WebSocket handshake");
-    ApiError::new(
-        StatusCode::BAD_GATEWAY,
-        "upstream-bad-upgrade",
-        "Bad gateway",
-        "The service behind the gate answered an upgrade the gate does not allow.",
-    )
-}
-
-/// A client's request body that failed to read (bad chunked framing, an HTTP/2 length
-/// mismatch), tagged so that the upstream's send error can tell it from an upstream failure.
-#[derive(Debug)]
-pub struct ClientBodyError(pub hyper::Error);
-
-impl std::fmt::Display for ClientBodyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "client request body: {}", self.0)
-    }
-}
-
-impl std::error::Error for ClientBodyError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.0)
-    }
-}
-
-/// The client's body as the proxy streams it upstream, its errors tagged [`ClientBodyError`].
-pub fn client_body(body: hyper::body::Incoming) -> ProxyBody {
-    body.map_err(|e| io::Error::other(ClientBodyError(e))).boxed()
-}
-
-/// Whether an upstream send failed because the client's body did (hyper reports the body's
-/// error in the send error's source chain).
-fn is_client_body_error(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        // `io::Error::source` skips the error it wraps, so look inside it too.
-        let inner = err.downcast_ref::<io::Error>().and_then(|io| io.get_ref()).map(|i| i as &dyn std::error::Error);
-        if err.is::<ClientBodyError>() || inner.is_some_and(|i| i.is::<ClientBodyError>()) {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
-}
-
-/// Whether HTTP/1.1 framing headers announce a request body.
-fn has_body(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::TRANSFER_ENCODING)
-        || headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim() != "0")
-}
-
-/// Removes the gate's own cookies, keeping the upstream's.
-fn strip_gate_cookies(headers: &mut HeaderMap) {
-    let kept: Vec<String> = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';').map(|c| c.trim().to_string()))
-        .filter(|c| !c.is_empty() && !c.starts_with("__miauflix_"))
-        .collect();
-    headers.remove(header::COOKIE);
-    if !kept.is_empty()
-        && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
-    {
-        headers.insert(header::COOKIE, v);
-    }
-}
-
-/// Removes an upstream's `Set-Cookie` for a cookie the gate owns (any `__miauflix_` name,
-/// also behind `__Host-`/`__Secure-`, in any case): an upstream must not plant or replace a
-/// session. Others are kept; nothing is allocated unless one is dropped.
-fn strip_gate_set_cookies(headers: &mut HeaderMap) {
-    if !headers.get_all(header::SET_COOKIE).iter().any(is_gate_set_cookie) {
-        return;
-    }
-    let kept: Vec<HeaderValue> =
-        headers.get_all(header::SET_COOKIE).iter().filter(|v| !is_gate_set_cookie(v)).cloned().collect();
-    headers.remove(header::SET_COOKIE);
-    for v in kept {
-        headers.append(header::SET_COOKIE, v);
-    }
-}
-
-/// Whether a `Set-Cookie` value names a gate cookie. The name is what precedes `=` in the
-/// first `;` part, trimmed; with no `=` browsers keep it as a nameless cookie sent back as
-/// that text, so it counts too.
-fn is_gate_set_cookie(v: &HeaderValue) -> bool {
-    let pair = v.as_bytes().split(|b| *b == b';').next().unwrap_or(b"").trim_ascii();
-    // An empty name (`=__miauflix_at_x=1`): browsers keep the value as a nameless cookie and
-    // send it back as `__miauflix_at_x=1`, so the value is read as the name.
-    let pair = pair.strip_prefix(b"=").unwrap_or(pair);
-    let name = pair.split(|b| *b == b'=').next().unwrap_or(b"").trim_ascii();
-    fn strip<'a>(n: &'a [u8], p: &[u8]) -> Option<&'a [u8]> {
-        (n.len() >= p.len() && n[..p.len()].eq_ignore_ascii_case(p)).then(|| &n[p.len()..])
-    }
-    let name = strip(name, b"__host-").or_else(|| strip(name, b"__secure-")).unwrap_or(name);
-    strip(name, b"__miauflix_").is_some()
-}
-
-/// Query-string parameter that carries a signed stream key.
-pub const STREAM_KEY_PARAM: &str = "mf_sk";
-
-/// The stream key of a query string: the value of its first `mf_sk=` parameter.
-pub fn stream_key_of(query: &str) -> Option<&str> {
-    query.split('&').find_map(|p| p.strip_prefix(STREAM_KEY_PARAM).and_then(|rest| rest.strip_prefix('=')))
-}
-
-/// Removes the stream key from a query string before it goes upstream.
-pub fn strip_stream_key(query: &str) -> String {
-    query.split('&').filter(|p| !p.starts_with(&format!("{STREAM_KEY_PARAM}="))).collect::<Vec<_>>().join("&")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
-        }
-        h
-    }
-
-    #[test]
-    fn identity_headers_in_both_spellings() {
-        for n in [
-            "x-miauflix-user",
-            "x_miauflix_role",
-            "remote-user",
-            "remote_groups",
-            "x-forwarded-host",
-            "x_forwarded_for",
-            "x-forwarded-preferred-username",
-            "x-forwarded-prefix",
-            "x-auth-request-email",
-            "x_auth_request_user",
-            "x-webauth-user",
-            "x-remote-user",
-            "x-user",
-            "x_email",
-            "x-original-url",
-            "x-rewrite-url",
-            "x-client-ip",
-            "true_client_ip",
-            "cf-connecting-ip",
-            "forwarded",
-            "x-real-ip",
-            "x-remote-groups",
-            "x_authentik_username",
-            "oidc-claim-sub",
-            "x-ms-client-principal",
-            "x-ms-client-principal-name",
-            "x-auth-user",
-            "x-proxy-user",
-            "x-authenticated-user",
-        ] {
-            assert!(is_identity_header(n), "{n}");
-        }
-        for n in ["x-users", "x-user-agent", "user-agent", "x-forwarded", "x-miauflix", "x-request-id", "accept", "x-e"]
-        {
-            assert!(!is_identity_header(n), "{n}");
-        }
-    }
-
-    #[test]
-    fn a_websocket_handshake_must_be_well_formed() {
-        let good: &[(&str, &str)] = &[
-            ("connection", "keep-alive, Upgrade"),
-            ("upgrade", "WebSocket"),
-            ("sec-websocket-version", "13"),
-            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
-        ];
-        assert!(websocket_key(&map(good)).is_some());
-        let without = |name: &str| map(&good.iter().copied().filter(|(k, _)| *k != name).collect::<Vec<_>>());
-        for name in ["connection", "upgrade", "sec-websocket-version", "sec-websocket-key"] {
-            assert!(websocket_key(&without(name)).is_none(), "without {name}");
-        }
-        let with = |name: &'static str, v: &'static str| {
-            let mut h = without(name);
-            h.insert(HeaderName::from_static(name), HeaderValue::from_static(v));
-            h
-        };
-        for (name, v) in [
-            ("upgrade", "h2c"),
-            ("upgrade", "websocket, h2c"),
-            ("sec-websocket-version", "8"),
-            ("sec-websocket-key", "c2hvcnQ="),
-            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ"),
-            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZXg="),
-            ("connection", "keep-alive"),
-        ] {
-            assert!(websocket_key(&with(name, v)).is_none(), "{name}: {v}");
-        }
-        let mut twice = map(good);
-        twice.append(header::SEC_WEBSOCKET_KEY, HeaderValue::from_static("AAAAAAAAAAAAAAAAAAAAAA=="));
-        assert!(websocket_key(&twice).is_none());
-    }
-
-    #[test]
-    fn the_upstreams_101_must_answer_the_key() {
-        // RFC 6455 §1.3's example.
-        let key = HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ==");
-        let ok = [("upgrade", "websocket"), ("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")];
-        assert!(websocket_accepted(&map(&ok), &key));
-        assert!(!websocket_accepted(&map(&[("upgrade", "h2c"), ok[1]]), &key));
-        assert!(!websocket_accepted(&map(&ok[..1]), &key));
-        assert!(!websocket_accepted(&map(&[ok[0], ("sec-websocket-accept", "AAAAAAAAAAAAAAAAAAAAAAAAAAA=")]), &key));
-    }
-
-    #[test]
-    fn gate_cookie_names_in_set_cookie() {
-        for v in [
-            "__miauflix_at_s=x; Path=/",
-            "__MIAUFLIX_RT_s=x",
-            "__Host-__miauflix_at_s=x",
-            "__secure-__Miauflix_x=1",
-            " __miauflix_at_s =x",
-            "__miauflix_at_s",
-            "=__miauflix_at_s=x",
-            " = __miauflix_rt_s=x; Path=/api/auth/",
-        ] {
-            assert!(is_gate_set_cookie(&HeaderValue::from_static(v)), "{v}");
-        }
-        for v in ["a=__miauflix_at_s", "__Host-a=1", "x__miauflix_at=1", "a=1; __miauflix_at_s=2"] {
-            assert!(!is_gate_set_cookie(&HeaderValue::from_static(v)), "{v}");
-        }
-        let mut h = map(&[("set-cookie", "a=1"), ("set-cookie", "__miauflix_at_s=x"), ("set-cookie", "b=2")]);
-        strip_gate_set_cookies(&mut h);
-        assert_eq!(h.get_all(header::SET_COOKIE).iter().collect::<Vec<_>>(), ["a=1", "b=2"]);
     }
 }
