@@ -76,6 +76,11 @@ pub enum Command {
         #[command(subcommand)]
         command: VpnCommand,
     },
+    /// Named secrets for routes' upstream_headers (write-only).
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
     /// Key management.
     Keys {
         #[command(subcommand)]
@@ -177,6 +182,16 @@ pub enum VpnCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum SecretsCommand {
+    /// Store a named secret (its value read from standard input); never shown again.
+    Set { name: String },
+    /// Names, when each was set and its data key (never a value).
+    List,
+    /// Delete a named secret.
+    Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Recompute the hash chain; exit 1 and name the first bad record if it fails.
     Verify,
@@ -249,6 +264,7 @@ pub fn run() -> ExitCode {
         | Command::Sessions { .. }
         | Command::Backup { .. }
         | Command::Vpn { .. }
+        | Command::Secrets { .. }
         | Command::Keys { .. }
         | Command::Audit { .. }) => admin_command(&config, cmd, cli.json),
         Command::Healthcheck { timeout } => {
@@ -400,6 +416,11 @@ impl Command {
                 VpnCommand::SetKey => A::VpnSetKey { private_key: secret("WireGuard private key")? },
                 VpnCommand::Reconnect => A::VpnReconnect {},
                 VpnCommand::Disable => A::VpnDisable {},
+            },
+            Command::Secrets { command } => match command {
+                SecretsCommand::Set { name } => A::SecretsSet { name, value: secret("secret value")? },
+                SecretsCommand::List => A::SecretsList {},
+                SecretsCommand::Delete { name } => A::SecretsDelete { name },
             },
             Command::Keys { command: KeysCommand::Rotate } => A::KeysRotate {},
             Command::Keys { command: KeysCommand::Retire { key_id } } => A::KeysRetire { key_id },
@@ -600,6 +621,12 @@ fn print_human(reply: &Reply, out: Option<&PathBuf>, config: &Config, online: bo
         }
         Reply::VpnStopped { reason, .. } => println!("vpn: stopped ({reason})"),
         Reply::Message { message } => println!("{message}"),
+        Reply::Secret(s) => println!("secret {} set (data key {})", s.name, s.key_id),
+        Reply::Secrets(list) => {
+            for s in list {
+                println!("{}\tset {}\tdata key {}", s.name, s.updated_at, s.key_id);
+            }
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -43,7 +44,7 @@ struct Record {
 }
 
 /// What the listing shows of a secret: never its value.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretInfo {
     pub name: String,
@@ -152,15 +153,33 @@ pub fn list(store: &Store) -> Result<Vec<SecretInfo>, SecretsError> {
         .collect()
 }
 
-/// Re-seals every named secret with the active data key (key rotation); how many.
+/// Re-seals every named secret with the active data key (key rotation); how many. Each
+/// record is replaced only if it still holds what was read (compare and swap inside the
+/// write), so a value set meanwhile is not overwritten with the old one.
 pub async fn reencrypt(store: &Store, keyring: &Keyring) -> Result<usize, SecretsError> {
-    let names: Vec<String> = list(store)?.into_iter().map(|s| s.name).collect();
-    for name in &names {
-        let Some(mut r) = read_record(store, name)? else { continue };
-        r.value_sealed = sealed::reseal(keyring, &secret(&record(name)), &r.value_sealed)?;
-        write_record(store, name, &r).await?;
+    let mut swaps: Vec<(String, Vec<u8>, Vec<u8>)> = Vec::new();
+    for info in list(store)? {
+        let rec = record(&info.name);
+        let Some(old) = store.get_secret(&rec)? else { continue };
+        let mut r: Record = serde_json::from_slice(&old).map_err(|_| SecretsError::Malformed(rec.clone()))?;
+        r.value_sealed = sealed::reseal(keyring, &secret(&rec), &r.value_sealed)?;
+        let new = serde_json::to_vec(&r).map_err(|_| SecretsError::Malformed(rec.clone()))?;
+        swaps.push((rec, old, new));
     }
-    Ok(names.len())
+    let n = swaps.len();
+    store
+        .write(move |txn| {
+            let mut t = txn.open_table(tables::SECRETS)?;
+            for (rec, old, new) in &swaps {
+                let same = t.get(rec.as_str())?.is_some_and(|v| v.value() == old.as_slice());
+                if same {
+                    t.insert(rec.as_str(), new.as_slice())?;
+                }
+            }
+            Ok(())
+        })
+        .await?;
+    Ok(n)
 }
 
 /// The named secrets of a running gate: the store's records and, for the proxy path, every
@@ -171,6 +190,9 @@ pub struct Secrets {
     keyring: Arc<Keyring>,
     audit: Audit,
     values: RwLock<HashMap<String, Arc<Zeroizing<Vec<u8>>>>>,
+    /// Held across a change's store write and memory update, so concurrent changes reach
+    /// both in the same order (the running gate never sends another value than the file holds).
+    changes: tokio::sync::Mutex<()>,
 }
 
 impl Secrets {
@@ -182,7 +204,7 @@ impl Secrets {
                 values.insert(info.name, Arc::new(v));
             }
         }
-        Ok(Secrets { store, keyring, audit, values: RwLock::new(values) })
+        Ok(Secrets { store, keyring, audit, values: RwLock::new(values), changes: tokio::sync::Mutex::new(()) })
     }
 
     /// The value set under `name`, from memory.
@@ -203,9 +225,12 @@ impl Secrets {
         actor: &str,
         client: &ClientInfo,
     ) -> Result<SecretInfo, SecretsError> {
-        set(&self.store, &self.keyring, name, value).await?;
-        if let Ok(mut m) = self.values.write() {
-            m.insert(name.to_string(), Arc::new(Zeroizing::new(value.to_vec())));
+        {
+            let _change = self.changes.lock().await;
+            set(&self.store, &self.keyring, name, value).await?;
+            if let Ok(mut m) = self.values.write() {
+                m.insert(name.to_string(), Arc::new(Zeroizing::new(value.to_vec())));
+            }
         }
         SecurityEvent::new(EventKind::ConfigChanged, Severity::Info, client)
             .actor(actor)
@@ -218,10 +243,14 @@ impl Secrets {
 
     /// Deletes `name`; `false` when there was none.
     pub async fn delete(&self, name: &str, actor: &str, client: &ClientInfo) -> Result<bool, SecretsError> {
-        let existed = delete(&self.store, name).await?;
-        if let Ok(mut m) = self.values.write() {
-            m.remove(name);
-        }
+        let existed = {
+            let _change = self.changes.lock().await;
+            let existed = delete(&self.store, name).await?;
+            if let Ok(mut m) = self.values.write() {
+                m.remove(name);
+            }
+            existed
+        };
         if existed {
             SecurityEvent::new(EventKind::ConfigChanged, Severity::Warning, client)
                 .actor(actor)

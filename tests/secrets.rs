@@ -133,3 +133,26 @@ async fn a_secret_survives_a_restart_and_is_sealed_in_the_data_file() {
     let state = common::app::open_in(dir.path(), None, &[]).await;
     assert_eq!(state.secrets.value("upstream_a").unwrap().as_slice(), VALUE.as_bytes());
 }
+
+/// Concurrent changes reach the store and the running gate's memory in the same order: after
+/// a burst of parallel sets, the value the proxy would send is the one a restart would load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_sets_leave_memory_and_the_data_file_agreeing() {
+    let app = App::open(None, &[]).await;
+    for round in 0..5 {
+        let mut tasks = Vec::new();
+        for i in 0..12 {
+            let state = app.state.clone();
+            tasks.push(tokio::spawn(async move {
+                let v = format!("value-{round}-{i}");
+                state.secrets.set("shared", v.as_bytes(), "test", &Default::default()).await.unwrap();
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let memory = app.state.secrets.value("shared").unwrap();
+        let stored = miauflix_gate::secrets::get(&app.state.store, &app.state.keyring, "shared").unwrap().unwrap();
+        assert_eq!(memory.as_slice(), stored.as_slice(), "round {round}");
+    }
+}

@@ -29,7 +29,14 @@ async fn upstream(seen: Seen) -> SocketAddr {
         let headers =
             req.headers().iter().map(|(n, v)| (n.as_str().to_string(), v.to_str().unwrap_or("").to_string())).collect();
         seen.lock().unwrap().push((req.uri().path().to_string(), headers));
-        Response::builder().body("ok")
+        // An upstream that echoes what it got: the shared values must not go back to the client.
+        let mut resp = Response::builder();
+        for name in ["x-reverse-proxy-secret", "x_under_secret", "x-under-secret"] {
+            if let Some(v) = req.headers().get(name) {
+                resp = resp.header(name, v.clone());
+            }
+        }
+        resp.body("ok")
     }
     let app = poem::EndpointExt::data(Route::new().at("/*path", record), seen);
     let acceptor = TcpAcceptor::from_tokio(listener).unwrap();
@@ -88,7 +95,7 @@ async fn upstreams_verify_who_the_gate_forwards_for_and_get_the_shared_value() {
 prefix = "/api/lists"
 upstream = "http://{up}"
 identity_assertion = true
-upstream_headers = {{ "X-Reverse-Proxy-Secret" = {{ secret = "miauflix_proxy_secret" }}, "X-From-File" = {{ value_file = "{file}" }} }}
+upstream_headers = {{ "X-Reverse-Proxy-Secret" = {{ secret = "miauflix_proxy_secret" }}, "X-From-File" = {{ value_file = "{file}" }}, "X_Under_Secret" = {{ value_file = "{file}" }} }}
 
 [[routes]]
 prefix = "/plain"
@@ -133,14 +140,21 @@ upstream = "http://{up}"
         ("x_reverse_proxy_secret", "guess".to_string()),
         ("x-miauflix-assertion", "forged".to_string()),
         ("x-from-file", "guess".to_string()),
+        ("x-under-secret", "guess".to_string()),
+        ("x_under-secret", "guess".to_string()),
     ];
     let r = call("/api/lists/a", spoof).await;
     assert_eq!(r.status, 200);
+    for name in ["x-reverse-proxy-secret", "x_under_secret", "x-under-secret"] {
+        assert!(!r.headers.contains_key(name), "an upstream's echo of {name} does not reach the client");
+    }
     let (path, h) = seen.lock().unwrap().last().cloned().unwrap();
     assert_eq!(path, "/api/lists/a");
     assert_eq!(header(&h, "x-reverse-proxy-secret"), vec![SHARED]);
     assert!(header(&h, "x_reverse_proxy_secret").is_empty(), "{h:?}");
     assert_eq!(header(&h, "x-from-file"), vec!["file-value-91c"]);
+    assert_eq!(header(&h, "x_under_secret"), vec!["file-value-91c"]);
+    assert!(header(&h, "x-under-secret").is_empty() && header(&h, "x_under-secret").is_empty(), "{h:?}");
     let assertions = header(&h, "x-miauflix-assertion");
     assert_eq!(assertions.len(), 1, "{h:?}");
     let token = assertions[0].to_string();
@@ -190,6 +204,21 @@ upstream = "http://{up}"
     assert_ne!(got[0], got[1]);
     assert_eq!(got[1], token, "the assertion for GET /api/lists/a is reused, not signed again");
     assert!(verify(&got[0], &keys, &audience, "GET", "/api/lists/b", now()).is_ok());
+
+    // TRACE would have the upstream echo the request — shared values and assertion included —
+    // back to the client: refused in any case, and nothing reaches the upstream.
+    let before = seen.lock().unwrap().len();
+    for method in ["TRACE", "trace", "TRACK"] {
+        let r = common::http_request(gate, method, "/api/lists/a", None, &[("authorization", bearer.clone())])
+            .await
+            .unwrap();
+        assert_eq!(r.status, 405, "{method}");
+        let r = common::http_request(gate, method, "/plain/a", None, &[("authorization", bearer.clone())])
+            .await
+            .unwrap();
+        assert_eq!(r.status, 405, "{method} on a route without shared values too");
+    }
+    assert_eq!(seen.lock().unwrap().len(), before, "no TRACE reached the upstream");
 
     // A route without the options adds neither.
     call("/plain/x", vec![("x-reverse-proxy-secret", "guess".into())]).await;
@@ -312,7 +341,9 @@ async fn the_shared_value_reaches_the_upstream_and_no_log() {
     .await
     .unwrap();
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    let r = common::http_request(gate.addr, "GET", "/api/lists/x", None, &[("authorization", bearer)]).await.unwrap();
+    let r = common::http_request(gate.addr, "GET", "/api/lists/x", None, &[("authorization", bearer.clone())])
+        .await
+        .unwrap();
     assert_eq!(r.status, 200);
     let (_, h) = seen.lock().unwrap().last().cloned().unwrap();
     assert_eq!(header(&h, "x-reverse-proxy-secret"), vec![SHARED]);
@@ -321,7 +352,37 @@ async fn the_shared_value_reaches_the_upstream_and_no_log() {
     assert!(!log.contains(SHARED), "the shared value is not logged");
     let assertion = header(&h, "x-miauflix-assertion")[0].to_string();
     assert!(!log.contains(&assertion), "the assertion is not logged");
+
+    // The CLI through the running gate's socket: the new value is used from the next request.
+    let env = [("MIAUFLIX_CONFIG", cfg.to_str().unwrap()), ("MIAUFLIX_DATA_DIR", data.to_str().unwrap())];
+    let (code, out, err) =
+        common::run_cli_stdin(&["secrets", "set", "miauflix_proxy_secret"], &env, "rotated-Value-2\n");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!out.contains("rotated-Value-2") && !err.contains("rotated-Value-2"), "{out}{err}");
+    let (code, out, _) = common::run_cli(&["secrets", "set", "bad name"], &env);
+    assert_ne!(code, 0, "{out}");
+    let (code, out, err) = common::run_cli_stdin(&["secrets", "set", "x"], &env, "a\u{7}b\n");
+    assert_ne!(code, 0, "a control character is refused: {out}{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    let r = common::http_request(gate.addr, "GET", "/api/lists/y", None, &[("authorization", bearer.clone())])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let (_, h) = seen.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(header(&h, "x-reverse-proxy-secret"), vec!["rotated-Value-2"]);
+    let (code, out, _) = common::run_cli(&["--json", "secrets", "list"], &env);
+    assert_eq!(code, 0);
+    assert!(out.contains("miauflix_proxy_secret") && !out.contains("rotated-Value-2"), "{out}");
+    assert!(!gate.log_text().contains("rotated-Value-2"));
     gate.terminate();
+
+    // Offline (no gate running): the CLI works on the data file; delete, then the list is empty.
+    let (code, out, err) = common::run_cli(&["secrets", "delete", "miauflix_proxy_secret"], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = common::run_cli(&["secrets", "delete", "miauflix_proxy_secret"], &env);
+    assert_ne!(code, 0, "deleting twice: {out}{err}");
+    let (_, out, _) = common::run_cli(&["--json", "secrets", "list"], &env);
+    assert!(!out.contains("miauflix_proxy_secret"), "{out}");
     let file = std::fs::read(data.join("gate.redb")).unwrap();
     assert!(!file.windows(SHARED.len()).any(|w| w == SHARED.as_bytes()), "the data file holds it sealed only");
 }

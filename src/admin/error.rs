@@ -42,6 +42,10 @@ pub enum AdminError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error("{0}")]
+    Secrets(#[from] crate::secrets::SecretsError),
+    #[error("{0}")]
+    NotFound(String),
 }
 
 impl From<AuthError> for AdminError {

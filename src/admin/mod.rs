@@ -170,6 +170,17 @@ impl AdminCommand {
                 };
                 Reply::Message { message }
             }
+            AdminCommand::SecretsSet { name, value } => {
+                let value = value.require("the secret's value")?;
+                Reply::Secret(core.secrets.set(&name, value.as_bytes(), "cli", &client).await?)
+            }
+            AdminCommand::SecretsList {} => Reply::Secrets(core.secrets.list()?),
+            AdminCommand::SecretsDelete { name } => {
+                if !core.secrets.delete(&name, "cli", &client).await? {
+                    return Err(AdminError::NotFound(format!("no secret named {name}")));
+                }
+                Reply::Message { message: format!("secret {name} deleted") }
+            }
             AdminCommand::VpnReconnect {} => match &core.vpn {
                 Some(v) => Reply::Message { message: v.command(crate::vpn::VpnCommand::Reconnect).await? },
                 None => return Err(AdminError::NotRunning),

@@ -112,6 +112,12 @@ pub enum AdminCommand {
     VpnReconnect {},
     #[serde(rename = "vpn.disable")]
     VpnDisable {},
+    #[serde(rename = "secrets.set")]
+    SecretsSet { name: String, value: Secret },
+    #[serde(rename = "secrets.list")]
+    SecretsList {},
+    #[serde(rename = "secrets.delete")]
+    SecretsDelete { name: String },
 }
 
 /// Every `cmd` [`AdminCommand`] knows (the test below keeps it in step with the enum).
@@ -134,6 +140,9 @@ pub const COMMANDS: &[&str] = &[
     "vpn.set-key",
     "vpn.reconnect",
     "vpn.disable",
+    "secrets.set",
+    "secrets.list",
+    "secrets.delete",
 ];
 
 /// At most this many characters of a parser's message (or an unknown command's name) go
@@ -236,10 +245,14 @@ pub enum Reply {
         state: GateStopped,
         reason: String,
     },
-    /// A one-line summary (`vpn set-key`, `reconnect`, `disable`).
+    /// A one-line summary (`vpn set-key`, `reconnect`, `disable`, `secrets delete`).
     Message {
         message: String,
     },
+    /// `secrets set`: the secret as listed (never its value).
+    Secret(crate::secrets::SecretInfo),
+    /// `secrets list`.
+    Secrets(Vec<crate::secrets::SecretInfo>),
 }
 
 impl Reply {
@@ -289,6 +302,9 @@ mod tests {
             AdminCommand::VpnSetKey { private_key: secret() },
             AdminCommand::VpnReconnect {},
             AdminCommand::VpnDisable {},
+            AdminCommand::SecretsSet { name: "proxy".into(), value: secret() },
+            AdminCommand::SecretsList {},
+            AdminCommand::SecretsDelete { name: "proxy".into() },
         ]
     }
 

@@ -115,7 +115,8 @@ impl ApiError {
     /// one place every problem is rendered, so no path can send one.
     pub fn body(&self, request_id: &str) -> serde_json::Value {
         let detail = if names_credential(&self.detail) {
-            tracing::debug!(detail = %self.detail, "an error detail naming a credential field was replaced");
+            // Not the detail itself: a parser's message may quote the client's input.
+            tracing::debug!(kind = self.kind, "an error detail naming a credential field was replaced");
             Self::from_status(self.status, "").detail
         } else {
             self.detail.clone()
@@ -132,11 +133,38 @@ impl ApiError {
     }
 }
 
-/// A 4xx cause from poem's parsers describes the client's own input; keep it short
-/// and on one line.
+/// A 4xx cause from poem's parsers describes the client's own input; keep it short, on one
+/// line, and without the input itself: a parser quotes what it found (`found ["hunter2"]`,
+/// `invalid type: string "…"`), which may be a password sent with the wrong type. Quoted
+/// text becomes `…` and whatever follows "found" is dropped.
 fn client_detail(cause: &str, fallback: &str) -> String {
-    let line: String = cause.chars().filter(|c| !c.is_control()).take(200).collect();
-    if line.trim().is_empty() { fallback.to_string() } else { line }
+    let cut = cause.find(" found").map_or(cause, |i| &cause[..i]);
+    let mut line = String::new();
+    let mut quote: Option<char> = None;
+    for c in cut.chars().filter(|c| !c.is_control()) {
+        match quote {
+            Some(q) if c == q => {
+                line.push('…');
+                line.push(c);
+                quote = None;
+            }
+            Some(_) => {}
+            None => {
+                line.push(c);
+                if matches!(c, '"' | '`') {
+                    quote = Some(c);
+                }
+            }
+        }
+        if line.chars().count() >= 200 {
+            break;
+        }
+    }
+    if quote.is_some() {
+        line.push('…');
+    }
+    let line = line.trim().trim_end_matches([',', ':']).to_string();
+    if line.is_empty() { fallback.to_string() } else { line }
 }
 
 impl std::fmt::Display for ApiError {
@@ -166,6 +194,28 @@ impl poem::error::ResponseError for ApiError {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn parser_details_never_echo_the_clients_input() {
+        use super::client_detail;
+        let cases = [
+            (
+                r#"parse request payload error: failed to parse "LoginRequest": expected type "string", found ["hunter2pw"]. (occurred while parsing "LoginRequest")"#,
+                "hunter2pw",
+            ),
+            (r#"invalid type: string "s3cret-value", expected u32 at line 1 column 20"#, "s3cret-value"),
+            ("unknown variant `emperor-pass`, expected one of `guest`, `user`", "emperor-pass"),
+            (r#"unterminated "quote with hunter3"#, "hunter3"),
+        ];
+        for (cause, secret) in cases {
+            let d = client_detail(cause, "fallback");
+            assert!(!d.contains(secret), "{d}");
+            assert!(!d.is_empty());
+        }
+        assert_eq!(client_detail("missing field at line 1", "x"), "missing field at line 1");
+        assert_eq!(client_detail("", "fallback"), "fallback");
+        assert_eq!(client_detail("the body can't be read", "x"), "the body can't be read");
+    }
+
     use super::{ApiError, CREDENTIAL_WORDS, names_credential};
     use poem::http::StatusCode;
 

@@ -84,14 +84,16 @@ impl Configured {
         Configured(v)
     }
 
-    /// Removes the client's copies of every configured header, `_` read as `-`.
+    /// Removes every copy of a configured header, `-` and `_` read as one (both ways: a
+    /// configured `X_Secret` goes in the `X-Secret` spelling too).
     pub fn strip(&self, headers: &mut HeaderMap) {
         if self.0.is_empty() {
             return;
         }
+        let sep = |b: u8| b == b'-' || b == b'_';
         let same = |c: &HeaderName, n: &HeaderName| {
             c.as_str().len() == n.as_str().len()
-                && c.as_str().bytes().zip(n.as_str().bytes()).all(|(a, b)| a == b || (a == b'-' && b == b'_'))
+                && c.as_str().bytes().zip(n.as_str().bytes()).all(|(a, b)| a == b || (sep(a) && sep(b)))
         };
         let spoofed: Vec<HeaderName> = headers.keys().filter(|n| self.0.iter().any(|c| same(c, n))).cloned().collect();
         for n in spoofed {
@@ -167,5 +169,16 @@ mod tests {
         let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         left.sort_unstable();
         assert_eq!(left, vec!["accept", "x-reverse-proxy"]);
+
+        // A configured name with `_` goes in its `-` spellings too.
+        let names = [HeaderName::from_static("x_under_secret")];
+        let c = Configured::new(names.iter());
+        let mut h = HeaderMap::new();
+        for n in ["x-under-secret", "x-under_secret", "x_under-secret", "x_under_secret", "x-under-secrets"] {
+            h.append(HeaderName::from_bytes(n.as_bytes()).unwrap(), HeaderValue::from_static("v"));
+        }
+        c.strip(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, vec!["x-under-secrets"]);
     }
 }

@@ -312,6 +312,18 @@ impl Proxy {
         client_ip: &str,
         tls: bool,
     ) -> Result<hyper::Response<ProxiedBody>, ApiError> {
+        // TRACE (and IIS's TRACK) makes an upstream echo the request it got — with the
+        // configured shared values and the identity assertion in it — back to the client.
+        // Refused like nginx does, in any case (methods are case-sensitive, upstreams not always).
+        let m = parts.method.as_str();
+        if m.eq_ignore_ascii_case("TRACE") || m.eq_ignore_ascii_case("TRACK") {
+            return Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+                "This address does not accept that method.",
+            ));
+        }
         let path = parts.uri.path();
         let rest = if route.cfg.strip_prefix { path.strip_prefix(&route.prefix).unwrap_or(path) } else { path };
         let base = &route.base;
@@ -479,6 +491,7 @@ impl Proxy {
             });
             let (mut parts, _) = resp.into_parts();
             strip_upstream_headers(&mut parts.headers);
+            self.configured.strip(&mut parts.headers);
             parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             let empty = http_body_util::Empty::<Bytes>::new().map_err(|never| match never {}).boxed();
@@ -486,6 +499,8 @@ impl Proxy {
         }
         let (mut parts, body) = resp.into_parts();
         strip_upstream_headers(&mut parts.headers);
+        // An upstream that echoes request headers must not hand the shared values back.
+        self.configured.strip(&mut parts.headers);
         route_csp(route, &mut parts.headers);
         let body = match pooled {
             None => ProxiedBody::Left(body),
