@@ -48,6 +48,19 @@ fn top(rel: &str) -> &str {
     rel.split('/').next().unwrap().trim_end_matches(".rs")
 }
 
+/// Files under `src/` (outside `except`) whose code names any of `needles`.
+fn files_naming(needles: &[&str], except: Option<&str>) -> BTreeSet<String> {
+    sources()
+        .into_iter()
+        .filter(|(rel, _)| except.is_none_or(|e| !rel.starts_with(e)))
+        .filter(|(_, text)| {
+            let code = code(text);
+            needles.iter().any(|n| code.contains(n))
+        })
+        .map(|(rel, _)| rel)
+        .collect()
+}
+
 /// `crate::x` paths in `code`, including `crate::{x, y}` groups.
 fn crate_refs(code: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
@@ -193,16 +206,7 @@ fn primitives_are_called_only_in_crypto() {
     // Crate paths, not algorithm names: `crypto::sign::ed25519_generate` is the way in.
     let needles =
         ["aws_lc_rs", "aes_gcm_siv", "rand::", "getrandom", "hmac::", "ed25519_dalek", "x25519_dalek", "sha2::"];
-    let mut direct = BTreeSet::new();
-    for (rel, text) in sources() {
-        if rel.starts_with("crypto/") {
-            continue;
-        }
-        let code = code(&text);
-        if needles.iter().any(|n| code.contains(n)) {
-            direct.insert(rel);
-        }
-    }
+    let direct = files_naming(&needles, Some("crypto/"));
     assert!(direct.is_empty(), "files outside crypto/ that call primitives directly: {direct:?}");
 }
 
@@ -212,16 +216,7 @@ fn primitives_are_called_only_in_crypto() {
 #[test]
 fn only_the_store_begins_a_write() {
     let needles = ["begin_write", "redb::Database", "Database::create", "Database::open", "Database::builder"];
-    let mut direct = BTreeSet::new();
-    for (rel, text) in sources() {
-        if rel.starts_with("store/") {
-            continue;
-        }
-        let code = code(&text);
-        if needles.iter().any(|n| code.contains(n)) {
-            direct.insert(rel);
-        }
-    }
+    let direct = files_naming(&needles, Some("store/"));
     assert!(direct.is_empty(), "files outside store/ that open redb or begin a write themselves: {direct:?}");
 }
 
@@ -236,12 +231,6 @@ fn unsafe_code_is_forbidden() {
         lints.lines().any(|l| l.split('#').next().unwrap().replace(' ', "") == "unsafe_code=\"forbid\""),
         "[lints.rust] must say unsafe_code = \"forbid\""
     );
-    let mut found = BTreeSet::new();
-    for (rel, text) in sources() {
-        let code = code(&text);
-        if ["unsafe {", "unsafe fn", "unsafe impl", "allow(unsafe_code)"].iter().any(|n| code.contains(n)) {
-            found.insert(rel);
-        }
-    }
+    let found = files_naming(&["unsafe {", "unsafe fn", "unsafe impl", "allow(unsafe_code)"], None);
     assert!(found.is_empty(), "files with unsafe code: {found:?}");
 }

@@ -213,9 +213,8 @@ upstream = "http://{up}"
             .await
             .unwrap();
         assert_eq!(r.status, 405, "{method}");
-        let r = common::http_request(gate, method, "/plain/a", None, &[("authorization", bearer.clone())])
-            .await
-            .unwrap();
+        let r =
+            common::http_request(gate, method, "/plain/a", None, &[("authorization", bearer.clone())]).await.unwrap();
         assert_eq!(r.status, 405, "{method} on a route without shared values too");
     }
     assert_eq!(seen.lock().unwrap().len(), before, "no TRACE reached the upstream");
