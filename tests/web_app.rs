@@ -480,7 +480,7 @@ fn every_documented_path_is_the_gates_own() {
     let paths = doc["paths"].as_object().unwrap();
     assert!(paths.len() > 30);
     for path in paths.keys() {
-        let concrete = path.replace('{', "").replace('}', "");
+        let concrete = path.replace(['{', '}'], "");
         assert!(miauflix_gate::paths::is_reserved_path(&concrete), "{path} is not under a reserved prefix");
         assert!(miauflix_gate::paths::is_reserved_path(&concrete.to_ascii_uppercase()), "{path} in upper case");
     }

@@ -7,14 +7,15 @@
 //! or upstream, nor for long.
 //!
 //! Signing costs an Ed25519 signature; the proxy path must not pay it per request. Assertions
-//! are cached by everything they say (session, user, role, email, audience, method, path) and
+//! are cached (as the bytes of the header value, shared, not copied) by everything they say (session, user, role, email, audience, method, path) and
 //! signed again when fewer than 20 s remain or the signing keys were reloaded. The cache is
 //! bounded: past `CACHE_MAX` entries the expired ones go, and if that is not enough, all.
 //! `jti` is unique per signature, so an upstream must not treat it as single-use.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::RwLock;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::Principal;
@@ -45,7 +46,10 @@ pub struct AssertionClaims {
 }
 
 struct Cached {
-    token: Arc<str>,
+    /// Everything the assertion says that the request decides, length-prefixed (the key's
+    /// hash only finds the entry; these bytes must match).
+    fields: Box<[u8]>,
+    token: Bytes,
     exp: i64,
     generation: u64,
 }
@@ -53,7 +57,8 @@ struct Cached {
 /// The assertion cache.
 #[derive(Default)]
 pub struct Assertions {
-    cache: RwLock<HashMap<[u8; 32], Cached>>,
+    cache: RwLock<HashMap<u64, Cached>>,
+    hasher: std::collections::hash_map::RandomState,
 }
 
 impl Assertions {
@@ -67,7 +72,7 @@ impl Assertions {
         method: &str,
         path: &str,
         now: i64,
-    ) -> Result<Arc<str>, TokenError> {
+    ) -> Result<Bytes, TokenError> {
         let role = principal.role.as_str();
         let fields = [
             principal.session_id.as_str(),
@@ -78,12 +83,15 @@ impl Assertions {
             method,
             path,
         ];
-        let key = cache_key(&fields);
+        let fields = joined(&fields);
+        let key = std::hash::BuildHasher::hash_one(&self.hasher, &fields);
         let generation = keys.generation();
-        if let Some(c) = self.cache.read().ok().as_ref().and_then(|m| m.get(&key)) {
-            if c.generation == generation && c.exp - now >= RESIGN_BELOW_SECS {
-                return Ok(c.token.clone());
-            }
+        if let Some(c) = self.cache.read().ok().as_ref().and_then(|m| m.get(&key))
+            && c.fields[..] == fields[..]
+            && c.generation == generation
+            && c.exp - now >= RESIGN_BELOW_SECS
+        {
+            return Ok(c.token.clone());
         }
         let claims = AssertionClaims {
             iss: keys.issuer().to_string(),
@@ -98,7 +106,7 @@ impl Assertions {
             htm: method.to_string(),
             htu: path.to_string(),
         };
-        let token: Arc<str> = keys.sign(&claims)?.into();
+        let token = Bytes::from(keys.sign(&claims)?);
         if let Ok(mut m) = self.cache.write() {
             if m.len() >= CACHE_MAX {
                 m.retain(|_, c| c.exp - now >= RESIGN_BELOW_SECS);
@@ -106,7 +114,10 @@ impl Assertions {
                     m.clear();
                 }
             }
-            m.insert(key, Cached { token: token.clone(), exp: claims.exp, generation });
+            m.insert(
+                key,
+                Cached { fields: fields.into_boxed_slice(), token: token.clone(), exp: claims.exp, generation },
+            );
         }
         Ok(token)
     }
@@ -122,24 +133,24 @@ impl Assertions {
     }
 }
 
-/// SHA-256 over the fields, each length-prefixed, so no two field lists share a key.
-fn cache_key(fields: &[&str]) -> [u8; 32] {
+/// The fields, each length-prefixed, so no two field lists join to the same bytes.
+fn joined(fields: &[&str]) -> Vec<u8> {
     let mut buf = Vec::with_capacity(fields.iter().map(|f| f.len() + 8).sum());
     for f in fields {
         buf.extend_from_slice(&(f.len() as u64).to_be_bytes());
         buf.extend_from_slice(f.as_bytes());
     }
-    crate::crypto::sha256(&buf)
+    buf
 }
 
 #[cfg(test)]
 mod tests {
-    use super::cache_key;
+    use super::joined;
 
     #[test]
     fn cache_keys_do_not_collide_across_field_boundaries() {
-        assert_ne!(cache_key(&["ab", "c"]), cache_key(&["a", "bc"]));
-        assert_ne!(cache_key(&["a", ""]), cache_key(&["", "a"]));
-        assert_eq!(cache_key(&["GET", "/x"]), cache_key(&["GET", "/x"]));
+        assert_ne!(joined(&["ab", "c"]), joined(&["a", "bc"]));
+        assert_ne!(joined(&["a", ""]), joined(&["", "a"]));
+        assert_eq!(joined(&["GET", "/x"]), joined(&["GET", "/x"]));
     }
 }

@@ -117,7 +117,7 @@ impl AuthService {
         audience: &str,
         method: &str,
         path: &str,
-    ) -> Result<std::sync::Arc<str>, super::tokens::TokenError> {
+    ) -> Result<bytes::Bytes, super::tokens::TokenError> {
         self.assertions.get(&self.keys, principal, audience, method, path, now())
     }
 

@@ -235,13 +235,10 @@ pub fn validate(routes: &[RouteConfig]) -> Result<(), ConfigError> {
         {
             return bad(format!("{key}.upstream_headers"), "names a header twice");
         }
-        if let Some(a) = &r.assertion_audience {
-            if a.is_empty() || a.len() > 512 || a.chars().any(|c| c.is_control() || c == ' ') {
-                return bad(
-                    format!("{key}.assertion_audience"),
-                    "must be a non-empty string without blanks or controls",
-                );
-            }
+        if let Some(a) = &r.assertion_audience
+            && (a.is_empty() || a.len() > 512 || a.chars().any(|c| c.is_control() || c == ' '))
+        {
+            return bad(format!("{key}.assertion_audience"), "must be a non-empty string without blanks or controls");
         }
     }
     Ok(())

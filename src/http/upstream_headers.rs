@@ -95,7 +95,11 @@ impl Configured {
             c.as_str().len() == n.as_str().len()
                 && c.as_str().bytes().zip(n.as_str().bytes()).all(|(a, b)| a == b || (sep(a) && sep(b)))
         };
-        let spoofed: Vec<HeaderName> = headers.keys().filter(|n| self.0.iter().any(|c| same(c, n))).cloned().collect();
+        let configured = |n: &HeaderName| self.0.iter().any(|c| same(c, n));
+        if !headers.keys().any(configured) {
+            return;
+        }
+        let spoofed: Vec<HeaderName> = headers.keys().filter(|n| configured(n)).cloned().collect();
         for n in spoofed {
             headers.remove(&n);
         }
@@ -144,7 +148,7 @@ pub fn assertion(
         tracing::error!(error = %e, "signing an identity assertion");
         ApiError::internal()
     })?;
-    let mut v = HeaderValue::from_str(&token).map_err(|_| ApiError::internal())?;
+    let mut v = HeaderValue::from_maybe_shared(token).map_err(|_| ApiError::internal())?;
     v.set_sensitive(true);
     Ok(v)
 }
