@@ -1021,3 +1021,106 @@ async fn outdated_hashes_are_upgraded_at_the_next_login() {
     assert!(hash_of(&state).contains("t=3"), "rehashed with the new parameters");
     state.store.close().await;
 }
+
+/// A sign-in whose password check is in flight must not write back the user record it read
+/// before: an admin's password reset or disable that commits meanwhile stays, and no session
+/// opened with the old password outlives it (the sign-in wrote back the stale record and undid
+/// the reset before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_or_disable_during_a_sign_in_is_never_undone() {
+    // Each round checks that the old password fails: the lockout must not end the test.
+    let e = env_with(&[("MIAUFLIX_LOCKOUT__MAX_FAILURES", "100")]).await;
+    e.setup_admin().await;
+    let admin = {
+        let r = e.cli.post("/api/auth/token").body_json(&json!({"email": ADMIN, "password": PW})).send().await;
+        format!("Bearer {}", body(r).await["access_token"].as_str().unwrap())
+    };
+    const VICTIM: &str = "victim@example.com";
+    let r = e
+        .cli
+        .post("/api/users")
+        .header("authorization", &admin)
+        .body_json(&json!({"email": VICTIM, "password": PW, "role": "user"}))
+        .send()
+        .await;
+    assert_eq!(status(&r), 201);
+    let id = body(r).await["id"].as_str().unwrap().to_string();
+    for round in 0..12u64 {
+        let old = if round == 0 { PW.to_string() } else { format!("{PW} {}", round - 1) };
+        let new = format!("{PW} {round}");
+        let attacker = {
+            let cli = common::app::client(&e.state).default_header("origin", "http://gate.test");
+            let old = old.clone();
+            tokio::spawn(async move {
+                let r = cli.post("/api/auth/token").body_json(&json!({"email": VICTIM, "password": old})).send().await;
+                let s = r.0.status().as_u16();
+                (s, body(r).await["access_token"].as_str().map(str::to_string))
+            })
+        };
+        // The reset lands somewhere in or around the attacker's hash.
+        tokio::time::sleep(std::time::Duration::from_millis(round * 3)).await;
+        let r = e
+            .cli
+            .post(format!("/api/users/{id}/reset-password"))
+            .header("authorization", &admin)
+            .body_json(&json!({"newPassword": new}))
+            .send()
+            .await;
+        assert_eq!(status(&r), 200, "round {round}");
+        let (s, token) = attacker.await.unwrap();
+        assert!(s == 200 || s == 401, "round {round}: {s}");
+        // Whatever the order, the new password is the one that works now...
+        let r = e.cli.post("/api/auth/token").body_json(&json!({"email": VICTIM, "password": old})).send().await;
+        assert_eq!(status(&r), 401, "round {round}: the old password was restored");
+        // ...and a session the old password opened does not outlive the reset.
+        if let Some(t) = token {
+            let r = e.cli.get("/api/me").header("authorization", format!("Bearer {t}")).send().await;
+            assert_eq!(status(&r), 401, "round {round}: a session from the old password is live");
+        }
+    }
+    // The same for a disable.
+    let r = e
+        .cli
+        .patch(format!("/api/users/{id}"))
+        .header("authorization", &admin)
+        .body_json(&json!({"disabled": false}))
+        .send()
+        .await;
+    assert_eq!(status(&r), 200);
+    let pw = format!("{PW} 11");
+    for round in 0..8u64 {
+        let attacker = {
+            let cli = common::app::client(&e.state).default_header("origin", "http://gate.test");
+            let pw = pw.clone();
+            tokio::spawn(async move {
+                let r = cli.post("/api/auth/token").body_json(&json!({"email": VICTIM, "password": pw})).send().await;
+                body(r).await["access_token"].as_str().map(str::to_string)
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(round * 4)).await;
+        let r = e
+            .cli
+            .patch(format!("/api/users/{id}"))
+            .header("authorization", &admin)
+            .body_json(&json!({"disabled": true}))
+            .send()
+            .await;
+        assert_eq!(status(&r), 200);
+        let token = attacker.await.unwrap();
+        let r = e.cli.get(format!("/api/users/{id}")).header("authorization", &admin).send().await;
+        assert_eq!(body(r).await["disabled"], true, "round {round}: the disable was undone");
+        if let Some(t) = token {
+            let r = e.cli.get("/api/me").header("authorization", format!("Bearer {t}")).send().await;
+            assert_eq!(status(&r), 401, "round {round}: a disabled user's session is live");
+        }
+        let r = e
+            .cli
+            .patch(format!("/api/users/{id}"))
+            .header("authorization", &admin)
+            .body_json(&json!({"disabled": false}))
+            .send()
+            .await;
+        assert_eq!(status(&r), 200);
+    }
+    e.state.store.close().await;
+}

@@ -33,7 +33,7 @@ impl AuthService {
         email: &str,
         password: Zeroizing<String>,
         client: &ClientInfo,
-    ) -> Result<UserRecord, AuthError> {
+    ) -> Result<(UserRecord, String), AuthError> {
         let normalized = normalize_email(email).ok();
         // Counted per submitted email (normalised when it parses), existing or not.
         let lock_key = normalized.clone().unwrap_or_else(|| email.trim().to_lowercase().chars().take(254).collect());
@@ -66,11 +66,14 @@ impl AuthService {
             return Err(self.login_failed(attempt, &lock_key, Some(&user), "user disabled", client).await);
         }
         attempt.succeeded(now());
+        // The hash the password was checked against: the session opens only if the stored
+        // record still has it (a reset or change meanwhile wins over this sign-in).
+        let verified = user.password_hash.clone();
         if self.hasher.needs_rehash(&user.password_hash) {
             user.password_hash = self.hasher.hash(password).await?;
             user.updated_at = now();
         }
-        Ok(user)
+        Ok((user, verified))
     }
 
     /// Records an attempt refused because the email is locked (or its budget is spent by
@@ -133,8 +136,8 @@ impl AuthService {
         kind: SessionKind,
         client: &ClientInfo,
     ) -> Result<IssuedSession, AuthError> {
-        let user = self.check_credentials(email, password, client).await?;
-        let issued = self.open_session(user, kind, client).await?;
+        let (user, verified) = self.check_credentials(email, password, client).await?;
+        let issued = self.open_session(user, &verified, kind, client).await?;
         login_metric("success");
         SecurityEvent::new(EventKind::LoginSucceeded, Severity::Info, client)
             .actor(&issued.user.id)
@@ -149,6 +152,7 @@ impl AuthService {
     pub(super) async fn open_session(
         &self,
         user: UserRecord,
+        verified_hash: &str,
         kind: SessionKind,
         client: &ClientInfo,
     ) -> Result<IssuedSession, AuthError> {
@@ -171,55 +175,73 @@ impl AuthService {
             revoked_at: None,
         };
         let max = self.cfg.max_sessions_per_user;
-        let (stored_user, stored_session) = (user.clone(), session.clone());
+        let (checked, stored_session, verified) = (user.clone(), session.clone(), verified_hash.to_string());
         let uses = self.live.clone();
-        let evicted: Vec<(String, i64)> = self
-            .store
-            .write(move |txn| {
-                // Keep the user record current (a rehash may have changed it).
+        let (user, evicted): (UserRecord, Vec<(String, i64)>) = super::records::write(&self.store, move |txn| {
+            // The record as it is now, not as it was before the hash: an admin may have
+            // disabled the user, changed the role or reset the password meanwhile, and
+            // writing back the record read before would undo that.
+            let Some(mut stored_user) = get_json::<UserRecord>(txn, tables::USERS, &checked.id)? else {
+                return Err(AuthError::InvalidCredentials.into());
+            };
+            if stored_user.disabled || stored_user.password_hash != verified {
+                return Err(AuthError::InvalidCredentials.into());
+            }
+            if checked.password_hash != verified {
+                // Rehashed with the current parameters.
+                stored_user.password_hash = checked.password_hash.clone();
+                stored_user.updated_at = checked.updated_at;
                 put_json(txn, tables::USERS, &stored_user.id, &stored_user)?;
-                let mut live = Vec::new();
-                for sid in user_session_ids(txn, &stored_user.id)? {
-                    if let Some(mut s) = get_json::<SessionRecord>(txn, tables::SESSIONS, &sid)? {
-                        if s.is_live(now) && now < s.idle_expires_at {
-                            live.push(s);
-                        } else {
-                            forget_session(txn, &mut s, now)?;
-                        }
+            }
+            let mut live = Vec::new();
+            for sid in user_session_ids(txn, &stored_user.id)? {
+                if let Some(mut s) = get_json::<SessionRecord>(txn, tables::SESSIONS, &sid)? {
+                    if s.is_live(now) && now < s.idle_expires_at {
+                        live.push(s);
+                    } else {
+                        forget_session(txn, &mut s, now)?;
                     }
                 }
-                // Requests since the last write raised the last use in memory only; read it
-                // here, in the transaction that decides, and persist it for the survivors.
-                let mut live: Vec<(SessionRecord, bool)> = live
-                    .into_iter()
-                    .map(|mut s| {
-                        let later = uses.last_use(&s.id).is_some_and(|u| s.note_use(u.at, u.seq));
-                        (s, later)
-                    })
-                    .collect();
-                live.sort_by_key(|(s, _)| (s.last_used_at, s.used_seq));
-                // Room for the new one: at most `max - 1` stay.
-                let evict = live.len().saturating_sub(max.saturating_sub(1));
-                let mut evicted = Vec::new();
-                for (s, later) in live.iter_mut() {
-                    if evicted.len() < evict {
-                        forget_session(txn, s, now)?;
-                        evicted.push((s.id.clone(), s.last_used_at));
-                    } else if *later {
-                        put_json(txn, tables::SESSIONS, &s.id, s)?;
-                    }
+            }
+            // Requests since the last write raised the last use in memory only; read it
+            // here, in the transaction that decides, and persist it for the survivors.
+            let mut live: Vec<(SessionRecord, bool)> = live
+                .into_iter()
+                .map(|mut s| {
+                    let later = uses.last_use(&s.id).is_some_and(|u| s.note_use(u.at, u.seq));
+                    (s, later)
+                })
+                .collect();
+            live.sort_by_key(|(s, _)| (s.last_used_at, s.used_seq));
+            // Room for the new one: at most `max - 1` stay.
+            let evict = live.len().saturating_sub(max.saturating_sub(1));
+            let mut evicted = Vec::new();
+            for (s, later) in live.iter_mut() {
+                if evicted.len() < evict {
+                    forget_session(txn, s, now)?;
+                    evicted.push((s.id.clone(), s.last_used_at));
+                } else if *later {
+                    put_json(txn, tables::SESSIONS, &s.id, s)?;
                 }
-                put_json(txn, tables::SESSIONS, &stored_session.id, &stored_session)?;
-                txn.open_table(tables::USER_SESSIONS)?
-                    .insert(format!("{}/{}", stored_session.user_id, stored_session.id).as_str(), ())?;
-                insert_refresh(txn, &stored_session.id, &stored_session.refresh_hash)?;
-                Ok(evicted)
-            })
-            .await?;
+            }
+            put_json(txn, tables::SESSIONS, &stored_session.id, &stored_session)?;
+            txn.open_table(tables::USER_SESSIONS)?
+                .insert(format!("{}/{}", stored_session.user_id, stored_session.id).as_str(), ())?;
+            insert_refresh(txn, &stored_session.id, &stored_session.refresh_hash)?;
+            Ok((stored_user, evicted))
+        })
+        .await?;
         let evicted_ids: Vec<String> = evicted.iter().map(|(id, _)| id.clone()).collect();
         let used = LastUse { at: session.last_used_at, seq: session.used_seq };
         self.live.open_session(&session.id, &user.id, session.expires_at, used, &evicted_ids);
         self.live.put_user(&user);
+        // Another sign-in in the same commit may have evicted this new session, and its
+        // update of the live view may have run before this one: the store decides.
+        let sid = session.id.clone();
+        let kept = self.store.read(move |txn| Ok(txn.open_table(tables::SESSIONS)?.get(sid.as_str())?.is_some()))?;
+        if !kept {
+            self.live.remove_sessions(std::slice::from_ref(&session.id));
+        }
         for (id, last_used_at) in &evicted {
             SecurityEvent::new(EventKind::SessionRevoked, Severity::Info, client)
                 .actor(&user.id)
