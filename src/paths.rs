@@ -190,9 +190,54 @@ pub fn is_under(path: &str, prefix: &str) -> bool {
 
 /// [`is_under`], ASCII letters compared without case.
 pub fn is_under_ignore_case(path: &str, prefix: &str) -> bool {
-    path.len() >= prefix.len()
-        && path.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
-        && path.as_bytes().get(prefix.len()).is_none_or(|&b| b == b'/')
+    let ascii = |path: &str| {
+        path.len() >= prefix.len()
+            && path.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+            && path.as_bytes().get(prefix.len()).is_none_or(|&b| b == b'/')
+    };
+    ascii(path) || unicode_folded(path).is_some_and(|f| ascii(&f))
+}
+
+/// `path` with its %-encoded non-ASCII letters folded the way case-insensitive upstreams
+/// with Unicode rules fold them (Java's `equalsIgnoreCase`, Python's `upper()`): `ı` and `ſ`
+/// upper-case to `I` and `S`, the Kelvin sign and `İ` lower-case to `k` and `i`. `None` when
+/// the path has no non-ASCII escape (the ASCII comparison says it all).
+fn unicode_folded(path: &str) -> Option<String> {
+    let b = path.as_bytes();
+    let has_non_ascii = b.windows(3).any(|w| w[0] == b'%' && matches!(w[1], b'8'..=b'9' | b'A'..=b'F' | b'a'..=b'f'));
+    if !has_non_ascii {
+        return None;
+    }
+    let mut bytes = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (b[i], b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok())) {
+            (b'%', Some(h)) if u8::from_str_radix(h, 16).is_ok() => {
+                bytes.push(u8::from_str_radix(h, 16).unwrap_or(b'%'));
+                i += 3;
+            }
+            (c, _) => {
+                bytes.push(c);
+                i += 1;
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_ascii() {
+            out.push(c);
+            continue;
+        }
+        let upper: String = c.to_uppercase().collect();
+        let lower: String = c.to_lowercase().collect();
+        match (upper.is_ascii(), lower.chars().next()) {
+            (true, _) => out.push_str(&upper),
+            (false, Some(l)) if l.is_ascii() => out.push(l),
+            _ => out.push(c),
+        }
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -200,6 +245,19 @@ mod tests {
     use super::canonical_path;
     use proptest::prelude::*;
     use std::borrow::Cow;
+
+    #[test]
+    fn unicode_letters_that_fold_to_ascii_fold_for_prefix_checks() {
+        use super::{is_reserved_path, is_under_ignore_case};
+        for p in ["/api/%C5%BFecrets", "/api/u%C5%BFers", "/api/stream-%E2%84%AAeys", "/ap%C4%B0/me", "/adm%C4%B1n/"] {
+            assert!(is_reserved_path(p), "{p}");
+        }
+        assert!(is_under_ignore_case("/media/pr%C4%B1vate/x", "/media/private"));
+        assert!(is_under_ignore_case("/media/pr%C4%B1vate", "/media/private"));
+        assert!(!is_under_ignore_case("/media/pr%C3%A9vate/x", "/media/private"));
+        assert!(!is_under_ignore_case("/media/%C4%B1x", "/media/i"), "a folded letter still has to line up");
+        assert!(!is_reserved_path("/caf%C3%A9"));
+    }
 
     #[test]
     fn canonical_paths_borrow() {

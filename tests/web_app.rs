@@ -191,6 +191,9 @@ fn built_app(dir: &Path) -> (std::path::PathBuf, Vec<u8>) {
     std::os::unix::fs::symlink(&outside, web.join("leakdir")).unwrap();
     std::os::unix::fs::symlink(outside.join("secret.txt"), web.join("assets/index-3f2a9c1b.css.br")).unwrap();
     std::fs::write(web.join("assets/index-3f2a9c1b.css"), "body{}").unwrap();
+    // An extensionless name for a file outside, and an alias of a hashed asset.
+    std::os::unix::fs::symlink(outside.join("secret.txt"), web.join("secretlink")).unwrap();
+    std::os::unix::fs::symlink(web.join("assets/index-3f2a9c1b.js"), web.join("current.js")).unwrap();
     (web, video)
 }
 
@@ -340,6 +343,35 @@ async fn the_built_web_app_is_served_from_its_directory() {
     assert_eq!(r.status, 405);
     assert_eq!(header(&r, "allow"), "GET, HEAD");
     assert_eq!(get(&gate, "/vault/index.html", &[]).await.status, 401);
+    // A symlink out of the directory answers as a missing name does, so the fallback is no
+    // oracle for what exists outside; an alias is cached by its own name, not its target's.
+    let outside = get(&gate, "/secretlink", &[HTML]).await;
+    let missing = get(&gate, "/leakdir/no-such-name", &[HTML]).await;
+    assert_eq!((outside.status, &outside.body), (missing.status, &missing.body));
+    assert_eq!(outside.body, index);
+    let alias = get(&gate, "/current.js", &[]).await;
+    assert_eq!(alias.status, 200);
+    assert_eq!(header(&alias, "cache-control"), "no-cache", "an alias is not immutable for a year");
+    let etag = header(&alias, "etag");
+    assert!(etag.len() == 26 && etag.trim_matches('"').bytes().all(|b| b.is_ascii_hexdigit()), "{etag}");
+    // A route above public answers for one user: `private` even where it revalidates.
+    let setup = std::fs::read_to_string(dir.path().join("data/setup-token")).unwrap();
+    let body =
+        json!({"email": "admin@example.com", "password": "correct horse battery staple", "setupToken": setup.trim()});
+    let r = http_request(gate.addr, "POST", "/api/auth/setup", Some(body.to_string().as_bytes()), &[]).await.unwrap();
+    assert!(r.status < 300, "{r:?}");
+    let body = json!({"email": "admin@example.com", "password": "correct horse battery staple"});
+    let r = http_request(gate.addr, "POST", "/api/auth/token", Some(body.to_string().as_bytes()), &[]).await.unwrap();
+    let bearer =
+        format!("Bearer {}", serde_json::from_slice::<Value>(&r.body).unwrap()["access_token"].as_str().unwrap());
+    for (target, want) in [
+        ("/vault/robots.txt", "private, no-cache"),
+        ("/vault/index.html", "private, no-cache"),
+        ("/vault/assets/index-3f2a9c1b.js", "private, max-age=31536000, immutable"),
+    ] {
+        let r = get(&gate, target, &[("authorization", &bearer)]).await;
+        assert_eq!((r.status, header(&r, "cache-control")), (200, want), "{target}");
+    }
     assert!(reached_upstream(&get(&gate, "/api/lists", &[]).await));
     assert_eq!(get(&gate, "/api/auth/session", &[]).await.status, 401);
     assert!(gate.terminate().success());

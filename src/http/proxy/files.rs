@@ -84,7 +84,11 @@ impl StaticDir {
             let mut path = root.clone();
             path.extend(&segments);
             match open_in(&root, &path, encodings)? {
-                Found::Missing if fallback => Ok::<_, io::Error>((open_in(&root, &root.join(INDEX), encodings)?, true)),
+                // A path refused (a symlink out of the directory) answers as a missing one does,
+                // so the fallback tells nothing of what exists outside.
+                Found::Missing | Found::Refused if fallback => {
+                    Ok::<_, io::Error>((open_in(&root, &root.join(INDEX), encodings)?, true))
+                }
                 found => Ok((found, false)),
             }
         })
@@ -115,12 +119,14 @@ impl StaticDir {
         let Opened { mut file, meta, name, encoding } = *opened;
         let len = meta.len();
         let etag = etag_of(&meta, encoding);
+        // A route above `public` answers for one user: never stored by a shared cache.
+        let revalidate = if self.private { "private, no-cache" } else { "no-cache" };
         let cache = if shell || name == INDEX {
-            "no-cache"
+            revalidate
         } else if is_hashed_name(&name) {
             if self.private { IMMUTABLE_PRIVATE } else { IMMUTABLE }
         } else {
-            "no-cache"
+            revalidate
         };
         let mut resp = hyper::Response::builder()
             .header(header::ETAG, &etag)
@@ -267,13 +273,16 @@ fn open_contained(root: &Path, path: &Path) -> io::Result<Found> {
     if !meta.is_file() {
         return Ok(Found::Refused);
     }
+    // Where the kernel says the descriptor is; refused when it cannot say (no /proc): the
+    // check must fail closed, or a directory swapped for a symlink would be served.
     let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
-    if let Ok(opened) = std::fs::read_link(format!("/proc/self/fd/{fd}"))
-        && !opened.starts_with(root)
-    {
-        return Ok(Found::Refused);
+    match std::fs::read_link(format!("/proc/self/fd/{fd}")) {
+        Ok(opened) if opened.starts_with(root) => {}
+        _ => return Ok(Found::Refused),
     }
-    let name = real.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+    // The name asked for, not the link's target: a `current.js` alias of a hashed asset is
+    // not cached for a year, and the type is the one the URL says.
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
     Ok(Found::File(Box::new(Opened { file, meta, name, encoding: None })))
 }
 
@@ -282,7 +291,10 @@ fn open_contained(root: &Path, path: &Path) -> io::Result<Found> {
 fn etag_of(meta: &Metadata, encoding: Option<&str>) -> String {
     use std::os::unix::fs::MetadataExt;
     let suffix = encoding.map(|e| format!("-{e}")).unwrap_or_default();
-    format!("\"{:x}-{:x}-{:x}.{:x}{suffix}\"", meta.ino(), meta.len(), meta.mtime(), meta.mtime_nsec())
+    // Hashed, so the tag does not show the file's inode and exact times.
+    let identity = format!("{:x}-{:x}-{:x}.{:x}", meta.ino(), meta.len(), meta.mtime(), meta.mtime_nsec());
+    let digest = crate::crypto::sha256(identity.as_bytes());
+    format!("\"{}{suffix}\"", hex::encode(&digest[..12]))
 }
 
 /// Whether an `If-None-Match` value (`*` or a list of tags, weak or not) matches `etag`
