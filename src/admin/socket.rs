@@ -64,7 +64,13 @@ async fn handle(core: Core, mut stream: UnixStream, gate_uid: u32) -> std::io::R
             .record(core.auth.audit())
             .await;
         let error = "permission denied: only root and the gate's service user may use the admin socket".to_string();
-        return respond(&mut stream, &Response::Error(error)).await;
+        respond(&mut stream, &Response::Error(error)).await?;
+        // Read the request away (bounded, briefly, never parsed) before closing, so the client
+        // reads the refusal instead of a reset for the unread line.
+        let mut sink = zeroize::Zeroizing::new(Vec::with_capacity(MAX_REQUEST));
+        let mut reader = BufReader::new(&mut stream).take(MAX_REQUEST as u64);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), reader.read_until(b'\n', &mut sink)).await;
+        return Ok(());
     }
     // Never grown past its first allocation (`take` stops at MAX_REQUEST): zeroized below.
     let mut line = Vec::with_capacity(MAX_REQUEST);
@@ -116,8 +122,15 @@ pub async fn send(path: &Path, cmd: &AdminCommand) -> anyhow::Result<Option<(Res
     let mut line = Vec::with_capacity(MAX_REQUEST);
     serde_json::to_writer(&mut line, cmd)?;
     line.push(b'\n');
-    stream.write_all(&line).await?;
+    let written = stream.write_all(&line).await;
     zeroize::Zeroize::zeroize(&mut line);
+    match written {
+        // A gate that refuses the caller answers at once and closes without reading the
+        // request: its one-line refusal is still there to read.
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset) => {}
+        Err(e) => return Err(e.into()),
+        Ok(()) => {}
+    }
     let mut reader = BufReader::new(stream);
     let mut resp_line = String::new();
     reader.read_line(&mut resp_line).await?;
